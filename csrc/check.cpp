@@ -1,0 +1,183 @@
+// The one argument checker. Every operator and every device runs it before any kernel,
+// so a bad call fails with a message naming what it saw and nothing is launched.
+// Messages follow F.conv3d's wording where F.conv3d rejects the same call, so code that
+// matched torch's errors keeps working.
+#include "conv3d.h"
+
+#include <c10/util/Exception.h>
+
+#include <sstream>
+
+namespace torchconv3d {
+
+namespace {
+
+std::string dims_str(const std::array<int64_t, 3>& a) {
+  std::ostringstream s;
+  s << "(" << a[0] << " x " << a[1] << " x " << a[2] << ")";
+  return s.str();
+}
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+}  // namespace
+
+PadMode parse_padding_mode(std::string_view mode) {
+  if (mode == "zeros") return PadMode::Zeros;
+  if (mode == "reflect") return PadMode::Reflect;
+  if (mode == "replicate") return PadMode::Replicate;
+  if (mode == "circular") return PadMode::Circular;
+  TORCH_CHECK_VALUE(false,
+                    "padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', "
+                    "but got padding_mode='", std::string(mode), "'");
+}
+
+Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& grad_output,
+                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                           c10::IntArrayRef dilation, int64_t groups,
+                           std::string_view padding_mode) {
+  Geometry g;
+  g.mode = parse_padding_mode(padding_mode);
+
+  // Scalar arguments first: they need no tensor.
+  TORCH_CHECK(stride.size() == 3, "expected stride to have 3 values (D, H, W), but got stride=",
+              stride);
+  TORCH_CHECK(dilation.size() == 3,
+              "expected dilation to have 3 values (D, H, W), but got dilation=", dilation);
+  TORCH_CHECK(padding.size() == 6,
+              "expected padding to have 6 values (d_before, d_after, h_before, h_after, "
+              "w_before, w_after), but got padding=", padding);
+  TORCH_CHECK(groups > 0, "non-positive groups is not supported, got groups=", groups);
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
+    TORCH_CHECK(dilation[i] > 0, "non-positive dilation is not supported, got dilation=",
+                dilation);
+    TORCH_CHECK(padding[2 * i] >= 0 && padding[2 * i + 1] >= 0,
+                "negative padding is not supported, got padding=", padding);
+    g.stride[i] = stride[i];
+    g.dilation[i] = dilation[i];
+    g.pad_before[i] = padding[2 * i];
+    g.pad_after[i] = padding[2 * i + 1];
+  }
+
+  // Ranks, dtypes, devices.
+  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
+              "Expected 4D (unbatched) or 5D (batched) input to conv3d, but got input of size: ",
+              input.sizes());
+  TORCH_CHECK(weight.dim() == 5,
+              "Expected 5D weight (out_channels, in_channels/groups, kD, kH, kW), but got "
+              "weight of size ", weight.sizes());
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()),
+              "torchconv3d supports float32, float64, bfloat16 and float16 tensors, but got "
+              "input of dtype ", input.scalar_type());
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "Input type (",
+              input.scalar_type(), ") and weight type (", weight.scalar_type(),
+              ") should be the same");
+  TORCH_CHECK(input.device() == weight.device(),
+              "Expected input and weight on the same device, but got input on ",
+              input.device(), " and weight on ", weight.device());
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    TORCH_CHECK(input.scalar_type() == bias->scalar_type(), "Input type (",
+                input.scalar_type(), ") and bias type (", bias->scalar_type(),
+                ") should be the same");
+    TORCH_CHECK(input.device() == bias->device(),
+                "Expected input and bias on the same device, but got input on ", input.device(),
+                " and bias on ", bias->device());
+  }
+  for (const at::Tensor* t : {&input, &weight}) {
+    TORCH_CHECK(t->layout() == at::kStrided, "torchconv3d needs strided (dense) tensors, got ",
+                t->layout());
+  }
+
+  // Channels and groups.
+  const bool batched = input.dim() == 5;
+  g.batch = batched ? input.size(0) : 1;
+  g.in_channels = input.size(batched ? 1 : 0);
+  g.out_channels = weight.size(0);
+  g.groups = groups;
+  TORCH_CHECK(g.out_channels > 0, "Given groups=", groups,
+              ", expected weight to be at least 1 at dimension 0, but got weight of size ",
+              weight.sizes(), " instead");
+  TORCH_CHECK(g.out_channels % groups == 0, "Given groups=", groups,
+              ", expected weight to be divisible by ", groups,
+              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  TORCH_CHECK(g.in_channels == weight.size(1) * groups, "Given groups=", groups,
+              ", weight of size ", weight.sizes(), ", expected input",
+              batched ? input.sizes() : input.unsqueeze(0).sizes(), " to have ",
+              weight.size(1) * groups, " channels, but got ", g.in_channels,
+              " channels instead");
+  if (has_bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "Given weight of size ",
+                weight.sizes(), ", expected bias to be 1-dimensional with ", g.out_channels,
+                " elements, but got bias of size ", bias->sizes(), " instead");
+  }
+
+  // Spatial sizes.
+  std::array<int64_t, 3> padded{}, dilated_kernel{};
+  for (int i = 0; i < 3; ++i) {
+    g.in[i] = input.size(input.dim() - 3 + i);
+    g.kernel[i] = weight.size(2 + i);
+    TORCH_CHECK(g.kernel[i] > 0, "kernel size must be positive, but got weight of size ",
+                weight.sizes());
+    padded[i] = g.in[i] + g.pad_before[i] + g.pad_after[i];
+    dilated_kernel[i] = g.dilation[i] * (g.kernel[i] - 1) + 1;
+  }
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK(padded[i] >= dilated_kernel[i], "Calculated padded input size per channel: ",
+                dims_str(padded), ". Kernel size: ", dims_str(dilated_kernel),
+                ". Kernel size can't be greater than actual input size");
+    g.out[i] = conv_out_size(g.in[i], g.kernel[i], g.stride[i], g.dilation[i], g.pad_before[i],
+                             g.pad_after[i]);
+  }
+
+  // The padding modes read real input elements, so the border must exist (what F.pad
+  // demands for the same padding).
+  static const char* dim_names[3] = {"depth", "height", "width"};
+  for (int i = 0; i < 3; ++i) {
+    const int64_t before = g.pad_before[i], after = g.pad_after[i], n = g.in[i];
+    if (before == 0 && after == 0) continue;
+    switch (g.mode) {
+      case PadMode::Zeros:
+        break;
+      case PadMode::Reflect:
+        TORCH_CHECK(before < n && after < n,
+                    "reflect padding must be smaller than the input, but got padding (", before,
+                    ", ", after, ") for the ", dim_names[i], " of input ", input.sizes());
+        break;
+      case PadMode::Replicate:
+        TORCH_CHECK(n > 0, "replicate padding needs a non-empty ", dim_names[i],
+                    ", but got input ", input.sizes());
+        break;
+      case PadMode::Circular:
+        TORCH_CHECK(before <= n && after <= n,
+                    "circular padding wraps around more than once: padding (", before, ", ",
+                    after, ") for the ", dim_names[i], " of input ", input.sizes());
+        break;
+    }
+  }
+
+  if (grad_output.has_value() && grad_output->defined()) {
+    const at::Tensor& go = *grad_output;
+    std::vector<int64_t> expected;
+    if (batched) expected.push_back(g.batch);
+    expected.push_back(g.out_channels);
+    expected.insert(expected.end(), g.out.begin(), g.out.end());
+    TORCH_CHECK(go.sizes() == c10::IntArrayRef(expected), "Expected grad_output of size ",
+                c10::IntArrayRef(expected), " (the output of this convolution), but got ",
+                go.sizes());
+    TORCH_CHECK(go.scalar_type() == input.scalar_type(), "grad_output type (",
+                go.scalar_type(), ") and input type (", input.scalar_type(),
+                ") should be the same");
+    TORCH_CHECK(go.device() == input.device(),
+                "Expected grad_output and input on the same device, but got grad_output on ",
+                go.device(), " and input on ", input.device());
+  }
+  return g;
+}
+
+}  // namespace torchconv3d

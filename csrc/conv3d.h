@@ -1,0 +1,87 @@
+// torchconv3d: shared definitions for every device.
+//
+// The operators take fully resolved arguments: stride[3], padding[6] given as
+// (d_before, d_after, h_before, h_after, w_before, w_after), dilation[3], groups and a
+// padding mode. Python turns the user's padding spec ('same', 'causal', pairs...) into
+// those six numbers; this header turns tensors + numbers into a checked Geometry that
+// every kernel reads. check_conv3d_args is the one place arguments are validated.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace torchconv3d {
+
+// How the input is extended beyond its border. Kernels never build a padded copy:
+// the mode only changes which input index a tap outside the volume reads.
+enum class PadMode : int { Zeros = 0, Reflect = 1, Replicate = 2, Circular = 3 };
+
+// One convolution, resolved and validated. Spatial arrays are ordered (D, H, W).
+struct Geometry {
+  int64_t batch = 0;         // N (1 for unbatched input)
+  int64_t in_channels = 0;   // C_in
+  int64_t out_channels = 0;  // C_out
+  int64_t groups = 1;
+  std::array<int64_t, 3> in{};      // input D, H, W
+  std::array<int64_t, 3> kernel{};  // kd, kh, kw
+  std::array<int64_t, 3> out{};     // output D, H, W
+  std::array<int64_t, 3> stride{};
+  std::array<int64_t, 3> dilation{};
+  std::array<int64_t, 3> pad_before{};
+  std::array<int64_t, 3> pad_after{};
+  PadMode mode = PadMode::Zeros;
+
+  int64_t in_per_group() const { return in_channels / groups; }
+  int64_t out_per_group() const { return out_channels / groups; }
+  int64_t kernel_volume() const { return kernel[0] * kernel[1] * kernel[2]; }
+  int64_t in_volume() const { return in[0] * in[1] * in[2]; }
+  int64_t out_volume() const { return out[0] * out[1] * out[2]; }
+  // Rows of the implicit im2col matrix for one group: C_in/groups * kd * kh * kw.
+  int64_t gemm_k() const { return in_per_group() * kernel_volume(); }
+};
+
+// Output size of one spatial dimension.
+inline int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dilation,
+                             int64_t pad_before, int64_t pad_after) {
+  return (in + pad_before + pad_after - dilation * (k - 1) - 1) / stride + 1;
+}
+
+PadMode parse_padding_mode(std::string_view mode);
+
+// Validates every argument of a forward or backward call and returns the geometry.
+// `input` may be 4-D (unbatched) or 5-D; `grad_output`, when given, must have the
+// output's shape. Raises ValueError/RuntimeError naming the sizes it saw.
+Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& grad_output,
+                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                           c10::IntArrayRef dilation, int64_t groups,
+                           std::string_view padding_mode);
+
+// Kernels of one device. All tensors are 5-D (batched) and already checked; outputs
+// are preallocated in their final memory format and may have any strides.
+struct DeviceKernels {
+  // output = conv(input, weight) + bias (bias may be undefined).
+  void (*forward)(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                  const at::Tensor& bias, at::Tensor& output);
+  // grad_input = adjoint of the forward map in `input`; grad_input arrives zeroed.
+  void (*grad_input)(const Geometry& g, const at::Tensor& grad_output,
+                     const at::Tensor& weight, at::Tensor& grad_input);
+  // grad_weight = sum over batch and output positions of grad_output x input taps.
+  void (*grad_weight)(const Geometry& g, const at::Tensor& grad_output,
+                      const at::Tensor& input, at::Tensor& grad_weight);
+  // grad_bias[c] = sum of grad_output over batch and space.
+  void (*grad_bias)(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
+};
+
+const DeviceKernels& cpu_kernels();
+#ifdef WITH_CUDA
+const DeviceKernels& cuda_kernels();
+#endif
+
+}  // namespace torchconv3d

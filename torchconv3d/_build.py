@@ -1,0 +1,42 @@
+"""Build recipe shared by setup.py and the JIT loader, so both compile the same thing.
+
+Kept free of package imports: setup.py loads this file by path before the package exists.
+"""
+import glob
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def want_cuda():
+    """CUDA sources are built when torch has CUDA and a toolkit is found.
+
+    TORCHCONV3D_NO_CUDA=1 forces a CPU-only build.
+    """
+    if os.environ.get("TORCHCONV3D_NO_CUDA") == "1":
+        return False
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def sources(with_cuda, root=CSRC):
+    files = sorted(glob.glob(os.path.join(root, "*.cpp")))
+    files += sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(os.path.join(root, "cuda", "*.cpp")))
+        files += sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
+    return files
+
+
+def cxx_flags(with_cuda):
+    flags = ["-O3", "-fno-math-errno"]
+    if with_cuda:
+        flags.append("-DWITH_CUDA")
+    return flags
+
+
+def nvcc_flags():
+    return ["-O3", "-DWITH_CUDA", "--expt-relaxed-constexpr"]

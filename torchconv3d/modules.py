@@ -1,0 +1,69 @@
+"""Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
+import torch.nn as nn
+
+from .functional import PADDING_STRINGS, conv3d
+
+
+def _torch_accepts(padding, stride):
+    """Whether nn.Conv3d itself would take this padding (then it may validate it)."""
+    if isinstance(padding, str):
+        return padding == "valid" or (padding == "same" and all(s == 1 for s in _as3(stride)))
+    if isinstance(padding, int):
+        return True
+    return isinstance(padding, (tuple, list)) and all(isinstance(p, int) for p in padding)
+
+
+def _as3(v):
+    return (v,) * 3 if isinstance(v, int) else tuple(v)
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d with the same arguments, parameters, initialisation and state_dict keys.
+
+    Beyond nn.Conv3d, padding also takes per-dimension (before, after) pairs,
+    'same' with any stride (TensorFlow rule) and 'causal'; every padding_mode is applied
+    inside the kernels without a padded copy of the input.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None):
+        if isinstance(padding, str) and padding not in PADDING_STRINGS:
+            raise ValueError(
+                f"Invalid padding string {padding!r}, should be one of {PADDING_STRINGS}"
+            )
+        # nn.Conv3d rejects our extensions; it gets a stand-in and the real spec is kept.
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride,
+            padding if _torch_accepts(padding, stride) else 0,
+            dilation, groups, bias, padding_mode, device, dtype,
+        )
+        if not _torch_accepts(padding, stride):
+            self.padding = padding if isinstance(padding, str) else tuple(
+                p if isinstance(p, int) else tuple(p) for p in padding
+            )
+
+    def _conv_forward(self, input, weight, bias):
+        return conv3d(input, weight, bias, self.stride, self.padding, self.dilation,
+                      self.groups, self.padding_mode)
+
+
+def convert(module):
+    """Replaces every nn.Conv3d in `module` (or `module` itself) by torchconv3d.Conv3d.
+
+    The new modules share the original Parameter objects (optimizer state stays valid),
+    hooks and training mode. Returns the converted module; children are swapped in place.
+    """
+    if type(module) is nn.Conv3d:
+        new = Conv3d.__new__(Conv3d)
+        # Same attributes as nn.Conv3d; containers are copied so the two modules do not
+        # share bookkeeping dicts.
+        new.__dict__.update(
+            {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
+        )
+        return new
+    for name, child in module.named_children():
+        new = convert(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
