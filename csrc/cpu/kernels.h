@@ -1,0 +1,34 @@
+// CPU kernel entry points. kernels.cpp picks one per call; all take checked, batched
+// (5-D) tensors with any strides and write preallocated outputs.
+#pragma once
+
+#include "../conv3d.h"
+
+#include <ATen/Dispatch.h>
+
+#define TC3D_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+namespace torchconv3d::cpu {
+
+// Tiled implicit GEMM: any groups (conv3d_gemm.cpp).
+void gemm_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                  const at::Tensor& bias, at::Tensor& output);
+void gemm_grad_input(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
+                     at::Tensor& grad_input);
+void gemm_grad_weight(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+                      at::Tensor& grad_weight);
+
+// Direct loops for one input channel per group: depthwise, with any channel multiplier
+// (conv3d_depthwise.cpp).
+void depthwise_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                       const at::Tensor& bias, at::Tensor& output);
+void depthwise_grad_input(const Geometry& g, const at::Tensor& grad_output,
+                          const at::Tensor& weight, at::Tensor& grad_input);
+void depthwise_grad_weight(const Geometry& g, const at::Tensor& grad_output,
+                           const at::Tensor& input, at::Tensor& grad_weight);
+
+// Sum of grad_output over batch and space per channel (kernels.cpp).
+void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
+
+}  // namespace torchconv3d::cpu
