@@ -59,13 +59,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) {
     const auto opts = x.options().memory_format(x.suggest_memory_format());
-    grad_input = at::zeros(x.sizes(), opts);
+    grad_input = at::empty(x.sizes(), opts).zero_();  // at::zeros drops the memory format
     if (!empty && x.numel() > 0) k.grad_input(g, gy, weight, grad_input);
     if (input.dim() == 4) grad_input = grad_input.squeeze(0);
   }
   if (output_mask[1]) {
     const auto opts = weight.options().memory_format(weight.suggest_memory_format());
-    grad_weight = empty ? at::zeros(weight.sizes(), opts) : at::empty(weight.sizes(), opts);
+    grad_weight = at::empty(weight.sizes(), opts);
+    if (empty) grad_weight.zero_();
     if (!empty) k.grad_weight(g, gy, x, grad_weight);
   }
   if (output_mask[2]) {

@@ -1,0 +1,129 @@
+"""gradcheck, gradgradcheck, opcheck, torch.compile and determinism."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.autograd import gradcheck, gradgradcheck
+from torch.library import opcheck
+
+import torchconv3d
+from conftest import CL
+
+GRAD_CASES = [
+    dict(padding=1),
+    dict(stride=(2, 1, 2), padding=((1, 0), (0, 2), (1, 1)), padding_mode="reflect"),
+    dict(dilation=(1, 2, 1), padding="same", padding_mode="circular", groups=2),
+    dict(padding="causal", padding_mode="replicate"),
+    dict(padding=1, groups=4),  # depthwise
+    dict(padding="same", stride=2, groups=4, padding_mode="reflect"),  # depthwise, TF same
+]
+
+
+def _tensors(case, unbatched=False):
+    groups = case.get("groups", 1)
+    shape = (4, 4, 5, 4) if unbatched else (2, 4, 4, 5, 4)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    return x, w, b
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_gradcheck_and_gradgradcheck(case):
+    x, w, b = _tensors(case)
+    f = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
+def test_gradgradcheck_unbatched_no_bias():
+    x, w, _ = _tensors({}, unbatched=True)
+    f = lambda x, w: torchconv3d.conv3d(x, w, None, padding=(1, 0, 1))  # noqa: E731
+    assert gradcheck(f, (x, w))
+    assert gradgradcheck(f, (x, w))
+
+
+def _op_samples():
+    samples = []
+    for case, layout in [(dict(padding=[1, 1, 1, 1, 1, 1]), None),
+                         (dict(padding=[1, 0, 2, 1, 0, 1], stride=[2, 1, 1], mode="reflect"), CL),
+                         (dict(padding=[1, 1, 0, 0, 1, 1], groups=4, mode="circular"), None),
+                         (dict(padding=[0] * 6, dilation=[1, 2, 1], groups=2), CL)]:
+        groups = case.get("groups", 1)
+        x = torch.randn(2, 4, 5, 6, 5)
+        w = torch.randn(4, 4 // groups, 3, 2, 3)
+        if layout is not None:
+            x = x.contiguous(memory_format=layout)
+        b = torch.randn(4)
+        args = (case.get("stride", [1, 1, 1]), case["padding"], case.get("dilation", [1, 1, 1]),
+                groups, case.get("mode", "zeros"))
+        samples.append((x, w, b, args))
+    return samples
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_opcheck_forward(sample):
+    x, w, b, args = _op_samples()[sample]
+    opcheck(torch.ops.torchconv3d.conv3d_forward.default, (x, w, b, *args))
+    opcheck(torch.ops.torchconv3d.conv3d_forward.default, (x.requires_grad_(), w, None, *args))
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_opcheck_backward(sample):
+    x, w, b, args = _op_samples()[sample]
+    gy = torch.randn_like(torch.ops.torchconv3d.conv3d_forward(x, w, b, *args))
+    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+        opcheck(torch.ops.torchconv3d.conv3d_backward.default, (gy, x, w, *args, mask))
+
+
+def test_backward_mask_computes_only_what_is_asked():
+    x, w, _, args = _op_samples()[0]
+    gy = torch.randn_like(torch.ops.torchconv3d.conv3d_forward(x, w, None, *args))
+    gi, gw, gb = torch.ops.torchconv3d.conv3d_backward(gy, x, w, *args, [False, True, False])
+    assert gi is None and gb is None and gw.shape == w.shape
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        torchconv3d.Conv3d(3, 8, 3, padding="same"), nn.ReLU(),
+        torchconv3d.Conv3d(8, 8, 3, stride=2, padding="same", padding_mode="reflect", groups=8),
+        nn.ReLU(),
+        torchconv3d.Conv3d(8, 4, (3, 1, 1), padding="causal"),
+    )
+    x = torch.randn(2, 3, 6, 7, 8)
+    ref = model(x)
+    ref.square().sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_gradients_are_bitwise_deterministic(groups):
+    x = torch.randn(2, 8, 9, 10, 11)
+    w = torch.randn(8, 8 // groups, 3, 3, 3)
+    b = torch.randn(8)
+
+    def grads():
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = torchconv3d.conv3d(xs, ws, bs, padding=1, padding_mode="reflect", groups=groups)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+        return xs.grad, ws.grad, bs.grad
+
+    first, second = grads(), grads()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+    # and with another thread count
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = grads()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b_ in zip(first[1:], single[1:]):
+        assert torch.equal(a, b_)

@@ -1,0 +1,206 @@
+"""Differential tests: output and all three gradients against F.conv3d / nn.Conv3d."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchconv3d
+from torchconv3d.functional import resolve_padding
+
+from conftest import TOL, make_layout, reference, rel_err
+
+# (name, input shape, C_out, kernel, kwargs). Small shapes with odd, anisotropic sizes;
+# every kernel path (implicit GEMM, depthwise) and every argument appears.
+CONFIGS = [
+    ("basic", (2, 4, 6, 7, 5), 6, (3, 3, 3), {}),
+    ("pad1", (2, 3, 5, 6, 7), 4, 3, dict(padding=1)),
+    ("pad_tuple", (1, 3, 5, 6, 7), 5, (3, 2, 1), dict(padding=(1, 0, 2))),
+    ("stride", (2, 3, 9, 8, 7), 4, 3, dict(stride=(2, 1, 3), padding=1)),
+    ("dilation", (2, 3, 9, 8, 9), 4, (3, 2, 3), dict(dilation=(2, 3, 1), padding=(2, 1, 0))),
+    ("groups", (2, 6, 5, 6, 5), 9, 3, dict(groups=3, padding=1)),
+    ("depthwise", (2, 6, 6, 5, 7), 6, 3, dict(groups=6, padding=1)),
+    ("depthwise_mult", (2, 3, 6, 5, 7), 6, (3, 1, 3), dict(groups=3, padding=(1, 0, 1))),
+    ("depthwise_stride", (2, 4, 7, 9, 8), 4, 3, dict(groups=4, stride=(1, 2, 2), padding=1)),
+    ("k1", (2, 5, 4, 5, 6), 3, 1, {}),
+    ("k2s2", (2, 4, 8, 6, 6), 4, 2, dict(stride=2)),
+    ("k5", (1, 2, 7, 8, 7), 3, 5, dict(padding=2)),
+    ("temporal_3x1x1", (2, 4, 6, 5, 5), 4, (3, 1, 1), dict(padding=(1, 0, 0))),
+    ("spatial_1x3x3", (2, 4, 4, 6, 6), 4, (1, 3, 3), dict(padding=(0, 1, 1))),
+    ("no_bias", (2, 3, 5, 5, 5), 4, 3, dict(bias=False, padding=1)),
+    ("same", (2, 3, 5, 6, 7), 4, (3, 2, 4), dict(padding="same")),
+    ("same_dilated", (2, 3, 7, 6, 7), 4, 3, dict(padding="same", dilation=(1, 2, 3))),
+    ("valid", (2, 3, 5, 6, 7), 4, 3, dict(padding="valid")),
+    ("same_stride_tf", (2, 3, 9, 8, 7), 4, 3, dict(padding="same", stride=2)),
+    ("same_stride_tf_even", (2, 3, 8, 8, 6), 4, (2, 4, 3), dict(padding="same", stride=(2, 3, 2))),
+    ("causal", (2, 3, 6, 5, 5), 4, 3, dict(padding="causal")),
+    ("causal_dilated", (2, 3, 8, 5, 6), 4, 3, dict(padding="causal", dilation=(2, 1, 1))),
+    ("asym_pairs", (2, 3, 5, 6, 5), 4, 3, dict(padding=((2, 0), (0, 1), (1, 2)))),
+    ("asym_groups_stride", (2, 4, 7, 7, 6), 4, 3,
+     dict(padding=((1, 2), (0, 0), (2, 1)), stride=(2, 1, 2), groups=2)),
+    ("big_channels", (1, 40, 4, 5, 6), 36, 3, dict(padding=1)),
+]
+MODES = ["zeros", "reflect", "replicate", "circular"]
+
+
+def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous"):
+    name, xshape, cout, k, kwargs = cfg
+    kwargs = dict(kwargs)
+    groups = kwargs.get("groups", 1)
+    has_bias = kwargs.pop("bias", True)
+    kernel = (k,) * 3 if isinstance(k, int) else k
+    x64 = torch.randn(xshape, dtype=torch.float64)
+    w64 = torch.randn((cout, xshape[1] // groups) + kernel, dtype=torch.float64)
+    b64 = torch.randn(cout, dtype=torch.float64) if has_bias else None
+
+    stride = kwargs.get("stride", 1)
+    dilation = kwargs.get("dilation", 1)
+    stride3 = [stride] * 3 if isinstance(stride, int) else list(stride)
+    dil3 = [dilation] * 3 if isinstance(dilation, int) else list(dilation)
+    pads = resolve_padding(kwargs.get("padding", 0), list(kernel), stride3, dil3, list(xshape[2:]))
+
+    # The reference sees the same (rounded) values as ours, in float64.
+    x64, w64 = x64.to(dtype).double(), w64.to(dtype).double()
+    b64 = b64.to(dtype).double() if b64 is not None else None
+    xr = x64.clone().requires_grad_()
+    wr = w64.clone().requires_grad_()
+    br = b64.clone().requires_grad_() if b64 is not None else None
+    ref = reference(xr, wr, br, stride3, pads, dil3, groups, mode)
+    gy64 = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy64)
+
+    x = make_layout(x64.to(dtype), layout).requires_grad_()
+    w = make_layout(w64.to(dtype), weight_layout).requires_grad_()
+    b = b64.to(dtype).requires_grad_() if b64 is not None else None
+    out = torchconv3d.conv3d(x, w, b, padding_mode=mode, **kwargs)
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], gy64.to(dtype))
+
+    tol = TOL[dtype]
+    assert out.shape == ref.shape
+    assert out.dtype == dtype
+    errs = {"output": rel_err(out, ref)}
+    for label, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert g.shape == r.shape, label
+        errs[label] = rel_err(g, r)
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f"{name} {dtype} {mode} {layout}: errors {errs} above {tol}"
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_matches_torch(cfg, dtype):
+    _run(cfg, dtype)
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+@pytest.mark.parametrize(
+    "cfg", [c for c in CONFIGS if c[0] in
+            ("pad1", "stride", "dilation", "depthwise", "depthwise_stride", "same",
+             "same_stride_tf", "causal", "asym_pairs", "asym_groups_stride", "k5")],
+    ids=lambda c: c[0],
+)
+def test_padding_modes(cfg, mode):
+    _run(cfg, torch.float64, mode=mode)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "cfg", [c for c in CONFIGS if c[0] in ("pad1", "groups", "depthwise", "asym_pairs")],
+    ids=lambda c: c[0],
+)
+def test_layouts(cfg, layout, weight_layout):
+    _run(cfg, torch.float32, mode="reflect" if cfg[0] == "asym_pairs" else "zeros",
+         layout=layout, weight_layout=weight_layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "cfg", [c for c in CONFIGS if c[0] in ("pad1", "groups", "depthwise", "stride", "big_channels")],
+    ids=lambda c: c[0],
+)
+def test_half_types(cfg, dtype):
+    _run(cfg, dtype, mode="circular" if cfg[0] == "stride" else "zeros")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_against_nn_conv3d(mode):
+    """The module against nn.Conv3d itself (which pads with F.pad for non-zero modes)."""
+    ref = torch.nn.Conv3d(4, 6, (3, 2, 3), stride=(1, 2, 1), padding=(1, 1, 2),
+                          dilation=(2, 1, 1), groups=2, padding_mode=mode, dtype=torch.float64)
+    ours = torchconv3d.Conv3d(4, 6, (3, 2, 3), stride=(1, 2, 1), padding=(1, 1, 2),
+                              dilation=(2, 1, 1), groups=2, padding_mode=mode,
+                              dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 6, 7, 8, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    gy = torch.randn_like(ya)
+    ya.backward(gy)
+    yb.backward(gy)
+    assert rel_err(yb, ya) <= 1e-10
+    assert rel_err(xb.grad, xa.grad) <= 1e-10
+    assert rel_err(ours.weight.grad, ref.weight.grad) <= 1e-10
+    assert rel_err(ours.bias.grad, ref.bias.grad) <= 1e-10
+
+
+def test_unbatched_input():
+    w = torch.randn(5, 3, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn(3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    y = torchconv3d.conv3d(x, w, padding=1)
+    ref = F.conv3d(x, w, padding=1)
+    assert y.shape == ref.shape == (5, 5, 6, 7)
+    assert rel_err(y, ref) <= 1e-10
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    (gr,) = torch.autograd.grad(ref, x, torch.ones_like(ref))
+    assert rel_err(g, gr) <= 1e-10
+
+
+def test_batch_zero():
+    x = torch.randn(0, 3, 5, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = torchconv3d.conv3d(x, w, b, padding=1)
+    assert y.shape == F.conv3d(x, w, b, padding=1).shape == (0, 4, 5, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    assert torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_empty_input_channels_give_bias():
+    x = torch.randn(2, 0, 4, 4, 4)
+    w = torch.randn(3, 0, 1, 1, 1)
+    b = torch.randn(3)
+    y = torchconv3d.conv3d(x, w, b)
+    assert torch.equal(y, b.view(1, 3, 1, 1, 1).expand(2, 3, 4, 4, 4))
+
+
+def test_expanded_grad_output():
+    """sum().backward() hands the kernels a grad_output with all strides zero."""
+    x = torch.randn(2, 3, 5, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    torchconv3d.conv3d(x, w, padding=1, padding_mode="replicate").sum().backward()
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    reference(xr, wr, None, [1] * 3, [1] * 6, [1] * 3, 1, "replicate").sum().backward()
+    assert rel_err(x.grad, xr.grad) <= 1e-10
+    assert rel_err(w.grad, wr.grad) <= 1e-10
+
+
+@pytest.mark.parametrize("x_cl", [False, True])
+@pytest.mark.parametrize("w_cl", [False, True])
+def test_memory_format_follows_nn_conv3d(x_cl, w_cl):
+    x = torch.randn(2, 4, 5, 6, 7)
+    w = torch.randn(8, 4, 3, 3, 3)
+    if x_cl:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if w_cl:
+        w = w.contiguous(memory_format=torch.channels_last_3d)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ya = F.conv3d(xa, wa, padding=1)
+    yb = torchconv3d.conv3d(xb, wb, padding=1)
+    assert ya.stride() == yb.stride()
+    ya.backward(torch.ones_like(ya))
+    yb.backward(torch.ones_like(yb))
+    assert xa.grad.stride() == xb.grad.stride()
+    assert wa.grad.stride() == wb.grad.stride()

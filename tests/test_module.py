@@ -1,0 +1,119 @@
+"""The nn.Module surface: a drop-in for nn.Conv3d, and convert()."""
+import pytest
+import torch
+import torch.nn as nn
+
+import torchconv3d
+from conftest import rel_err
+
+ARGS = [
+    dict(in_channels=4, out_channels=8, kernel_size=3),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 1, 2), stride=(1, 2, 1), padding=(1, 0, 1),
+         dilation=(2, 1, 1), groups=2, bias=False, padding_mode="reflect"),
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding="same", groups=6,
+         padding_mode="circular"),
+    dict(in_channels=3, out_channels=5, kernel_size=2, padding="valid", padding_mode="replicate"),
+]
+
+
+@pytest.mark.parametrize("kwargs", ARGS)
+def test_same_parameters_keys_and_repr(kwargs):
+    torch.manual_seed(7)
+    ref = nn.Conv3d(**kwargs)
+    torch.manual_seed(7)
+    ours = torchconv3d.Conv3d(**kwargs)
+    assert repr(ours) == repr(ref)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for (ka, a), (kb, b) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert ka == kb and torch.equal(a, b), ka
+    assert isinstance(ours, nn.Conv3d)
+
+
+@pytest.mark.parametrize("kwargs", ARGS)
+def test_forward_backward_match_module(kwargs):
+    ref = nn.Conv3d(**kwargs, dtype=torch.float64)
+    ours = torchconv3d.Conv3d(**kwargs, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, kwargs["in_channels"], 6, 7, 8, dtype=torch.float64)
+    ya, yb = ref(x), ours(x)
+    assert rel_err(yb, ya) <= 1e-10
+    gy = torch.randn_like(ya)
+    ya.backward(gy)
+    yb.backward(gy)
+    assert rel_err(ours.weight.grad, ref.weight.grad) <= 1e-10
+
+
+def test_device_and_dtype_arguments():
+    m = torchconv3d.Conv3d(2, 3, 3, device="cpu", dtype=torch.float64)
+    assert m.weight.dtype == torch.float64 and m.weight.device.type == "cpu"
+
+
+def test_extension_paddings_in_module():
+    m = torchconv3d.Conv3d(3, 4, 3, stride=2, padding="same")
+    assert "padding=same" in repr(m)
+    assert m(torch.randn(1, 3, 9, 8, 7)).shape == (1, 4, 5, 4, 4)  # ceil(in / 2)
+    m = torchconv3d.Conv3d(3, 4, (3, 3, 3), padding="causal")
+    assert m(torch.randn(1, 3, 6, 5, 5)).shape == (1, 4, 6, 5, 5)
+    m = torchconv3d.Conv3d(3, 4, 3, padding=((2, 0), (1, 1), (0, 2)), padding_mode="reflect")
+    assert m.padding == ((2, 0), (1, 1), (0, 2))
+    assert m(torch.randn(1, 3, 6, 5, 5)).shape == (1, 4, 6, 5, 5)
+
+
+def test_causal_output_ignores_future_frames():
+    m = torchconv3d.Conv3d(2, 2, 3, padding="causal", padding_mode="replicate")
+    x = torch.randn(1, 2, 6, 5, 5)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, :, 4:] = torch.randn(1, 2, 2, 5, 5)  # change frames 4 and 5 only
+    y2 = m(x2)
+    assert torch.equal(y[:, :, :4], y2[:, :, :4])
+    assert not torch.equal(y[:, :, 4:], y2[:, :, 4:])
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv3d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(
+            nn.BatchNorm3d(8), nn.ReLU(),
+            nn.Conv3d(8, 8, 3, padding=1, groups=8, padding_mode="replicate"),
+            nn.Conv3d(8, 4, 1),
+        )
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3, 4)))
+
+
+def test_convert_keeps_parameters_and_outputs():
+    torch.manual_seed(3)
+    net = Net().double()
+    x = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    ref = net(x)
+    params = {name: p for name, p in net.named_parameters()}
+    out = torchconv3d.convert(net)
+    assert out is net
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv3d)]
+    assert len(convs) == 3 and all(type(m) is torchconv3d.Conv3d for m in convs)
+    for name, p in net.named_parameters():
+        assert p is params[name], name  # the very same Parameter objects
+    assert rel_err(net(x), ref) <= 1e-10
+    # A bare nn.Conv3d converts to a new module.
+    single = nn.Conv3d(2, 3, 3)
+    conv = torchconv3d.convert(single)
+    assert type(conv) is torchconv3d.Conv3d and conv.weight is single.weight
+    assert torchconv3d.convert(conv) is conv  # already ours: untouched
+
+
+def test_autocast_bfloat16_like_nn_conv3d():
+    ref = nn.Conv3d(4, 6, 3, padding=1)
+    ours = torchconv3d.Conv3d(4, 6, 3, padding=1)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 5, 6, 7, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = ref(x)
+        yb = ours(x)
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    assert rel_err(yb, ya) <= 2e-2
+    yb.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and ours.weight.grad.dtype == torch.float32
