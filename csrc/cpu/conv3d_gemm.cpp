@@ -50,30 +50,87 @@ void position_offsets(const Geometry& g, int64_t p0, int64_t p1,
   });
 }
 
+// A stretch of one tap's row of the tile: positions [t0, t0 + len) read elements
+// src, src + step, ...; src < 0 marks a stretch of padding zeros. Most stretches are a
+// whole output row, so the copy loops below run long and vectorise (step 1).
+struct Run {
+  int64_t t0, len, src, step;
+};
+
+// Cuts each tap's offsets (from tap_offsets) into runs; tap k owns
+// runs[first[k] .. first[k + 1]).
+void offsets_to_runs(const int64_t* off, int64_t kvol, int64_t n_t, std::vector<Run>& runs,
+                     std::vector<int64_t>& first) {
+  runs.clear();
+  first.resize(kvol + 1);
+  for (int64_t k = 0; k < kvol; ++k) {
+    first[k] = static_cast<int64_t>(runs.size());
+    const int64_t* o = off + k * n_t;
+    for (int64_t t = 0; t < n_t;) {
+      Run r{t, 1, o[t], 0};
+      if (o[t] < 0) {
+        while (t + r.len < n_t && o[t + r.len] < 0) ++r.len;
+      } else if (t + 1 < n_t && o[t + 1] >= 0) {
+        r.step = o[t + 1] - o[t];
+        while (t + r.len < n_t && o[t + r.len] >= 0 && o[t + r.len] - o[t + r.len - 1] == r.step)
+          ++r.len;
+      }
+      runs.push_back(r);
+      t += r.len;
+    }
+  }
+  first[kvol] = static_cast<int64_t>(runs.size());
+}
+
+struct TileRuns {
+  std::vector<Run> runs;
+  std::vector<int64_t> first;
+};
+
 // Rows [r0, r1) of the im2col block of one sample and group; row r is channel r / kvol,
 // tap r % kvol. `x` points at the group's first channel.
 template <typename T, typename A>
-void im2col_rows(const T* x, int64_t channel_stride, const int64_t* off, int64_t kvol,
+void im2col_rows(const T* x, int64_t channel_stride, const TileRuns& tr, int64_t kvol,
                  int64_t n_t, int64_t r0, int64_t r1, A* cols) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* xc = x + (r / kvol) * channel_stride;
-    const int64_t* o = off + (r % kvol) * n_t;
+    const int64_t tap = r % kvol;
     A* dst = cols + (r - r0) * n_t;
-    for (int64_t t = 0; t < n_t; ++t) dst[t] = o[t] >= 0 ? static_cast<A>(xc[o[t]]) : A(0);
+    for (int64_t k = tr.first[tap]; k < tr.first[tap + 1]; ++k) {
+      const Run& run = tr.runs[k];
+      A* d = dst + run.t0;
+      if (run.src < 0) {
+        std::fill(d, d + run.len, A(0));
+      } else if (run.step == 1) {
+        const T* src = xc + run.src;
+        for (int64_t u = 0; u < run.len; ++u) d[u] = static_cast<A>(src[u]);
+      } else {
+        for (int64_t u = 0; u < run.len; ++u) d[u] = static_cast<A>(xc[run.src + u * run.step]);
+      }
+    }
   }
 }
 
-// The adjoint of im2col_rows: adds rows [0, r1 - r0) of `cols` into the volume `gx`,
-// whose first channel is the block's first.
+// The adjoint of im2col_rows: adds rows [0, rows) of `cols` into the volume `gx`, whose
+// first channel is the block's first.
 template <typename A, typename T>
-void col2im_rows(const A* cols, const int64_t* off, int64_t kvol, int64_t n_t, int64_t rows,
+void col2im_rows(const A* cols, const TileRuns& tr, int64_t kvol, int64_t n_t, int64_t rows,
                  T* gx, int64_t channel_stride) {
   for (int64_t r = 0; r < rows; ++r) {
     T* gc = gx + (r / kvol) * channel_stride;
-    const int64_t* o = off + (r % kvol) * n_t;
+    const int64_t tap = r % kvol;
     const A* src = cols + r * n_t;
-    for (int64_t t = 0; t < n_t; ++t)
-      if (o[t] >= 0) gc[o[t]] += src[t];
+    for (int64_t k = tr.first[tap]; k < tr.first[tap + 1]; ++k) {
+      const Run& run = tr.runs[k];
+      if (run.src < 0) continue;
+      const A* s = src + run.t0;
+      if (run.step == 1) {
+        T* d = gc + run.src;
+        for (int64_t u = 0; u < run.len; ++u) d[u] += s[u];
+      } else {
+        for (int64_t u = 0; u < run.len; ++u) gc[run.src + u * run.step] += s[u];
+      }
+    }
   }
 }
 
@@ -98,8 +155,8 @@ Mat<A> tile_of(const T* y, int64_t channel_stride, std::optional<int64_t> flat, 
 
 // Positions per tile: the im2col block (rows x tp elements) stays near `budget` bytes so
 // that it sits in L2 beside the GEMM operands. Depends on the shape only.
-int64_t tile_positions(int64_t positions, int64_t rows, int64_t elem_size) {
-  constexpr int64_t budget = 512 * 1024;
+int64_t tile_positions(int64_t positions, int64_t rows, int64_t elem_size,
+                       int64_t budget = 512 * 1024) {
   int64_t tp = budget / (std::max<int64_t>(rows, 1) * elem_size);
   tp = std::clamp<int64_t>(tp, 32, 2048);
   tp = (tp + 15) / 16 * 16;
@@ -149,13 +206,15 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     int64_t* pos = scratch<int64_t>(h_pos, tp);
     acc_t* cols = scratch<acc_t>(h_cols, K * tp);
     acc_t* acc = yflat ? nullptr : scratch<acc_t>(h_acc, cout_g * tp);
+    TileRuns runs;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / ntiles;
       const int64_t p0 = (task % ntiles) * tp, p1 = std::min(P, p0 + tp), n_t = p1 - p0;
       tap_offsets(g, tt, p0, p1, xs, off);
+      offsets_to_runs(off, kvol, n_t, runs.runs, runs.first);
       if (!yflat) position_offsets(g, p0, p1, ys, pos);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        im2col_rows(xp + n * xsn + grp * cin_g * xsc, xsc, off, kvol, n_t, 0, K, cols);
+        im2col_rows(xp + n * xsn + grp * cin_g * xsc, xsc, runs, kvol, n_t, 0, K, cols);
         const Mat<acc_t> wg{wp + grp * cout_g * K, K, 1}, cm{cols, n_t, 1};
         T* y0 = yp + n * ysn + grp * cout_g * ysc;
         if (yflat) {
@@ -203,10 +262,10 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   const auto gyflat = flat_position_stride(grad_output);
   const TapTables tt(g);
 
-  // Channel blocks as large as possible (a taller GEMM) while leaving enough tasks.
+  // Channel blocks as large as possible (a taller GEMM, fewer repeats of the per-tile
+  // tables) while every thread still gets a block.
   const int64_t units = g.batch * g.groups;
-  int64_t cb = direct ? std::max<int64_t>(1, cin_g / ceil_div(4 * at::get_num_threads(), units))
-                      : 1;
+  int64_t cb = direct ? ceil_div(cin_g, ceil_div(at::get_num_threads(), units)) : 1;
   cb = std::min(cb, cin_g);
   const int64_t nblocks = ceil_div(cin_g, cb);
   const int64_t tp = tile_positions(P, cb * kvol, sizeof(acc_t));
@@ -218,6 +277,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
     acc_t* gy_buf = scratch<acc_t>(h_gy, cout_g * tp);
     acc_t* cols = scratch<acc_t>(h_cols, cb * kvol * tp);
     acc_t* plane = direct ? nullptr : scratch<acc_t>(h_plane, cb * V);
+    TileRuns runs;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (g.groups * nblocks);
       const int64_t grp = (task / nblocks) % g.groups;
@@ -228,15 +288,16 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
       for (int64_t p0 = 0; p0 < P; p0 += tp) {
         const int64_t p1 = std::min(P, p0 + tp), n_t = p1 - p0;
         tap_offsets(g, tt, p0, p1, direct ? gxs : dense, off);
+        offsets_to_runs(off, kvol, n_t, runs.runs, runs.first);
         const Mat<acc_t> gy = tile_of<T, acc_t>(gyp + n * gysn + grp * cout_g * gysc, gysc,
                                                 gyflat, g, gys, p0, p1, cout_g, pos, gy_buf);
         // cols[rows x t] = W_g[:, rows]^T gy: W_g is [cout_g x K], row stride K.
         const Mat<acc_t> wt{wp + grp * cout_g * K + c0 * kvol, 1, K};
         gemm(rows, n_t, cout_g, wt, gy, acc_t(0), cols, n_t, 1);
         if constexpr (direct) {
-          col2im_rows(cols, off, kvol, n_t, rows, gx_block, gxsc);
+          col2im_rows(cols, runs, kvol, n_t, rows, gx_block, gxsc);
         } else {
-          col2im_rows(cols, off, kvol, n_t, rows, plane, V);
+          col2im_rows(cols, runs, kvol, n_t, rows, plane, V);
         }
       }
       if constexpr (!direct) {
@@ -271,47 +332,55 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   const auto gyflat = flat_position_stride(grad_output);
   const TapTables tt(g);
 
-  // Blocks of K rows: a thread owns the weight columns of its block and sums over every
-  // sample and tile in order, so partial sums of different threads never meet. Block
-  // and tile sizes depend on the shape alone, hence so does the order of every sum.
-  const int64_t rb = std::min(K, std::max<int64_t>(4 * kvol, ceil_div(K, 8)));
+  // The sum over (sample, tile) runs in order, one tile at a time; within a tile the
+  // threads split the weight's columns (blocks of K rows), so partial sums of different
+  // threads never meet. The tile size depends on the shape alone, so every element's sum
+  // order - and the result - is the same whatever the thread count.
+  const int64_t threads = at::get_num_threads();
+  const int64_t rb = ceil_div(K, std::max<int64_t>(1, ceil_div(2 * threads, g.groups)));
   const int64_t nblocks = ceil_div(K, rb);
-  const int64_t tp = tile_positions(P, rb, sizeof(acc_t));
+  const int64_t tp = tile_positions(P, K, sizeof(acc_t));
 
-  at::parallel_for(0, g.groups * nblocks, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor h_off, h_pos, h_gy, h_cols, h_acc;
-    int64_t* off = scratch<int64_t>(h_off, kvol * tp);
-    int64_t* pos = scratch<int64_t>(h_pos, tp);
-    acc_t* gy_buf = scratch<acc_t>(h_gy, cout_g * tp);
-    acc_t* cols = scratch<acc_t>(h_cols, rb * tp);
-    acc_t* acc = scratch<acc_t>(h_acc, cout_g * rb);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t grp = task / nblocks;
-      const int64_t r0 = (task % nblocks) * rb, r1 = std::min(K, r0 + rb), nr = r1 - r0;
-      std::fill(acc, acc + cout_g * nr, acc_t(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t p0 = 0; p0 < P; p0 += tp) {
-          const int64_t p1 = std::min(P, p0 + tp), n_t = p1 - p0;
-          tap_offsets(g, tt, p0, p1, xs, off);
-          im2col_rows(xp + n * xsn + grp * cin_g * xsc, xsc, off, kvol, n_t, r0, r1, cols);
-          const Mat<acc_t> gy = tile_of<T, acc_t>(gyp + n * gysn + grp * cout_g * gysc, gysc,
-                                                  gyflat, g, gys, p0, p1, cout_g, pos, gy_buf);
+  at::Tensor h_acc, h_off, h_pos, h_gy;
+  acc_t* acc = scratch<acc_t>(h_acc, g.out_channels * K);  // [C_out x K], weight-sized
+  std::fill(acc, acc + g.out_channels * K, acc_t(0));
+  int64_t* off = scratch<int64_t>(h_off, kvol * tp);
+  int64_t* pos = scratch<int64_t>(h_pos, tp);
+  acc_t* gy_buf = scratch<acc_t>(h_gy, g.out_channels * tp);
+  std::vector<at::Tensor> h_cols(threads);
+  TileRuns runs;
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t p0 = 0; p0 < P; p0 += tp) {
+      const int64_t p1 = std::min(P, p0 + tp), n_t = p1 - p0;
+      tap_offsets(g, tt, p0, p1, xs, off);
+      offsets_to_runs(off, kvol, n_t, runs.runs, runs.first);
+      const Mat<acc_t> gy_all = tile_of<T, acc_t>(gyp + n * gysn, gysc, gyflat, g, gys, p0, p1,
+                                                  g.out_channels, pos, gy_buf);
+      at::parallel_for(0, g.groups * nblocks, 1, [&](int64_t begin, int64_t end) {
+        acc_t* cols = scratch<acc_t>(h_cols[at::get_thread_num()], rb * n_t);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t grp = task / nblocks;
+          const int64_t r0 = (task % nblocks) * rb, r1 = std::min(K, r0 + rb), nr = r1 - r0;
+          im2col_rows(xp + n * xsn + grp * cin_g * xsc, xsc, runs, kvol, n_t, r0, r1, cols);
+          const Mat<acc_t> gy{gy_all.ptr + grp * cout_g * gy_all.s0, gy_all.s0, gy_all.s1};
           // acc[co x r] += gy[co x t] cols[r x t]^T
-          gemm(cout_g, nr, n_t, gy, Mat<acc_t>{cols, 1, n_t}, acc_t(1), acc, nr, 1);
+          gemm(cout_g, nr, n_t, gy, Mat<acc_t>{cols, 1, n_t}, acc_t(1),
+               acc + grp * cout_g * K + r0, K, 1);
         }
-      }
-      // Weight element (c_out, c_in, i, j, l) is row r = c_in * kvol + tap of K.
-      for (int64_t co = 0; co < cout_g; ++co) {
-        T* gw_c = gwp + (grp * cout_g + co) * grad_weight.stride(0);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t ci = r / kvol, tap = r % kvol;
-          const int64_t i = tap / (g.kernel[1] * g.kernel[2]);
-          const int64_t j = (tap / g.kernel[2]) % g.kernel[1];
-          const int64_t l = tap % g.kernel[2];
-          gw_c[ci * grad_weight.stride(1) + i * grad_weight.stride(2) +
-               j * grad_weight.stride(3) + l * grad_weight.stride(4)] =
-              static_cast<T>(acc[co * nr + (r - r0)]);
-        }
+      });
+    }
+  }
+  // Weight element (c_out, c_in, i, j, l) is column c_in * kvol + tap of K.
+  const auto ws = grad_weight.strides();
+  at::parallel_for(0, g.out_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      for (int64_t r = 0; r < K; ++r) {
+        const int64_t ci = r / kvol, tap = r % kvol;
+        const int64_t i = tap / (g.kernel[1] * g.kernel[2]);
+        const int64_t j = (tap / g.kernel[2]) % g.kernel[1];
+        const int64_t l = tap % g.kernel[2];
+        gwp[co * ws[0] + ci * ws[1] + i * ws[2] + j * ws[3] + l * ws[4]] =
+            static_cast<T>(acc[co * K + r]);
       }
     }
   });

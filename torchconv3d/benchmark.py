@@ -1,0 +1,163 @@
+"""Layer shapes from real 3D networks and a side-by-side timer against torch.
+
+Used by `python -m torchconv3d` (a few layers) and benchmarks/run.py (the whole suite).
+Shapes are the papers' layers, scaled (batch, frames or volume) to run in seconds on a
+2-core CPU; `scale` notes what was cut.
+"""
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .functional import conv3d, resolve_padding
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    source: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    size: tuple  # input (D, H, W)
+    kernel: tuple
+    stride: tuple = (1, 1, 1)
+    padding: object = 0
+    dilation: tuple = (1, 1, 1)
+    groups: int = 1
+    scale: str = ""
+    tags: tuple = field(default=())
+
+    def pads(self):
+        return resolve_padding(self.padding, list(self.kernel), list(self.stride),
+                               list(self.dilation), list(self.size))
+
+    def out_size(self):
+        p = self.pads()
+        return tuple(
+            (self.size[i] + p[2 * i] + p[2 * i + 1] - self.dilation[i] * (self.kernel[i] - 1) - 1)
+            // self.stride[i] + 1
+            for i in range(3)
+        )
+
+    def flops(self):
+        """Multiply-adds x 2 of one forward pass; backward (input + weight) is twice this."""
+        kvol = self.kernel[0] * self.kernel[1] * self.kernel[2]
+        out = self.out_size()
+        return (2 * self.batch * self.out_channels * out[0] * out[1] * out[2]
+                * (self.in_channels // self.groups) * kvol)
+
+
+SUITE = [
+    Layer("c3d_conv3a", "C3D conv3a (Tran et al. 2015)", 1, 128, 256, (8, 28, 28), (3, 3, 3),
+          padding=1, scale="batch 1", tags=("dense",)),
+    Layer("r3d18_layer2", "R3D-18 layer2 (Tran et al. 2018)", 1, 128, 128, (4, 28, 28),
+          (3, 3, 3), padding=1, scale="batch 1", tags=("dense",)),
+    Layer("r2plus1d_spatial", "R(2+1)D-18 layer1 1x3x3 (Tran et al. 2018)", 1, 64, 144,
+          (8, 28, 28), (1, 3, 3), padding=(0, 1, 1), scale="56x56 -> 28x28", tags=("dense",)),
+    Layer("r2plus1d_temporal", "R(2+1)D-18 layer1 3x1x1 (Tran et al. 2018)", 1, 144, 64,
+          (8, 28, 28), (3, 1, 1), padding=(1, 0, 0), scale="56x56 -> 28x28", tags=("dense",)),
+    Layer("i3d_stem", "I3D Conv3d_1a_7x7 (Carreira & Zisserman 2017)", 1, 3, 64, (16, 112, 112),
+          (7, 7, 7), stride=(2, 2, 2), padding=3, scale="64x224x224 -> 16x112x112",
+          tags=("dense",)),
+    Layer("x3d_depthwise", "X3D-M res3 depthwise 3x3x3 (Feichtenhofer 2020)", 1, 96, 96,
+          (8, 28, 28), (3, 3, 3), padding=1, groups=96, scale="16 -> 8 frames",
+          tags=("depthwise",)),
+    Layer("x3d_depthwise_s2", "X3D-M depthwise, stride (1,2,2) (Feichtenhofer 2020)", 1, 96, 96,
+          (8, 56, 56), (3, 3, 3), stride=(1, 2, 2), padding=1, groups=96,
+          scale="16 -> 8 frames", tags=("depthwise",)),
+    Layer("unet3d_conv", "3D U-Net encoder 3x3x3 (Cicek et al. 2016)", 1, 32, 32, (32, 32, 32),
+          (3, 3, 3), padding=1, scale="volume 64^3 -> 32^3", tags=("dense",)),
+    Layer("nnunet_down", "nnU-Net stride-2 downsampling conv (Isensee et al. 2021)", 1, 32, 64,
+          (32, 32, 32), (3, 3, 3), stride=(2, 2, 2), padding=1, scale="volume 128^3 -> 32^3",
+          tags=("dense",)),
+    Layer("unet3d_k2s2", "3D U-Net 2x2x2 stride-2 (Cicek et al. 2016)", 1, 32, 64,
+          (32, 32, 32), (2, 2, 2), stride=(2, 2, 2), scale="volume 64^3 -> 32^3",
+          tags=("dense",)),
+    Layer("vnet_5x5x5", "V-Net stage-2 5x5x5 (Milletari et al. 2016)", 1, 16, 16, (32, 32, 32),
+          (5, 5, 5), padding=2, scale="volume 64^3 -> 32^3, 32 -> 16 channels",
+          tags=("dense",)),
+    Layer("medicalnet_dilated", "MedicalNet layer3, dilation 2 (Chen et al. 2019)", 1, 64, 64,
+          (16, 28, 28), (3, 3, 3), padding=2, dilation=(2, 2, 2),
+          scale="256 -> 64 channels", tags=("dense", "dilated")),
+    Layer("voxelmorph_enc", "VoxelMorph encoder stride-2 (Balakrishnan et al. 2019)", 1, 16, 32,
+          (40, 48, 56), (3, 3, 3), stride=(2, 2, 2), padding=1, scale="160x192x224 / 4",
+          tags=("dense",)),
+]
+
+QUICK = ["r3d18_layer2", "r2plus1d_spatial", "x3d_depthwise", "nnunet_down",
+         "medicalnet_dilated"]
+
+
+def make_inputs(layer, dtype=torch.float32, device="cpu", channels_last=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((layer.batch, layer.in_channels) + tuple(layer.size), generator=g,
+                    dtype=torch.float64)
+    w = torch.randn((layer.out_channels, layer.in_channels // layer.groups) + tuple(layer.kernel),
+                    generator=g, dtype=torch.float64) * 0.1
+    b = torch.randn(layer.out_channels, generator=g, dtype=torch.float64)
+    x, w, b = (t.to(device=device, dtype=dtype) for t in (x, w, b))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x, w, b
+
+
+def ours(layer, padding_mode="zeros"):
+    return lambda x, w, b: conv3d(x, w, b, layer.stride, layer.padding, layer.dilation,
+                                  layer.groups, padding_mode)
+
+
+def torch_conv(layer, padding_mode="zeros"):
+    """What nn.Conv3d does: F.pad for the non-zero modes (and asymmetric zeros), F.conv3d."""
+    pads = layer.pads()
+    before, after = pads[0::2], pads[1::2]
+    torch_pads = (pads[4], pads[5], pads[2], pads[3], pads[0], pads[1])
+
+    def run(x, w, b):
+        if padding_mode == "zeros" and before == after:
+            return F.conv3d(x, w, b, layer.stride, before, layer.dilation, layer.groups)
+        mode = "constant" if padding_mode == "zeros" else padding_mode
+        return F.conv3d(F.pad(x, torch_pads, mode=mode), w, b, layer.stride, 0, layer.dilation,
+                        layer.groups)
+
+    return run
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_impls(impls, layer, backward, dtype=torch.float32, device="cpu", channels_last=False,
+               reps=5, warmup=1):
+    """Median seconds per call of each impl, runs interleaved so drift hits all equally.
+
+    impls: {label: (fn, context_factory)}; fn(x, w, b) -> output.
+    """
+    x, w, b = make_inputs(layer, dtype, device, channels_last)
+    if backward:
+        x.requires_grad_()
+        w.requires_grad_()
+        b.requires_grad_()
+    times = {k: [] for k in impls}
+
+    def once(fn, ctx):
+        with ctx():
+            _sync(device)
+            t0 = time.perf_counter()
+            y = fn(x, w, b)
+            if backward:
+                y.backward(torch.ones_like(y))
+            _sync(device)
+            return time.perf_counter() - t0
+
+    for i in range(warmup + reps):
+        for label, (fn, ctx) in impls.items():
+            t = once(fn, ctx)
+            if i >= warmup:
+                times[label].append(t)
+            if backward:
+                x.grad = w.grad = b.grad = None
+    return {k: statistics.median(v) for k, v in times.items()}
