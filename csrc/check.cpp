@@ -163,10 +163,8 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
 
   if (grad_output.has_value() && grad_output->defined()) {
     const at::Tensor& go = *grad_output;
-    std::vector<int64_t> expected;
-    if (batched) expected.push_back(g.batch);
-    expected.push_back(g.out_channels);
-    expected.insert(expected.end(), g.out.begin(), g.out.end());
+    std::vector<int64_t> expected{g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]};
+    if (!batched) expected.erase(expected.begin());
     TORCH_CHECK(go.sizes() == c10::IntArrayRef(expected), "Expected grad_output of size ",
                 c10::IntArrayRef(expected), " (the output of this convolution), but got ",
                 go.sizes());

@@ -122,3 +122,9 @@ def test_errors_leave_the_process_usable():
         with pytest.raises(Exception):
             case[1](conv3d)
     assert conv3d(X, W).shape == (2, 8, 3, 4, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_device_mismatch():
+    with pytest.raises(RuntimeError, match=r"same device.*input on cpu and weight on cuda"):
+        conv3d(X, W.cuda())

@@ -104,6 +104,24 @@ T* scratch(at::Tensor& holder, int64_t n) {
   return holder.data_ptr<T>();
 }
 
+// The weight as a dense [C_out, C_in/groups * kvol] matrix in the accumulation type.
+template <typename T>
+at::Tensor weight_as_acc(const at::Tensor& weight) {
+  using acc_t = at::opmath_type<T>;
+  return weight.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+}
+
+// Writes a dense [D, H, W] float plane (where the half types sum their input gradient)
+// into one channel of grad_input, which has spatial strides s.
+template <typename A, typename T>
+void store_plane(const Geometry& g, const A* plane, T* dst, const std::array<int64_t, 3>& s) {
+  int64_t v = 0;
+  for (int64_t d = 0; d < g.in[0]; ++d)
+    for (int64_t h = 0; h < g.in[1]; ++h)
+      for (int64_t x = 0; x < g.in[2]; ++x, ++v)
+        dst[d * s[0] + h * s[1] + x * s[2]] = static_cast<T>(plane[v]);
+}
+
 // A strided m x n matrix view: element (i, j) at ptr[i * s0 + j * s1].
 template <typename A>
 struct Mat {

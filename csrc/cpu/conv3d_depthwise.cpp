@@ -77,7 +77,7 @@ template <typename T>
 void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                     const at::Tensor& bias, at::Tensor& output) {
   using acc_t = at::opmath_type<T>;
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const at::Tensor w = weight_as_acc<T>(weight);
   const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const acc_t* wp = w.const_data_ptr<acc_t>();
   const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
@@ -133,7 +133,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   // Float and double add straight into grad_input (which arrives zeroed); the half types
   // sum in a float plane, written once at the end.
   constexpr bool direct = std::is_same_v<acc_t, T>;
-  const at::Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const at::Tensor w = weight_as_acc<T>(weight);
   const acc_t* wp = w.const_data_ptr<acc_t>();
   const T* gyp = grad_output.const_data_ptr<T>();
   T* gxp = grad_input.mutable_data_ptr<T>();
@@ -180,13 +180,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
           }
         }
       }
-      if constexpr (!direct) {
-        int64_t v = 0;
-        for (int64_t d = 0; d < g.in[0]; ++d)
-          for (int64_t h = 0; h < g.in[1]; ++h)
-            for (int64_t x = 0; x < g.in[2]; ++x, ++v)
-              gx_plane[d * gxs[0] + h * gxs[1] + x * gxs[2]] = static_cast<T>(plane[v]);
-      }
+      if constexpr (!direct) store_plane(g, plane, gx_plane, gxs);
     }
   });
 }

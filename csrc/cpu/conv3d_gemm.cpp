@@ -164,12 +164,6 @@ int64_t tile_positions(int64_t positions, int64_t rows, int64_t elem_size,
 }
 
 template <typename T>
-const at::Tensor weight_as_acc(const at::Tensor& weight) {
-  using acc_t = at::opmath_type<T>;
-  return weight.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();  // [C_out, K]
-}
-
-template <typename T>
 void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                     const at::Tensor& bias, at::Tensor& output) {
   using acc_t = at::opmath_type<T>;
@@ -301,15 +295,8 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
         }
       }
       if constexpr (!direct) {
-        for (int64_t c = 0; c < c1 - c0; ++c) {
-          const acc_t* src = plane + c * V;
-          T* dst = gx_block + c * gxsc;
-          int64_t v = 0;
-          for (int64_t d = 0; d < g.in[0]; ++d)
-            for (int64_t h = 0; h < g.in[1]; ++h)
-              for (int64_t x = 0; x < g.in[2]; ++x, ++v)
-                dst[d * gxs[0] + h * gxs[1] + x * gxs[2]] = static_cast<T>(src[v]);
-        }
+        for (int64_t c = 0; c < c1 - c0; ++c)
+          store_plane(g, plane + c * V, gx_block + c * gxsc, gxs);
       }
     }
   });
