@@ -1,6 +1,5 @@
 """torchconv3d: a drop-in torch.nn.Conv3d on hand-written CPU (and CUDA) kernels."""
 from . import ops  # noqa: F401  (loads the compiled operators, registers fake + autograd)
-from ._loader import BACKEND as _BACKEND  # noqa: F401
 from .functional import conv3d
 from .modules import Conv3d, convert
 
