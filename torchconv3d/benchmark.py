@@ -151,13 +151,17 @@ def time_impls(impls, layer, backward, dtype=torch.float32, device="cpu", channe
             if backward:
                 y.backward(torch.ones_like(y))
             _sync(device)
-            return time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+        x.grad = w.grad = b.grad = None
+        return elapsed
 
-    for i in range(warmup + reps):
+    # Fast layers get more runs, so that each impl is timed for about half a second.
+    first = {label: once(fn, ctx) for label, (fn, ctx) in impls.items()}
+    for _ in range(warmup - 1):
+        for fn, ctx in impls.values():
+            once(fn, ctx)
+    reps = min(50, max(reps, int(0.5 / max(max(first.values()), 1e-6))))
+    for _ in range(reps):
         for label, (fn, ctx) in impls.items():
-            t = once(fn, ctx)
-            if i >= warmup:
-                times[label].append(t)
-            if backward:
-                x.grad = w.grad = b.grad = None
+            times[label].append(once(fn, ctx))
     return {k: statistics.median(v) for k, v in times.items()}
