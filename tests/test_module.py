@@ -117,3 +117,23 @@ def test_autocast_bfloat16_like_nn_conv3d():
     assert rel_err(yb, ya) <= 2e-2
     yb.float().sum().backward()
     assert x.grad.dtype == torch.float32 and ours.weight.grad.dtype == torch.float32
+
+
+def test_same_matches_nn_conv3d_for_even_kernels():
+    ref = nn.Conv3d(3, 4, (2, 3, 4), padding="same", dilation=(1, 2, 1), dtype=torch.float64)
+    ours = torchconv3d.Conv3d(3, 4, (2, 3, 4), padding="same", dilation=(1, 2, 1),
+                              dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    assert rel_err(ours(x), ref(x)) <= 1e-10
+
+
+def test_padding_rules_by_hand():
+    from torchconv3d.functional import resolve_padding
+    # TF 'same', stride 2: in 9 -> out 5, total (5-1)*2 + 3 - 9 = 2 -> (1, 1);
+    # in 8 -> out 4, total 1 -> (0, 1); in 7, k 1 -> out 4, total 0.
+    assert resolve_padding("same", [3, 3, 1], [2, 2, 2], [1, 1, 1], [9, 8, 7]) == [1, 1, 0, 1, 0, 0]
+    # causal: depth (k-1)*d before and nothing after; H, W as 'same' (k 3, d 1 -> (1, 1))
+    assert resolve_padding("causal", [3, 3, 3], [1, 1, 1], [2, 1, 1], [6, 5, 5]) == [4, 0, 1, 1, 1, 1]
+    assert resolve_padding(((2, 0), 1, (0, 3)), [3] * 3, [1] * 3, [1] * 3, [5] * 3) == [2, 0, 1, 1, 0, 3]
+    assert resolve_padding("valid", [3] * 3, [1] * 3, [1] * 3, [5] * 3) == [0] * 6

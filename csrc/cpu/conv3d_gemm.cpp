@@ -185,8 +185,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       std::is_same_v<T, acc_t> ? flat_position_stride(output) : std::nullopt;
   const TapTables tt(g);
 
-  // Smaller tiles when there are too few to keep every thread busy (the forward's sums
-  // do not depend on the tiling, so this cannot change results).
+  // Smaller tiles when there are too few to keep every thread busy. Each output element
+  // stays one dot product over all of K, so the tiling does not enter any sum.
   int64_t tp = tile_positions(P, K, sizeof(acc_t));
   const int64_t want = 4 * at::get_num_threads();
   if (g.batch * ceil_div(P, tp) < want) {
