@@ -215,9 +215,15 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
           acc_t* yt = reinterpret_cast<acc_t*>(y0) + p0 * *yflat;
           gemm(cout_g, n_t, K, wg, cm, acc_t(0), yt, ysc, *yflat);
           if (bp) {
+            const int64_t fs = *yflat;
             for (int64_t co = 0; co < cout_g; ++co) {
               const acc_t bc = static_cast<acc_t>(bp[grp * cout_g + co]);
-              for (int64_t t = 0; t < n_t; ++t) yt[co * ysc + t * *yflat] += bc;
+              acc_t* yc = yt + co * ysc;
+              if (fs == 1) {  // contiguous output: a loop the compiler vectorises
+                for (int64_t t = 0; t < n_t; ++t) yc[t] += bc;
+              } else {
+                for (int64_t t = 0; t < n_t; ++t) yc[t * fs] += bc;
+              }
             }
           }
         } else {
