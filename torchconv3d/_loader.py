@@ -17,16 +17,16 @@ def _load_jit():
 
     from . import _build
 
-    srcs = _build.sources(False)
+    with_cuda = _build.want_cuda()
+    srcs = _build.sources(with_cuda)
     if not srcs:
         raise ImportError(
             f"torchconv3d: no built extension (torchconv3d._C) and no sources under {_build.CSRC} "
             "to compile; reinstall with `pip install --no-build-isolation -e .`"
         )
-    with_cuda = _build.want_cuda()
     return load(
         name="torchconv3d_jit",
-        sources=_build.sources(with_cuda),
+        sources=srcs,
         extra_cflags=_build.cxx_flags(with_cuda),
         extra_cuda_cflags=_build.nvcc_flags() if with_cuda else None,
         with_cuda=with_cuda,
