@@ -66,8 +66,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
   if (output_mask[1]) {
     const auto opts = weight.options().memory_format(weight.suggest_memory_format());
     grad_weight = at::empty(weight.sizes(), opts);
-    if (empty) grad_weight.zero_();
-    if (!empty) k.grad_weight(g, gy, x, grad_weight);
+    if (empty) {
+      grad_weight.zero_();
+    } else {
+      k.grad_weight(g, gy, x, grad_weight);
+    }
   }
   if (output_mask[2]) {
     grad_bias = at::empty({g.out_channels}, gy.options().memory_format(at::MemoryFormat::Contiguous));

@@ -39,7 +39,7 @@ def main():
           f"{platform.processor() or platform.machine()}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
     print()
-    print("Each layer: forward + backward (input, weight, bias grads), float32, median of 5.")
+    print("Each layer: forward + backward (input, weight, bias grads), float32, median of 5 or more runs.")
     print("err = max|ours - nn.Conv3d in float64| / max|nn.Conv3d in float64|, output and all gradients.")
     print("vol2col = torch with oneDNN disabled (its own im2col + GEMM path).")
     print()

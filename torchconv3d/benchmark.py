@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import conv3d, resolve_padding
+from .ops import output_size
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,7 @@ class Layer:
                                list(self.dilation), list(self.size))
 
     def out_size(self):
-        p = self.pads()
-        return tuple(
-            (self.size[i] + p[2 * i] + p[2 * i + 1] - self.dilation[i] * (self.kernel[i] - 1) - 1)
-            // self.stride[i] + 1
-            for i in range(3)
-        )
+        return tuple(output_size(self.size, self.kernel, self.stride, self.pads(), self.dilation))
 
     def flops(self):
         """Multiply-adds x 2 of one forward pass; backward (input + weight) is twice this."""

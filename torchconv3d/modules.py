@@ -52,8 +52,8 @@ def convert(module):
     """Replaces every nn.Conv3d in `module` (or `module` itself) by torchconv3d.Conv3d.
 
     Only modules whose type is exactly nn.Conv3d are replaced: subclasses may override
-    forward, and lazy or parametrized modules are left as they are. The new modules share the original Parameter objects (optimizer state stays valid),
-    hooks and training mode. Returns the converted module; children are swapped in place.
+    forward, and lazy or parametrized modules are left as they are. The new modules share
+    the original Parameter objects (optimizer state stays valid), hooks and training mode. Returns the converted module; children are swapped in place.
     """
     if type(module) is nn.Conv3d:
         new = Conv3d.__new__(Conv3d)
