@@ -1,4 +1,4 @@
-// Chooses the CPU kernel for each call and holds the small grad_bias reduction.
+// The CPU kernel table and the small grad_bias reduction.
 #include "common.h"
 #include "kernels.h"
 
@@ -7,27 +7,6 @@
 namespace torchconv3d {
 namespace cpu {
 namespace {
-
-// One input channel per group gives a GEMM with a single-row operand: direct loops win.
-bool use_depthwise(const Geometry& g) { return g.in_per_group() == 1 && g.groups > 1; }
-
-void forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-             const at::Tensor& bias, at::Tensor& output) {
-  if (use_depthwise(g)) return depthwise_forward(g, input, weight, bias, output);
-  gemm_forward(g, input, weight, bias, output);
-}
-
-void grad_input(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
-                at::Tensor& grad_in) {
-  if (use_depthwise(g)) return depthwise_grad_input(g, grad_output, weight, grad_in);
-  gemm_grad_input(g, grad_output, weight, grad_in);
-}
-
-void grad_weight(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& input,
-                 at::Tensor& grad_w) {
-  if (use_depthwise(g)) return depthwise_grad_weight(g, grad_output, input, grad_w);
-  gemm_grad_weight(g, grad_output, input, grad_w);
-}
 
 template <typename T>
 void grad_bias_kernel(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_b) {
@@ -62,8 +41,8 @@ void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& gra
 }  // namespace cpu
 
 const DeviceKernels& cpu_kernels() {
-  static const DeviceKernels k{&cpu::forward, &cpu::grad_input, &cpu::grad_weight,
-                               &cpu::grad_bias};
+  static const DeviceKernels k{&cpu::tiled_forward, &cpu::tiled_grad_input,
+                               &cpu::tiled_grad_weight, &cpu::grad_bias};
   return k;
 }
 

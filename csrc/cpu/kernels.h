@@ -1,5 +1,5 @@
-// CPU kernel entry points. kernels.cpp picks one per call; all take checked, batched
-// (5-D) tensors with any strides and write preallocated outputs.
+// CPU kernel entry points. All take checked, batched (5-D) tensors with any strides and
+// write preallocated outputs.
 #pragma once
 
 #include "../conv3d.h"
@@ -11,22 +11,13 @@
 
 namespace torchconv3d::cpu {
 
-// Tiled implicit GEMM: any groups (conv3d_gemm.cpp).
-void gemm_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-                  const at::Tensor& bias, at::Tensor& output);
-void gemm_grad_input(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
-                     at::Tensor& grad_input);
-void gemm_grad_weight(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& input,
-                      at::Tensor& grad_weight);
-
-// Direct loops for one input channel per group: depthwise, with any channel multiplier
-// (conv3d_depthwise.cpp).
-void depthwise_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-                       const at::Tensor& bias, at::Tensor& output);
-void depthwise_grad_input(const Geometry& g, const at::Tensor& grad_output,
-                          const at::Tensor& weight, at::Tensor& grad_input);
-void depthwise_grad_weight(const Geometry& g, const at::Tensor& grad_output,
-                           const at::Tensor& input, at::Tensor& grad_weight);
+// Shifted-plane convolution for every shape and pass (conv3d_tiled.cpp).
+void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                   const at::Tensor& bias, at::Tensor& output);
+void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
+                      const at::Tensor& weight, at::Tensor& grad_input);
+void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
+                       const at::Tensor& input, at::Tensor& grad_weight);
 
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);

@@ -1,0 +1,529 @@
+// CPU convolution over shifted planes: one design for every pass, groups (depthwise
+// included), kernel, stride, dilation and padding mode.
+//
+// A tile is one output depth plane od and a band of `th` output rows. Its input is copied
+// into a small buffer as "phase planes": for input channel c, kernel depth tap i and
+// stride phase (rh, rw), plane[t_row][t_col] holds the padded input at row
+// (oh0 + t_row) * sh + rh and column t_col * sw + rw, where the padding mode (through
+// source_index) decides what a padded coordinate reads. Rows are lw = W_out + qw_max long,
+// so for a tile position f = r * lw + ow, tap (c, i, j, l) reads
+//     plane(c, i, (j*dh) % sh, (l*dw) % sw)[f + (j*dh / sh) * lw + (l*dw / sw)]
+// - a fixed shift per tap. The convolution becomes a GEMM with one shifted window of the
+// buffer per k (microkernel.h), vectorised along f. Columns ow >= W_out are computed and
+// dropped (qw_max / lw of the work: 3-12% on the suite's shapes).
+//
+// Passes and the splits that keep threads from writing the same element:
+//   forward      tiles (sample, group, od, band); C[c_out x f] = W x shifted planes
+//   grad_input   (sample, group, block of input depths): the gradient of a tile's phase
+//                planes, C[c_in x t] = W^T x shifted grad_output, is added back through
+//                the adjoint of the copy, only for depth taps that land in the block.
+//   grad_weight  (group, block of c_out, block of c_in) owns those weight elements and
+//                walks every tile in order: dot products of grad_output rows with shifted
+//                planes.
+// Sums run in an order fixed by the shape (bands of grad_input and grad_weight do not
+// depend on the thread count), so results are bitwise stable run to run and across
+// thread counts. No floating-point atomics. Workspace per thread is a few hundred KB.
+#include "common.h"
+#include "kernels.h"
+#include "microkernel.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
+
+namespace torchconv3d::cpu {
+namespace {
+
+// Bytes of phase planes (or shifted grad_output) one thread works on at a time: well
+// inside a 1 MB L2 next to the weight block.
+constexpr int64_t kTileBytes = 384 * 1024;
+
+// Where a tile's phase planes and positions lie; see the comment at the top.
+struct Layout {
+  const Geometry& g;
+  int64_t sh, sw, qh_max, qw_max, lw;
+  int64_t th = 1, rows = 1, plane = 1, n = kLanes;
+
+  explicit Layout(const Geometry& geo) : g(geo) {
+    sh = g.stride[1];
+    sw = g.stride[2];
+    qh_max = (g.kernel[1] - 1) * g.dilation[1] / sh;
+    qw_max = (g.kernel[2] - 1) * g.dilation[2] / sw;
+    lw = g.out[2] + qw_max;
+  }
+  void set_band(int64_t band) {
+    th = std::clamp<int64_t>(band, 1, g.out[1]);
+    rows = th + qh_max;
+    plane = rows * lw;
+    n = round_up(th * lw, kLanes);
+  }
+  int64_t planes_per_channel() const { return g.kernel[0] * sh * sw; }
+  // Elements of the phase planes of `channels` channels, with the tail the last shifted
+  // window reads past its plane.
+  int64_t buffer_size(int64_t channels) const {
+    return channels * planes_per_channel() * plane + lw + 2 * kLanes;
+  }
+  // Bytes of phase planes per output row of the band, per channel.
+  int64_t row_bytes(int64_t elem) const { return planes_per_channel() * lw * elem; }
+  int64_t bands() const { return ceil_div(g.out[1], th); }
+
+  int64_t phase_h(int64_t j) const { return (j * g.dilation[1]) % sh; }
+  int64_t phase_w(int64_t l) const { return (l * g.dilation[2]) % sw; }
+  int64_t shift(int64_t j, int64_t l) const {
+    return (j * g.dilation[1] / sh) * lw + (l * g.dilation[2] / sw);
+  }
+  int64_t plane_index(int64_t c, int64_t i, int64_t rh, int64_t rw) const {
+    return ((c * g.kernel[0] + i) * sh + rh) * sw + rw;
+  }
+  // Offset of tap (c, i, j, l)'s window in the buffer.
+  int64_t tap_offset(int64_t c, int64_t i, int64_t j, int64_t l) const {
+    return plane_index(c, i, phase_h(j), phase_w(l)) * plane + shift(j, l);
+  }
+};
+
+// Input index of every phase-plane column: col[rw * lw + t] (-1: a zero), and the
+// columns [lo[rw], hi[rw]) that read index t * sw + rw - pad directly.
+struct ColumnMap {
+  std::vector<int64_t> col, lo, hi;
+  ColumnMap(const Layout& L) {
+    const Geometry& g = L.g;
+    col.resize(L.sw * L.lw);
+    lo.assign(L.sw, 0);
+    hi.assign(L.sw, 0);
+    for (int64_t rw = 0; rw < L.sw; ++rw) {
+      bool seen = false;
+      for (int64_t t = 0; t < L.lw; ++t) {
+        const int64_t q = t * L.sw + rw - g.pad_before[2];
+        col[rw * L.lw + t] = source_index(q, g.in[2], g.pad_before[2], g.pad_after[2], g.mode);
+        if (q >= 0 && q < g.in[2]) {
+          if (!seen) lo[rw] = t;
+          seen = true;
+          hi[rw] = t + 1;
+        }
+      }
+    }
+  }
+};
+
+int64_t depth_source(const Geometry& g, int64_t od, int64_t i) {
+  return source_index(od * g.stride[0] + i * g.dilation[0] - g.pad_before[0], g.in[0],
+                      g.pad_before[0], g.pad_after[0], g.mode);
+}
+
+int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
+  const Geometry& g = L.g;
+  return source_index((oh0 + t_row) * L.sh + rh - g.pad_before[1], g.in[1], g.pad_before[1],
+                      g.pad_after[1], g.mode);
+}
+
+// Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
+// stride xc, spatial strides xs) for the tile (od, oh0) into phase planes.
+template <typename T, typename A>
+void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels, int64_t xc,
+                 const std::array<int64_t, 3>& xs, int64_t od, int64_t oh0, A* buf) {
+  const Geometry& g = L.g;
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t i = 0; i < g.kernel[0]; ++i) {
+      const int64_t id = depth_source(g, od, i);
+      for (int64_t rh = 0; rh < L.sh; ++rh) {
+        for (int64_t rw = 0; rw < L.sw; ++rw) {
+          A* dst = buf + L.plane_index(c, i, rh, rw) * L.plane;
+          const int64_t* col = cm.col.data() + rw * L.lw;
+          const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
+          for (int64_t t_row = 0; t_row < L.rows; ++t_row, dst += L.lw) {
+            const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
+            if (ih < 0) {
+              std::fill(dst, dst + L.lw, A(0));
+              continue;
+            }
+            const T* src = x + c * xc + id * xs[0] + ih * xs[1];
+            for (int64_t t = 0; t < lo; ++t)
+              dst[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+            const int64_t step = L.sw * xs[2];
+            const T* s0 = src + (lo * L.sw + rw - g.pad_before[2]) * xs[2];
+            if (step == 1) {
+              for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[t - lo]);
+            } else {
+              for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[(t - lo) * step]);
+            }
+            for (int64_t t = std::max(hi, lo); t < L.lw; ++t)
+              dst[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of pack_planes for one phase plane of `channels` channels at depth id:
+// adds gp[c * ldp + t_row * lw + t_col] into gx (channel stride gc, spatial strides gs).
+template <typename A, typename D>
+void scatter_plane(const Layout& L, const ColumnMap& cm, const A* gp, int64_t ldp,
+                   int64_t channels, int64_t id, int64_t oh0, int64_t rh, int64_t rw, D* gx,
+                   int64_t gc, const std::array<int64_t, 3>& gs) {
+  const Geometry& g = L.g;
+  const int64_t* col = cm.col.data() + rw * L.lw;
+  const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
+  const int64_t step = L.sw * gs[2];
+  for (int64_t t_row = 0; t_row < L.rows; ++t_row) {
+    const int64_t ih = row_source(L, oh0, t_row, rh);
+    if (ih < 0) continue;
+    for (int64_t c = 0; c < channels; ++c) {
+      const A* src = gp + c * ldp + t_row * L.lw;
+      D* dst = gx + c * gc + id * gs[0] + ih * gs[1];
+      for (int64_t t = 0; t < lo; ++t)
+        if (col[t] >= 0) dst[col[t] * gs[2]] += src[t];
+      D* d0 = dst + (lo * L.sw + rw - g.pad_before[2]) * gs[2];
+      if (step == 1) {
+        for (int64_t t = lo; t < hi; ++t) d0[t - lo] += src[t];
+      } else {
+        for (int64_t t = lo; t < hi; ++t) d0[(t - lo) * step] += src[t];
+      }
+      for (int64_t t = std::max(hi, lo); t < L.lw; ++t)
+        if (col[t] >= 0) dst[col[t] * gs[2]] += src[t];
+    }
+  }
+}
+
+// grad_output of one sample and tile for `channels` channels into rows of length ld:
+// position f = r * lw + ow at dst[c * ld + base + f], zero wherever no output is.
+template <typename T, typename A>
+void pack_grad_output(const Layout& L, const T* gy, int64_t channels, int64_t gyc,
+                      const std::array<int64_t, 3>& gys, int64_t od, int64_t oh0, A* dst,
+                      int64_t ld, int64_t base) {
+  const Geometry& g = L.g;
+  const int64_t rows = std::min(L.th, g.out[1] - oh0);
+  for (int64_t c = 0; c < channels; ++c) {
+    A* d = dst + c * ld;
+    std::fill(d, d + ld, A(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* s = gy + c * gyc + od * gys[0] + (oh0 + r) * gys[1];
+      A* dr = d + base + r * L.lw;
+      if (gys[2] == 1) {
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) dr[ow] = static_cast<A>(s[ow]);
+      } else {
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) dr[ow] = static_cast<A>(s[ow * gys[2]]);
+      }
+    }
+  }
+}
+
+// The weight in the accumulation type, contiguous [C_out, C_in/groups, kd, kh, kw].
+template <typename A>
+at::Tensor weight_as(const at::Tensor& weight) {
+  return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
+}
+
+template <typename T>
+void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                    const at::Tensor& bias, at::Tensor& output) {
+  using A = at::opmath_type<T>;
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
+  const int64_t K = cig * kvol, R = mk.max_rows, mblocks = ceil_div(cog, R);
+  if (K == 0) {  // no input channels: the output is the bias
+    if (bias.defined()) {
+      output.copy_(bias.view({1, g.out_channels, 1, 1, 1}).expand_as(output));
+    } else {
+      output.zero_();
+    }
+    return;
+  }
+
+  Layout L(g);
+  // Bands as tall as the budget allows, then shorter while there are too few tiles.
+  int64_t band = kTileBytes / (cig * L.row_bytes(sizeof(A))) - L.qh_max;
+  const int64_t planes = g.batch * g.groups * g.out[0];
+  const int64_t want = 4 * at::get_num_threads();
+  if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
+    band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
+  L.set_band(band);
+  const ColumnMap cm(L);
+
+  // Weight blocks of R output channels laid out [k][r], the order gemm reads them.
+  const at::Tensor w = weight_as<A>(weight);
+  const A* wp = w.const_data_ptr<A>();
+  std::vector<A> wpack(g.out_channels * K);
+  for (int64_t co = 0; co < g.out_channels; ++co) {
+    const int64_t grp = co / cog, m = co % cog, m0 = m / R * R, rows = std::min(R, cog - m0);
+    A* blk = wpack.data() + (grp * cog + m0) * K;
+    for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = wp[co * K + k];
+  }
+  std::vector<int64_t> offs(K);
+  for (int64_t c = 0; c < cig; ++c)
+    for (int64_t i = 0; i < g.kernel[0]; ++i)
+      for (int64_t j = 0; j < g.kernel[1]; ++j)
+        for (int64_t l = 0; l < g.kernel[2]; ++l)
+          offs[((c * g.kernel[0] + i) * g.kernel[1] + j) * g.kernel[2] + l] =
+              L.tap_offset(c, i, j, l);
+
+  const at::Tensor b =
+      bias.defined() ? bias.to(c10::CppTypeToScalarType<A>::value).contiguous() : bias;
+  const A* bp = b.defined() ? b.const_data_ptr<A>() : nullptr;
+  const T* xp = input.const_data_ptr<T>();
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(input), ys = spatial_strides(output);
+  const int64_t xsn = input.stride(0), xsc = input.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
+  const int64_t bands = L.bands();
+
+  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_buf, h_c;
+    const int64_t bufsize = L.buffer_size(cig);
+    A* buf = scratch<A>(h_buf, bufsize);
+    std::fill(buf, buf + bufsize, A(0));
+    A* ct = scratch<A>(h_c, R * L.n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t od = (task / bands) % g.out[0];
+      const int64_t grp = (task / (bands * g.out[0])) % g.groups;
+      const int64_t n = task / (bands * g.out[0] * g.groups);
+      const int64_t oh0 = (task % bands) * L.th, th = std::min(L.th, g.out[1] - oh0);
+      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od, oh0, buf);
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const int64_t m0 = mb * R, rows = std::min(R, cog - m0);
+        mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf, offs.data(), L.n, ct, L.n);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t co = grp * cog + m0 + r;
+          const A bc = bp ? bp[co] : A(0);
+          for (int64_t t_row = 0; t_row < th; ++t_row) {
+            const A* src = ct + r * L.n + t_row * L.lw;
+            T* dst = yp + n * ysn + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
+            if (ys[2] == 1) {
+              for (int64_t ow = 0; ow < g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
+            } else {
+              for (int64_t ow = 0; ow < g.out[2]; ++ow)
+                dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
+                       const at::Tensor& weight, at::Tensor& grad_input) {
+  using A = at::opmath_type<T>;
+  // float and double add straight into grad_input (it arrives zeroed); the half types sum
+  // a block of input depths in a float slab and write it once.
+  constexpr bool direct = std::is_same_v<A, T>;
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
+  const int64_t R = mk.max_rows, cblocks = ceil_div(cig, R);
+
+  Layout L(g);
+  const int64_t halo = L.qh_max * L.lw + L.qw_max;
+  // The band fixes how terms are grouped into sums, so it depends on the shape alone.
+  L.set_band(kTileBytes / (cog * L.lw * sizeof(A)) - L.qh_max);
+  const int64_t np = round_up(L.plane, kLanes);  // phase-plane positions computed
+  const int64_t ld = halo + np;                  // grad_output row stride in the buffer
+  const ColumnMap cm(L);
+
+  // Per (depth tap i, phase): the (c_out, j, l) terms, their shifts in the grad_output
+  // buffer, and the weight laid out [k][r] per block of R input channels.
+  struct Phase {
+    int64_t rh, rw, k;
+    std::vector<int64_t> offs;
+    std::vector<A> a;  // [block][k][r]
+  };
+  const at::Tensor w = weight_as<A>(weight);
+  const A* wp = w.const_data_ptr<A>();
+  std::vector<Phase> phases;  // index (grp * kd + i) * sh * sw + rh * sw + rw
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t i = 0; i < kd; ++i)
+      for (int64_t rh = 0; rh < L.sh; ++rh)
+        for (int64_t rw = 0; rw < L.sw; ++rw) {
+          Phase p{rh, rw, 0, {}, {}};
+          std::vector<std::array<int64_t, 3>> terms;  // (co, j, l)
+          for (int64_t co = 0; co < cog; ++co)
+            for (int64_t j = 0; j < kh; ++j)
+              for (int64_t l = 0; l < kw; ++l)
+                if (L.phase_h(j) == rh && L.phase_w(l) == rw) {
+                  terms.push_back({co, j, l});
+                  p.offs.push_back(co * ld + halo - L.shift(j, l));
+                }
+          p.k = static_cast<int64_t>(terms.size());
+          p.a.resize(cblocks * R * p.k);
+          for (int64_t cb = 0; cb < cblocks; ++cb) {
+            const int64_t c0 = cb * R, rows = std::min(R, cig - c0);
+            A* blk = p.a.data() + cb * R * p.k;
+            for (int64_t k = 0; k < p.k; ++k)
+              for (int64_t r = 0; r < rows; ++r) {
+                const auto [co, j, l] = terms[k];
+                blk[k * rows + r] =
+                    wp[((((grp * cog + co) * cig + c0 + r) * kd + i) * kh + j) * kw + l];
+              }
+          }
+          phases.push_back(std::move(p));
+        }
+
+  // Threads own blocks of input depths; a block is fed by the (od, i) pairs that read it.
+  const int64_t units = g.batch * g.groups;
+  const int64_t want = 4 * at::get_num_threads();
+  const int64_t dblock = direct ? ceil_div(g.in[0], std::max<int64_t>(1, ceil_div(want, units)))
+                                : 1;
+  const int64_t dblocks = ceil_div(g.in[0], dblock);
+  const int64_t slab_depth = g.in[1] * g.in[2];
+
+  const T* gyp = grad_output.const_data_ptr<T>();
+  T* gxp = grad_input.mutable_data_ptr<T>();
+  const auto gys = spatial_strides(grad_output), gxs = spatial_strides(grad_input);
+  const int64_t gysn = grad_output.stride(0), gysc = grad_output.stride(1);
+  const int64_t gxsn = grad_input.stride(0), gxsc = grad_input.stride(1);
+  const int64_t bands = L.bands(), nph = L.sh * L.sw;
+
+  at::parallel_for(0, units * dblocks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_gy, h_gp, h_slab;
+    A* gyb = scratch<A>(h_gy, cog * ld);
+    A* gp = scratch<A>(h_gp, R * np);
+    A* slab = direct ? nullptr : scratch<A>(h_slab, cig * dblock * slab_depth);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (g.groups * dblocks), grp = (task / dblocks) % g.groups;
+      const int64_t d0 = (task % dblocks) * dblock, d1 = std::min(g.in[0], d0 + dblock);
+      T* gx = gxp + n * gxsn + grp * cig * gxsc;
+      if constexpr (!direct) std::fill(slab, slab + cig * dblock * slab_depth, A(0));
+      for (int64_t od = 0; od < g.out[0]; ++od) {
+        bool any = false;
+        for (int64_t i = 0; i < kd; ++i) {
+          const int64_t id = depth_source(g, od, i);
+          any |= id >= d0 && id < d1;
+        }
+        if (!any) continue;
+        for (int64_t band = 0; band < bands; ++band) {
+          const int64_t oh0 = band * L.th;
+          pack_grad_output(L, gyp + n * gysn + grp * cog * gysc, cog, gysc, gys, od, oh0, gyb,
+                           ld, halo);
+          for (int64_t i = 0; i < kd; ++i) {
+            const int64_t id = depth_source(g, od, i);
+            if (id < d0 || id >= d1) continue;
+            for (int64_t ph = 0; ph < nph; ++ph) {
+              const Phase& p = phases[(grp * kd + i) * nph + ph];
+              if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
+              for (int64_t cb = 0; cb < cblocks; ++cb) {
+                const int64_t c0 = cb * R, rows = std::min(R, cig - c0);
+                mk.gemm(rows, p.a.data() + cb * R * p.k, p.k, gyb, p.offs.data(), np, gp, np);
+                if constexpr (direct) {
+                  scatter_plane(L, cm, gp, np, rows, id, oh0, p.rh, p.rw, gx + c0 * gxsc, gxsc,
+                                gxs);
+                } else {
+                  scatter_plane(L, cm, gp, np, rows, id - d0, oh0, p.rh, p.rw,
+                                slab + c0 * dblock * slab_depth, dblock * slab_depth,
+                                std::array<int64_t, 3>{slab_depth, g.in[2], 1});
+                }
+              }
+            }
+          }
+        }
+      }
+      if constexpr (!direct) {
+        for (int64_t c = 0; c < cig; ++c)
+          for (int64_t d = d0; d < d1; ++d)
+            for (int64_t h = 0; h < g.in[1]; ++h) {
+              const A* s = slab + (c * dblock + d - d0) * slab_depth + h * g.in[2];
+              T* dst = gx + c * gxsc + d * gxs[0] + h * gxs[1];
+              for (int64_t x = 0; x < g.in[2]; ++x) dst[x * gxs[2]] = static_cast<T>(s[x]);
+            }
+      }
+    }
+  });
+}
+
+template <typename T>
+void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
+                        const at::Tensor& input, at::Tensor& grad_weight) {
+  using A = at::opmath_type<T>;
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
+  const int64_t K = cig * kvol;
+  if (grad_weight.numel() == 0) return;
+
+  Layout L(g);
+  // Whole output planes per tile when they fit: each dot product then runs over a long
+  // stretch of positions before its lanes are added up. Shape-only, like grad_input's.
+  const int64_t per_channel = (g.out[1] + L.qh_max) * L.row_bytes(sizeof(A));
+  int64_t cib = std::clamp<int64_t>(kTileBytes / per_channel, 1, cig);
+  if (kTileBytes / per_channel >= 1) {
+    L.set_band(g.out[1]);
+  } else {
+    L.set_band(kTileBytes / L.row_bytes(sizeof(A)) - L.qh_max);
+  }
+  // Then enough (c_out block, c_in block) pairs for every thread: c_in is split first
+  // (the cheaper copy to repeat is grad_output's), then c_out.
+  const int64_t want = 4 * at::get_num_threads();
+  cib = std::min(cib, ceil_div(cig, std::min(cig, ceil_div(want, g.groups))));
+  const int64_t ciblocks = ceil_div(cig, cib);
+  const int64_t coblocks = std::min(cog, ceil_div(want, g.groups * ciblocks));
+  const int64_t cob = ceil_div(cog, coblocks);
+  const int64_t nco = ceil_div(cog, cob);
+  const ColumnMap cm(L);
+
+  std::vector<int64_t> offs(cib * kvol);
+  for (int64_t c = 0; c < cib; ++c)
+    for (int64_t i = 0; i < g.kernel[0]; ++i)
+      for (int64_t j = 0; j < g.kernel[1]; ++j)
+        for (int64_t l = 0; l < g.kernel[2]; ++l)
+          offs[((c * g.kernel[0] + i) * g.kernel[1] + j) * g.kernel[2] + l] =
+              L.tap_offset(c, i, j, l);
+
+  at::Tensor acc_holder = at::zeros({g.out_channels, K},
+                                    at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+  A* acc = acc_holder.data_ptr<A>();
+  const T* gyp = grad_output.const_data_ptr<T>();
+  const T* xp = input.const_data_ptr<T>();
+  const auto gys = spatial_strides(grad_output), xs = spatial_strides(input);
+  const int64_t gysn = grad_output.stride(0), gysc = grad_output.stride(1);
+  const int64_t xsn = input.stride(0), xsc = input.stride(1);
+  const int64_t bands = L.bands();
+
+  at::parallel_for(0, g.groups * nco * ciblocks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_buf, h_gy;
+    const int64_t bufsize = L.buffer_size(cib);
+    A* buf = scratch<A>(h_buf, bufsize);
+    std::fill(buf, buf + bufsize, A(0));
+    A* gyb = scratch<A>(h_gy, cob * L.n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t grp = task / (nco * ciblocks);
+      const int64_t co0 = (task / ciblocks) % nco * cob, cos = std::min(cob, cog - co0);
+      const int64_t c0 = task % ciblocks * cib, cis = std::min(cib, cig - c0);
+      A* out = acc + (grp * cog + co0) * K + c0 * kvol;
+      for (int64_t n = 0; n < g.batch; ++n)
+        for (int64_t od = 0; od < g.out[0]; ++od)
+          for (int64_t band = 0; band < bands; ++band) {
+            const int64_t oh0 = band * L.th;
+            pack_planes(L, cm, xp + n * xsn + (grp * cig + c0) * xsc, cis, xsc, xs, od, oh0,
+                        buf);
+            pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys, od,
+                             oh0, gyb, L.n, 0);
+            mk.dot(cos, gyb, L.n, buf, offs.data(), cis * kvol, L.n, out, K);
+          }
+    }
+  });
+
+  grad_weight.copy_(acc_holder.view(grad_weight.sizes()));
+}
+
+}  // namespace
+
+void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                   const at::Tensor& bias, at::Tensor& output) {
+  TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
+                [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });
+}
+
+void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
+                      const at::Tensor& weight, at::Tensor& grad_input) {
+  TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_input",
+                [&] { grad_input_kernel<scalar_t>(g, grad_output, weight, grad_input); });
+}
+
+void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
+                       const at::Tensor& input, at::Tensor& grad_weight) {
+  TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_weight",
+                [&] { grad_weight_kernel<scalar_t>(g, grad_output, input, grad_weight); });
+}
+
+}  // namespace torchconv3d::cpu

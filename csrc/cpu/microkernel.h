@@ -1,0 +1,51 @@
+// The two inner loops every CPU convolution pass reduces to, over "shifted planes".
+//
+// conv3d_tiled.cpp lays a tile of the input out so that kernel tap k reads, for the
+// tile's flattened position f, the element b[offs[k] + f]: a convolution becomes a GEMM
+// whose B operand is a different shifted window of one buffer for each k. Both loops
+// vectorise along f, which is contiguous in every operand.
+//
+// They are built twice: for AVX-512 (microkernel_avx512.cpp, compiled for that ISA
+// through target attributes) and portably (microkernel_generic.cpp). The AVX-512 set is
+// chosen at run time when the CPU has it; TORCHCONV3D_CPU_ISA=generic forces the other.
+#pragma once
+
+#include <cstdint>
+
+namespace torchconv3d::cpu {
+
+// Positions are processed in whole blocks of this many elements; callers round the
+// position count up to it and keep the padded tail readable (and finite).
+constexpr int64_t kLanes = 16;
+
+template <typename A>
+struct MicroKernels {
+  // c[r * ldc + f] = sum_k a[k * rows + r] * b[offs[k] + f]
+  //   for r < rows (1 <= rows <= max_rows), f < n (a multiple of kLanes).
+  void (*gemm)(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs,
+               int64_t n, A* c, int64_t ldc);
+  // out[r * ldo + j] += sum_{f < n} g[r * ldg + f] * b[offs[j] + f]
+  //   for r < rows, j < cols (any counts), n a multiple of kLanes.
+  // Each out element is one sum in a fixed order: lanes summed along f, then the lanes
+  // added pairwise, whatever rows and cols the call covers.
+  void (*dot)(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
+              int64_t cols, int64_t n, A* out, int64_t ldo);
+  int64_t max_rows;
+  const char* isa;
+};
+
+// The set this process uses (AVX-512 when available, else generic).
+const MicroKernels<float>& micro_kernels(float);
+const MicroKernels<double>& micro_kernels(double);
+
+// Both builds, for the dispatcher.
+const MicroKernels<float>& generic_kernels(float);
+const MicroKernels<double>& generic_kernels(double);
+bool have_avx512_kernels();
+const MicroKernels<float>& avx512_kernels(float);
+const MicroKernels<double>& avx512_kernels(double);
+
+// Name of the instruction set the CPU kernels run with ("avx512" or "generic").
+const char* cpu_isa();
+
+}  // namespace torchconv3d::cpu

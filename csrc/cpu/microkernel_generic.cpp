@@ -1,0 +1,89 @@
+// Portable build of the micro-kernels (see microkernel.h) and the run-time choice
+// between it and the AVX-512 build. Same blocking as the AVX-512 code, in plain loops over
+// kLanes-wide arrays the compiler vectorises for the baseline ISA.
+#include "microkernel.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace torchconv3d::cpu {
+namespace {
+
+constexpr int kRows = 6;
+
+template <typename A, int R>
+void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n, A* c,
+               int64_t ldc) {
+  for (int64_t f = 0; f < n; f += kLanes) {
+    A acc[R][kLanes] = {};
+    for (int64_t i = 0; i < k; ++i) {
+      const A* bp = b + offs[i] + f;
+      for (int r = 0; r < R; ++r) {
+        const A av = a[i * R + r];
+        for (int l = 0; l < kLanes; ++l) acc[r][l] += av * bp[l];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int l = 0; l < kLanes; ++l) c[r * ldc + f + l] = acc[r][l];
+  }
+}
+
+template <typename A>
+void gemm(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n, A* c,
+          int64_t ldc) {
+  switch (rows) {
+    case 1: return gemm_rows<A, 1>(a, k, b, offs, n, c, ldc);
+    case 2: return gemm_rows<A, 2>(a, k, b, offs, n, c, ldc);
+    case 3: return gemm_rows<A, 3>(a, k, b, offs, n, c, ldc);
+    case 4: return gemm_rows<A, 4>(a, k, b, offs, n, c, ldc);
+    case 5: return gemm_rows<A, 5>(a, k, b, offs, n, c, ldc);
+    default: return gemm_rows<A, kRows>(a, k, b, offs, n, c, ldc);
+  }
+}
+
+template <typename A>
+void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs, int64_t cols,
+         int64_t n, A* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const A* gr = g + r * ldg;
+    for (int64_t j = 0; j < cols; ++j) {
+      const A* bj = b + offs[j];
+      A acc[kLanes] = {};
+      for (int64_t f = 0; f < n; f += kLanes)
+        for (int l = 0; l < kLanes; ++l) acc[l] += gr[f + l] * bj[f + l];
+      for (int w = kLanes / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+      out[r * ldo + j] += acc[0];
+    }
+  }
+}
+
+bool force_generic() {
+  const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
+  return v != nullptr && std::strcmp(v, "generic") == 0;
+}
+
+template <typename A>
+const MicroKernels<A>& choose() {
+  static const MicroKernels<A>& k =
+      (!force_generic() && have_avx512_kernels()) ? avx512_kernels(A{}) : generic_kernels(A{});
+  return k;
+}
+
+}  // namespace
+
+const MicroKernels<float>& generic_kernels(float) {
+  static const MicroKernels<float> k{&gemm<float>, &dot<float>, kRows, "generic"};
+  return k;
+}
+
+const MicroKernels<double>& generic_kernels(double) {
+  static const MicroKernels<double> k{&gemm<double>, &dot<double>, kRows, "generic"};
+  return k;
+}
+
+const MicroKernels<float>& micro_kernels(float) { return choose<float>(); }
+const MicroKernels<double>& micro_kernels(double) { return choose<double>(); }
+const char* cpu_isa() { return micro_kernels(float{}).isa; }
+
+}  // namespace torchconv3d::cpu
