@@ -36,6 +36,7 @@ setup(
             # setuptools wants paths relative to setup.py
             [os.path.relpath(s) for s in _build.sources(with_cuda)],
             extra_compile_args=compile_args,
+            extra_link_args=_build.link_flags(),
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

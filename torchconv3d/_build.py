@@ -32,10 +32,17 @@ def sources(with_cuda, root=CSRC):
 
 
 def cxx_flags(with_cuda):
-    flags = ["-O3", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is an inline template whose `omp parallel` compiles to a
+    # serial loop in code built without it.
+    flags = ["-O3", "-fno-math-errno", "-fopenmp"]
     if with_cuda:
         flags.append("-DWITH_CUDA")
     return flags
+
+
+def link_flags():
+    # Records libgomp.so.1 as needed; at load time it resolves to the copy torch loaded.
+    return ["-fopenmp"]
 
 
 def nvcc_flags():

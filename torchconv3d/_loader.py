@@ -28,6 +28,7 @@ def _load_jit():
         name="torchconv3d_jit",
         sources=srcs,
         extra_cflags=_build.cxx_flags(with_cuda),
+        extra_ldflags=_build.link_flags(),
         extra_cuda_cflags=_build.nvcc_flags() if with_cuda else None,
         with_cuda=with_cuda,
         is_python_module=False,
