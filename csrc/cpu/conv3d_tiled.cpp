@@ -53,8 +53,10 @@ struct Layout {
     qw_max = (g.kernel[2] - 1) * g.dilation[2] / sw;
     lw = g.out[2] + qw_max;
   }
+  // Bands of equal height, at most `band` rows.
   void set_band(int64_t band) {
     th = std::clamp<int64_t>(band, 1, g.out[1]);
+    th = ceil_div(g.out[1], ceil_div(g.out[1], th));
     rows = th + qh_max;
     plane = rows * lw;
     n = round_up(th * lw, kLanes);
@@ -68,6 +70,10 @@ struct Layout {
   // Bytes of phase planes per output row of the band, per channel.
   int64_t row_bytes(int64_t elem) const { return planes_per_channel() * lw * elem; }
   int64_t bands() const { return ceil_div(g.out[1], th); }
+  // Output rows of the band starting at oh0 (the last one may be shorter) and the
+  // positions computed for it.
+  int64_t band_rows(int64_t oh0) const { return std::min(th, g.out[1] - oh0); }
+  int64_t positions(int64_t band_rows) const { return round_up(band_rows * lw, kLanes); }
 
   int64_t phase_h(int64_t j) const { return (j * g.dilation[1]) % sh; }
   int64_t phase_w(int64_t l) const { return (l * g.dilation[2]) % sw; }
@@ -107,6 +113,21 @@ struct ColumnMap {
   }
 };
 
+// n items cut into the fewest blocks of at most `most`, sizes differing by at most one
+// (a short last block would run the micro-kernel at a poor FMA-to-load ratio).
+struct Blocks {
+  int64_t count, base, extra;
+  Blocks(int64_t n, int64_t most)
+      : count(ceil_div(n, most)), base(n / std::max<int64_t>(count, 1)),
+        extra(n % std::max<int64_t>(count, 1)) {}
+  int64_t start(int64_t b) const { return b * base + std::min(b, extra); }
+  int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
+  int64_t of(int64_t i) const {  // the block holding item i
+    const int64_t big = extra * (base + 1);
+    return i < big ? i / (base + 1) : extra + (i - big) / base;
+  }
+};
+
 int64_t depth_source(const Geometry& g, int64_t od, int64_t i) {
   return source_index(od * g.stride[0] + i * g.dilation[0] - g.pad_before[0], g.in[0],
                       g.pad_before[0], g.pad_after[0], g.mode);
@@ -119,10 +140,12 @@ int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
 }
 
 // Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
-// stride xc, spatial strides xs) for the tile (od, oh0) into phase planes.
+// stride xc, spatial strides xs) for the tile (od, oh0) into phase planes, their first
+// `rows` rows (what the band's positions read).
 template <typename T, typename A>
 void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels, int64_t xc,
-                 const std::array<int64_t, 3>& xs, int64_t od, int64_t oh0, A* buf) {
+                 const std::array<int64_t, 3>& xs, int64_t od, int64_t oh0, int64_t rows,
+                 A* buf) {
   const Geometry& g = L.g;
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t i = 0; i < g.kernel[0]; ++i) {
@@ -132,7 +155,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
           A* dst = buf + L.plane_index(c, i, rh, rw) * L.plane;
           const int64_t* col = cm.col.data() + rw * L.lw;
           const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
-          for (int64_t t_row = 0; t_row < L.rows; ++t_row, dst += L.lw) {
+          for (int64_t t_row = 0; t_row < rows; ++t_row, dst += L.lw) {
             const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
             if (ih < 0) {
               std::fill(dst, dst + L.lw, A(0));
@@ -157,17 +180,18 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
   }
 }
 
-// The adjoint of pack_planes for one phase plane of `channels` channels at depth id:
+// The adjoint of pack_planes for the first `rows` rows of one phase plane of `channels`
+// channels at depth id:
 // adds gp[c * ldp + t_row * lw + t_col] into gx (channel stride gc, spatial strides gs).
 template <typename A, typename D>
 void scatter_plane(const Layout& L, const ColumnMap& cm, const A* gp, int64_t ldp,
-                   int64_t channels, int64_t id, int64_t oh0, int64_t rh, int64_t rw, D* gx,
-                   int64_t gc, const std::array<int64_t, 3>& gs) {
+                   int64_t channels, int64_t rows, int64_t id, int64_t oh0, int64_t rh,
+                   int64_t rw, D* gx, int64_t gc, const std::array<int64_t, 3>& gs) {
   const Geometry& g = L.g;
   const int64_t* col = cm.col.data() + rw * L.lw;
   const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
   const int64_t step = L.sw * gs[2];
-  for (int64_t t_row = 0; t_row < L.rows; ++t_row) {
+  for (int64_t t_row = 0; t_row < rows; ++t_row) {
     const int64_t ih = row_source(L, oh0, t_row, rh);
     if (ih < 0) continue;
     for (int64_t c = 0; c < channels; ++c) {
@@ -194,7 +218,7 @@ void pack_grad_output(const Layout& L, const T* gy, int64_t channels, int64_t gy
                       const std::array<int64_t, 3>& gys, int64_t od, int64_t oh0, A* dst,
                       int64_t ld, int64_t base) {
   const Geometry& g = L.g;
-  const int64_t rows = std::min(L.th, g.out[1] - oh0);
+  const int64_t rows = L.band_rows(oh0);
   for (int64_t c = 0; c < channels; ++c) {
     A* d = dst + c * ld;
     std::fill(d, d + ld, A(0));
@@ -222,7 +246,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   using A = at::opmath_type<T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
-  const int64_t K = cig * kvol, R = mk.max_rows, mblocks = ceil_div(cog, R);
+  const int64_t K = cig * kvol;
+  const Blocks mblocks(cog, mk.max_rows);
   if (K == 0) {  // no input channels: the output is the bias
     if (bias.defined()) {
       output.copy_(bias.view({1, g.out_channels, 1, 1, 1}).expand_as(output));
@@ -242,12 +267,14 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   L.set_band(band);
   const ColumnMap cm(L);
 
-  // Weight blocks of R output channels laid out [k][r], the order gemm reads them.
+  // Weight blocks of up to max_rows output channels laid out [k][r], the order gemm
+  // reads them.
   const at::Tensor w = weight_as<A>(weight);
   const A* wp = w.const_data_ptr<A>();
   std::vector<A> wpack(g.out_channels * K);
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    const int64_t grp = co / cog, m = co % cog, m0 = m / R * R, rows = std::min(R, cog - m0);
+    const int64_t grp = co / cog, m = co % cog, mb = mblocks.of(m);
+    const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
     A* blk = wpack.data() + (grp * cog + m0) * K;
     for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = wp[co * K + k];
   }
@@ -274,16 +301,17 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     const int64_t bufsize = L.buffer_size(cig);
     A* buf = scratch<A>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, A(0));
-    A* ct = scratch<A>(h_c, R * L.n);
+    A* ct = scratch<A>(h_c, mk.max_rows * L.n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t od = (task / bands) % g.out[0];
       const int64_t grp = (task / (bands * g.out[0])) % g.groups;
       const int64_t n = task / (bands * g.out[0] * g.groups);
-      const int64_t oh0 = (task % bands) * L.th, th = std::min(L.th, g.out[1] - oh0);
-      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od, oh0, buf);
-      for (int64_t mb = 0; mb < mblocks; ++mb) {
-        const int64_t m0 = mb * R, rows = std::min(R, cog - m0);
-        mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf, offs.data(), L.n, ct, L.n);
+      const int64_t oh0 = (task % bands) * L.th, th = L.band_rows(oh0), np = L.positions(th);
+      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od, oh0, th + L.qh_max,
+                  buf);
+      for (int64_t mb = 0; mb < mblocks.count; ++mb) {
+        const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
+        mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf, offs.data(), np, ct, L.n);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t co = grp * cog + m0 + r;
           const A bc = bp ? bp[co] : A(0);
@@ -313,7 +341,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   const MicroKernels<A>& mk = micro_kernels(A{});
   const int64_t cig = g.in_per_group(), cog = g.out_per_group();
   const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
-  const int64_t R = mk.max_rows, cblocks = ceil_div(cig, R);
+  const Blocks cblocks(cig, mk.max_rows);
 
   Layout L(g);
   const int64_t halo = L.qh_max * L.lw + L.qw_max;
@@ -324,7 +352,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   const ColumnMap cm(L);
 
   // Per (depth tap i, phase): the (c_out, j, l) terms, their shifts in the grad_output
-  // buffer, and the weight laid out [k][r] per block of R input channels.
+  // buffer, and the weight laid out [k][r] per block of input channels.
   struct Phase {
     int64_t rh, rw, k;
     std::vector<int64_t> offs;
@@ -347,10 +375,10 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
                   p.offs.push_back(co * ld + halo - L.shift(j, l));
                 }
           p.k = static_cast<int64_t>(terms.size());
-          p.a.resize(cblocks * R * p.k);
-          for (int64_t cb = 0; cb < cblocks; ++cb) {
-            const int64_t c0 = cb * R, rows = std::min(R, cig - c0);
-            A* blk = p.a.data() + cb * R * p.k;
+          p.a.resize(cig * p.k);
+          for (int64_t cb = 0; cb < cblocks.count; ++cb) {
+            const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
+            A* blk = p.a.data() + c0 * p.k;
             for (int64_t k = 0; k < p.k; ++k)
               for (int64_t r = 0; r < rows; ++r) {
                 const auto [co, j, l] = terms[k];
@@ -379,7 +407,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   at::parallel_for(0, units * dblocks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_gy, h_gp, h_slab;
     A* gyb = scratch<A>(h_gy, cog * ld);
-    A* gp = scratch<A>(h_gp, R * np);
+    A* gp = scratch<A>(h_gp, mk.max_rows * np);
     A* slab = direct ? nullptr : scratch<A>(h_slab, cig * dblock * slab_depth);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (g.groups * dblocks), grp = (task / dblocks) % g.groups;
@@ -394,7 +422,8 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
         }
         if (!any) continue;
         for (int64_t band = 0; band < bands; ++band) {
-          const int64_t oh0 = band * L.th;
+          const int64_t oh0 = band * L.th, prows = L.band_rows(oh0) + L.qh_max;
+          const int64_t npb = round_up(prows * L.lw, kLanes);
           pack_grad_output(L, gyp + n * gysn + grp * cog * gysc, cog, gysc, gys, od, oh0, gyb,
                            ld, halo);
           for (int64_t i = 0; i < kd; ++i) {
@@ -403,14 +432,14 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
             for (int64_t ph = 0; ph < nph; ++ph) {
               const Phase& p = phases[(grp * kd + i) * nph + ph];
               if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
-              for (int64_t cb = 0; cb < cblocks; ++cb) {
-                const int64_t c0 = cb * R, rows = std::min(R, cig - c0);
-                mk.gemm(rows, p.a.data() + cb * R * p.k, p.k, gyb, p.offs.data(), np, gp, np);
+              for (int64_t cb = 0; cb < cblocks.count; ++cb) {
+                const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
+                mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb, gp, np);
                 if constexpr (direct) {
-                  scatter_plane(L, cm, gp, np, rows, id, oh0, p.rh, p.rw, gx + c0 * gxsc, gxsc,
-                                gxs);
+                  scatter_plane(L, cm, gp, np, rows, prows, id, oh0, p.rh, p.rw, gx + c0 * gxsc,
+                                gxsc, gxs);
                 } else {
-                  scatter_plane(L, cm, gp, np, rows, id - d0, oh0, p.rh, p.rw,
+                  scatter_plane(L, cm, gp, np, rows, prows, id - d0, oh0, p.rh, p.rw,
                                 slab + c0 * dblock * slab_depth, dblock * slab_depth,
                                 std::array<int64_t, 3>{slab_depth, g.in[2], 1});
                 }
@@ -493,12 +522,12 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
       for (int64_t n = 0; n < g.batch; ++n)
         for (int64_t od = 0; od < g.out[0]; ++od)
           for (int64_t band = 0; band < bands; ++band) {
-            const int64_t oh0 = band * L.th;
+            const int64_t oh0 = band * L.th, th = L.band_rows(oh0);
             pack_planes(L, cm, xp + n * xsn + (grp * cig + c0) * xsc, cis, xsc, xs, od, oh0,
-                        buf);
+                        th + L.qh_max, buf);
             pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys, od,
                              oh0, gyb, L.n, 0);
-            mk.dot(cos, gyb, L.n, buf, offs.data(), cis * kvol, L.n, out, K);
+            mk.dot(cos, gyb, L.n, buf, offs.data(), cis * kvol, L.positions(th), out, K);
           }
     }
   });
