@@ -1,12 +1,16 @@
 """Benchmark torchconv3d against torch on layer shapes from real 3D networks.
 
-    python benchmarks/run.py                      # float32, forward and forward+backward
-    python benchmarks/run.py --dtype float64 --layout channels_last --only unet3d_conv
-    python benchmarks/run.py --device cuda        # torch side is cuDNN
+    python benchmarks/run.py                                  # float32, fwd and fwd+bwd
+    python benchmarks/run.py --dtype float32 float64 --layout contiguous channels_last \\
+        --markdown benchmarks/results/cpu.md --chart benchmarks/results/cpu.png
+    python benchmarks/run.py --padding-mode reflect --pass fwdbwd
+    python benchmarks/run.py --device cuda                    # torch side is cuDNN
 
-Torch and ours run in the same process, interleaved, median of --reps runs after a warm-up.
-On the CPU torch is timed twice: as it runs by default (oneDNN) and with oneDNN disabled
-(its own vol2col + GEMM path). --markdown FILE also writes the table as markdown.
+Torch and ours run in the same process, interleaved, median of --reps runs (or more, for
+fast layers) after a warm-up. On the CPU torch is timed twice: as it runs by default
+(oneDNN) and with oneDNN disabled (its own vol2col + GEMM path). Peak memory is what one
+call adds (see torchconv3d.benchmark.peak_memory). Speedup = t_torch / t_ours.
+The chart needs matplotlib (pip install matplotlib).
 """
 import argparse
 import contextlib
@@ -20,82 +24,154 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torchconv3d import _loader  # noqa: E402
-from torchconv3d.benchmark import SUITE, ours, time_impls, torch_conv  # noqa: E402
+from torchconv3d.benchmark import SUITE, ours, peak_memory, time_impls, torch_conv  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
+LAYOUTS = {"contiguous": False, "channels_last": True}
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def machine_name(cpu):
+    if not cpu:
+        return f"{torch.cuda.get_device_name()}, driver CUDA {torch.version.cuda}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads, CPU capability " \
+           f"{torch.backends.cpu.get_cpu_capability()}"
+
+
+def write_chart(path, rows, torch_label, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['layer']} {r['pass']} {r['dtype']} {r['layout'][:2]}"
+              + ("" if r["mode"] == "zeros" else f" {r['mode']}") for r in rows]
+    speed = [r["vs_torch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.2))
+    colors = ["#2a7" if s >= 1 else "#c44" for s in speed]
+    ax.barh(range(len(rows)), speed, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"speedup over torch ({torch_label}) = t_torch / t_ours, log scale")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=DTYPES)
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=DTYPES)
     ap.add_argument("--pass", dest="passes", default="both", choices=["fwd", "fwdbwd", "both"])
-    ap.add_argument("--layout", default="contiguous",
-                    choices=["contiguous", "channels_last", "both"])
-    ap.add_argument("--padding-mode", default="zeros",
+    ap.add_argument("--layout", nargs="+", default=["contiguous"], choices=LAYOUTS)
+    ap.add_argument("--padding-mode", nargs="+", default=["zeros"],
                     choices=["zeros", "reflect", "replicate", "circular"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="layer names to run")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     ap.add_argument("--markdown", help="also write the table to this markdown file")
+    ap.add_argument("--chart", help="also draw the speedups into this PNG (needs matplotlib)")
     args = ap.parse_args(argv)
 
-    dtype = DTYPES[args.dtype]
     cpu = torch.device(args.device).type == "cpu"
     passes = ["fwd", "fwdbwd"] if args.passes == "both" else [args.passes]
-    layouts = ["contiguous", "channels_last"] if args.layout == "both" else [args.layout]
     layers = [l for l in SUITE if not args.only or l.name in args.only]
-    torch_label = "oneDNN" if cpu else "cuDNN"
+    tl = "oneDNN" if cpu else "cuDNN"
+    memory = not args.no_memory and (not cpu or os.access("/proc/self/clear_refs", os.W_OK))
 
-    header = ["layer", "pass", "layout", "GFLOP", "ours ms", f"{torch_label} ms"]
-    if cpu:
-        header.append("vol2col ms")
-    header += ["ours GFLOP/s", f"vs {torch_label}"]
-    if cpu:
-        header.append("vs vol2col")
+    header = ["layer", "pass", "dtype", "layout", "mode", "GFLOP", "ours ms", f"{tl} ms"]
+    header += ["vol2col ms"] if cpu else []
+    header += ["ours GFLOP/s", f"{tl} GFLOP/s", f"vs {tl}"]
+    header += ["vs vol2col"] if cpu else []
+    header += ["ours MB", f"{tl} MB"] if memory else []
+    title = (f"torchconv3d ({_loader.BACKEND}, {_loader.cpu_isa()} kernels) vs torch "
+             f"{torch.__version__} on {machine_name(cpu)}, {date.today()}")
+    print("# " + title)
+    widths = [20, 7, 9, 14, 10] + [12] * (len(header) - 5)
+    fmt = lambda cells: "  ".join(f"{c:<{w}}" if i < 5 else f"{c:>{w}}"  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    print(fmt(header))
     rows = []
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-               if cpu else torch.cuda.get_device_name())
-    print(f"# torchconv3d ({_loader.BACKEND}) vs torch {torch.__version__} on {machine}, "
-          f"{args.dtype}, padding_mode={args.padding_mode}, {date.today()}")
-    print("  ".join(f"{h:>12}" if i else f"{h:<20}" for i, h in enumerate(header)))
-    speedups = {k: [] for k in ("torch", "vol2col")}
-    for layer in layers:
-        for layout in layouts:
-            for p in passes:
-                impls = {"ours": (ours(layer, args.padding_mode), contextlib.nullcontext),
-                         "torch": (torch_conv(layer, args.padding_mode), contextlib.nullcontext)}
+    for dname in args.dtype:
+        dtype = DTYPES[dname]
+        for lname, cl in ((n, LAYOUTS[n]) for n in args.layout):
+            for mode in args.padding_mode:
+                for p in passes:
+                    back = p == "fwdbwd"
+                    mem = {}
+                    if memory:
+                        mem = {impl: peak_memory(layers, impl, back, dtype, args.device, cl, mode)
+                               for impl in ("ours", "torch")}
+                    for layer in layers:
+                        impls = {"ours": (ours(layer, mode), contextlib.nullcontext),
+                                 "torch": (torch_conv(layer, mode), contextlib.nullcontext)}
+                        if cpu:
+                            impls["vol2col"] = (torch_conv(layer, mode),
+                                                lambda: torch.backends.mkldnn.flags(enabled=False))
+                        t = time_impls(impls, layer, backward=back, dtype=dtype,
+                                       device=args.device, channels_last=cl, reps=args.reps)
+                        flop = layer.flops() * (3 if back else 1)
+                        r = {"layer": layer.name, "tags": layer.tags, "pass": p, "dtype": dname,
+                             "layout": lname, "mode": mode, "vs_torch": t["torch"] / t["ours"],
+                             "vs_vol2col": t["vol2col"] / t["ours"] if cpu else None}
+                        cells = [layer.name, p, dname, lname, mode, f"{flop / 1e9:.2f}",
+                                 f"{t['ours'] * 1e3:.2f}", f"{t['torch'] * 1e3:.2f}"]
+                        cells += [f"{t['vol2col'] * 1e3:.2f}"] if cpu else []
+                        cells += [f"{flop / t['ours'] / 1e9:.1f}", f"{flop / t['torch'] / 1e9:.1f}",
+                                  f"{r['vs_torch']:.2f}x"]
+                        cells += [f"{r['vs_vol2col']:.2f}x"] if cpu else []
+                        if memory:
+                            r["mem"] = (mem["ours"][layer.name], mem["torch"][layer.name])
+                            cells += [f"{r['mem'][0]:.1f}", f"{r['mem'][1]:.1f}"]
+                        r["cells"] = cells
+                        rows.append(r)
+                        print(fmt(cells), flush=True)
+
+    summary = []
+    for p in passes:
+        for dname in args.dtype:
+            for mode in args.padding_mode:
+                sel = [r for r in rows if r["pass"] == p and r["dtype"] == dname
+                       and r["mode"] == mode]
+                parts = [f"all {geomean([r['vs_torch'] for r in sel]):.2f}x"]
+                for tag in ("dense", "depthwise", "dilated"):
+                    tagged = [r["vs_torch"] for r in sel if tag in r["tags"]]
+                    if tagged:
+                        parts.append(f"{tag} {geomean(tagged):.2f}x")
                 if cpu:
-                    impls["vol2col"] = (torch_conv(layer, args.padding_mode),
-                                        lambda: torch.backends.mkldnn.flags(enabled=False))
-                t = time_impls(impls, layer, backward=p == "fwdbwd", dtype=dtype,
-                               device=args.device, channels_last=layout == "channels_last",
-                               reps=args.reps)
-                flop = layer.flops() * (3 if p == "fwdbwd" else 1)
-                row = [layer.name, p, layout, f"{flop / 1e9:.2f}", f"{t['ours'] * 1e3:.2f}",
-                       f"{t['torch'] * 1e3:.2f}"]
-                if cpu:
-                    row.append(f"{t['vol2col'] * 1e3:.2f}")
-                row += [f"{flop / t['ours'] / 1e9:.1f}", f"{t['torch'] / t['ours']:.2f}x"]
-                speedups["torch"].append(t["torch"] / t["ours"])
-                if cpu:
-                    row.append(f"{t['vol2col'] / t['ours']:.2f}x")
-                    speedups["vol2col"].append(t["vol2col"] / t["ours"])
-                rows.append(row)
-                print("  ".join(f"{c:>12}" if i else f"{c:<20}" for i, c in enumerate(row)),
-                      flush=True)
-    for k, v in speedups.items():
-        if v:
-            gm = math.exp(sum(math.log(s) for s in v) / len(v))
-            print(f"geometric mean speedup vs {torch_label if k == 'torch' else k}: {gm:.2f}x")
+                    parts.append(f"(all vs vol2col {geomean([r['vs_vol2col'] for r in sel]):.2f}x)")
+                summary.append(f"geometric mean speedup vs {tl}, {p}, {dname}, {mode}: "
+                               + ", ".join(parts))
+    if memory:
+        over = [f"{r['layer']} {r['pass']} {r['dtype']} {r['layout']} {r['mode']}"
+                for r in rows if r["mem"][0] > r["mem"][1]]
+        summary.append("peak memory above torch's: " + (", ".join(over) if over else "none"))
+    print("\n".join(summary))
+
     if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w") as f:
-            f.write(f"torchconv3d vs torch {torch.__version__}, {machine}, {args.dtype}, "
-                    f"{date.today()}\n\n")
+            f.write(title + "\n\n")
             f.write("| " + " | ".join(header) + " |\n")
             f.write("|" + "---|" * len(header) + "\n")
-            for row in rows:
-                f.write("| " + " | ".join(row) + " |\n")
+            for r in rows:
+                f.write("| " + " | ".join(r["cells"]) + " |\n")
+            f.write("\n" + "\n".join(f"- {s}" for s in summary) + "\n")
+    if args.chart:
+        os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
+        write_chart(args.chart, rows, tl, title)
     return 0
 
 

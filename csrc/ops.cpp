@@ -2,6 +2,7 @@
 // arguments, pick output memory formats, allocate, then hand off to the device's kernels.
 // Autograd and fake (meta) kernels live in Python (torchconv3d/ops.py).
 #include "conv3d.h"
+#include "cpu/microkernel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -112,6 +113,8 @@ TORCH_LIBRARY(torchconv3d, m) {
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // Which build of the CPU micro-kernels this process runs ("avx512" or "generic").
+  m.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
 }
 
 TORCH_LIBRARY_IMPL(torchconv3d, CPU, m) {

@@ -50,3 +50,11 @@ def load():
             return
     LIBRARY = _load_jit()
     BACKEND = "jit"
+
+
+def cpu_isa():
+    """The instruction set the CPU kernels were dispatched to: "avx512" or "generic"."""
+    import torch
+
+    load()
+    return torch.ops.torchconv3d.cpu_isa()

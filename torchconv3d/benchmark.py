@@ -4,7 +4,12 @@ Used by `python -m torchconv3d` (a few layers) and benchmarks/run.py (the whole 
 Shapes are the papers' layers, scaled (batch, frames or volume) to run in seconds on a
 2-core CPU; `scale` notes what was cut.
 """
+import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -161,3 +166,79 @@ def time_impls(impls, layer, backward, dtype=torch.float32, device="cpu", channe
         for label, (fn, ctx) in impls.items():
             times[label].append(once(fn, ctx))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _status_mb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _peak_memory_here(spec):
+    """Run in a child process: peak resident-memory growth (MB) of one call per layer."""
+    dtype = getattr(torch, spec["dtype"])
+    out = {}
+    for layer in (l for l in SUITE if l.name in spec["layers"]):
+        make = ours if spec["impl"] == "ours" else torch_conv
+        fn = make(layer, spec["padding_mode"])
+        x, w, b = make_inputs(layer, dtype, "cpu", spec["channels_last"])
+        for t in (x, w, b):
+            t.requires_grad_(spec["backward"])
+
+        def once():
+            y = fn(x, w, b)
+            if spec["backward"]:
+                y.backward(torch.ones_like(y))
+            x.grad = w.grad = b.grad = None
+
+        once()  # one-time costs (oneDNN's primitive and weight caches, thread pools)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        base = _status_mb("VmRSS")
+        once()
+        out[layer.name] = _status_mb("VmHWM") - base
+    print(json.dumps(out))
+
+
+def peak_memory(layers, impl, backward, dtype=torch.float32, device="cpu",
+                channels_last=False, padding_mode="zeros"):
+    """Peak memory (MB) one call of `impl` ("ours" or "torch") adds, per layer name.
+
+    CUDA: torch's allocator statistics. CPU: growth of the resident high-water mark in a
+    child process whose malloc hands every block of 64 KB or more straight back to the
+    OS on free (MALLOC_MMAP_THRESHOLD_), so resident memory follows live memory. Linux only.
+    """
+    if torch.device(device).type == "cuda":
+        make = ours if impl == "ours" else torch_conv
+        out = {}
+        for layer in layers:
+            fn = make(layer, padding_mode)
+            x, w, b = make_inputs(layer, dtype, device, channels_last)
+            for t in (x, w, b):
+                t.requires_grad_(backward)
+            for measure in (False, True):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                y = fn(x, w, b)
+                if backward:
+                    y.backward(torch.ones_like(y))
+                del y
+                x.grad = w.grad = b.grad = None
+                torch.cuda.synchronize()
+            out[layer.name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        return out
+    spec = {"layers": [l.name for l in layers], "impl": impl, "backward": backward,
+            "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last,
+            "padding_mode": padding_mode}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import sys, json; from torchconv3d.benchmark import _peak_memory_here; "
+            "_peak_memory_here(json.loads(sys.argv[1]))")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
+                       text=True, env=env, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])

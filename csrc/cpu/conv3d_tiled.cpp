@@ -45,6 +45,9 @@ struct Layout {
   const Geometry& g;
   int64_t sh, sw, qh_max, qw_max, lw;
   int64_t th = 1, rows = 1, plane = 1, n = kLanes;
+  // Output depths per tile, and the padded input depths ("slots") they read: a tile of
+  // several depths copies each input plane once instead of once per depth tap.
+  int64_t td = 1, slots = 1;
 
   explicit Layout(const Geometry& geo) : g(geo) {
     sh = g.stride[1];
@@ -52,7 +55,24 @@ struct Layout {
     qh_max = (g.kernel[1] - 1) * g.dilation[1] / sh;
     qw_max = (g.kernel[2] - 1) * g.dilation[2] / sw;
     lw = g.out[2] + qw_max;
+    set_depths(1);
   }
+  void set_depths(int64_t depths) {
+    td = std::clamp<int64_t>(depths, 1, g.out[0]);
+    td = ceil_div(g.out[0], ceil_div(g.out[0], td));
+    slots = (td - 1) * g.stride[0] + (g.kernel[0] - 1) * g.dilation[0] + 1;
+  }
+  int64_t depth_blocks() const { return ceil_div(g.out[0], td); }
+  // Whether some depth of a tile with `depths` output depths reads slot `slot`.
+  bool slot_used(int64_t slot, int64_t depths) const {
+    for (int64_t i = 0; i < g.kernel[0]; ++i) {
+      const int64_t r = slot - i * g.dilation[0];
+      if (r >= 0 && r % g.stride[0] == 0 && r / g.stride[0] < depths) return true;
+    }
+    return false;
+  }
+  // Buffer offset between the windows of consecutive output depths of a tile.
+  int64_t depth_step() const { return g.stride[0] * sh * sw * plane; }
   // Bands of equal height, at most `band` rows.
   void set_band(int64_t band) {
     th = std::clamp<int64_t>(band, 1, g.out[1]);
@@ -61,7 +81,7 @@ struct Layout {
     plane = rows * lw;
     n = round_up(th * lw, kLanes);
   }
-  int64_t planes_per_channel() const { return g.kernel[0] * sh * sw; }
+  int64_t planes_per_channel() const { return slots * sh * sw; }
   // Elements of the phase planes of `channels` channels, with the tail the last shifted
   // window reads past its plane.
   int64_t buffer_size(int64_t channels) const {
@@ -80,12 +100,12 @@ struct Layout {
   int64_t shift(int64_t j, int64_t l) const {
     return (j * g.dilation[1] / sh) * lw + (l * g.dilation[2] / sw);
   }
-  int64_t plane_index(int64_t c, int64_t i, int64_t rh, int64_t rw) const {
-    return ((c * g.kernel[0] + i) * sh + rh) * sw + rw;
+  int64_t plane_index(int64_t c, int64_t slot, int64_t rh, int64_t rw) const {
+    return ((c * slots + slot) * sh + rh) * sw + rw;
   }
-  // Offset of tap (c, i, j, l)'s window in the buffer.
+  // Offset of tap (c, i, j, l)'s window in the buffer, for the tile's first depth.
   int64_t tap_offset(int64_t c, int64_t i, int64_t j, int64_t l) const {
-    return plane_index(c, i, phase_h(j), phase_w(l)) * plane + shift(j, l);
+    return plane_index(c, i * g.dilation[0], phase_h(j), phase_w(l)) * plane + shift(j, l);
   }
 };
 
@@ -140,19 +160,21 @@ int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
 }
 
 // Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
-// stride xc, spatial strides xs) for the tile (od, oh0) into phase planes, their first
-// `rows` rows (what the band's positions read).
+// stride xc, spatial strides xs) for the tile of `depths` output depths from od0 and the
+// band from oh0 into phase planes, their first `rows` rows (what the band reads).
 template <typename T, typename A>
 void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels, int64_t xc,
-                 const std::array<int64_t, 3>& xs, int64_t od, int64_t oh0, int64_t rows,
-                 A* buf) {
+                 const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths, int64_t oh0,
+                 int64_t rows, A* buf) {
   const Geometry& g = L.g;
   for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t i = 0; i < g.kernel[0]; ++i) {
-      const int64_t id = depth_source(g, od, i);
+    for (int64_t slot = 0; slot < L.slots; ++slot) {
+      if (!L.slot_used(slot, depths)) continue;
+      const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
+                                      g.pad_before[0], g.pad_after[0], g.mode);
       for (int64_t rh = 0; rh < L.sh; ++rh) {
         for (int64_t rw = 0; rw < L.sw; ++rw) {
-          A* dst = buf + L.plane_index(c, i, rh, rw) * L.plane;
+          A* dst = buf + L.plane_index(c, slot, rh, rw) * L.plane;
           const int64_t* col = cm.col.data() + rw * L.lw;
           const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
           for (int64_t t_row = 0; t_row < rows; ++t_row, dst += L.lw) {
@@ -265,6 +287,19 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
     band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
   L.set_band(band);
+  // Whole planes fit: take several depths per tile while the budget and the tile count
+  // allow (thin layers, where copying the input is a large share of the work).
+  if (L.th == g.out[1]) {
+    const int64_t per_plane = planes / g.out[0];
+    for (int64_t td = 2; td <= g.out[0]; ++td) {
+      Layout t = L;
+      t.set_depths(td);
+      if (cig * t.planes_per_channel() * t.plane * int64_t(sizeof(A)) > kTileBytes ||
+          per_plane * t.depth_blocks() < want)
+        break;
+      L.set_depths(td);
+    }
+  }
   const ColumnMap cm(L);
 
   // Weight blocks of up to max_rows output channels laid out [k][r], the order gemm
@@ -296,33 +331,39 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
   const int64_t bands = L.bands();
 
-  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+  const int64_t dblocks = L.depth_blocks(), tiles = g.batch * g.groups * dblocks * bands;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_buf, h_c;
     const int64_t bufsize = L.buffer_size(cig);
     A* buf = scratch<A>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, A(0));
     A* ct = scratch<A>(h_c, mk.max_rows * L.n);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t od = (task / bands) % g.out[0];
-      const int64_t grp = (task / (bands * g.out[0])) % g.groups;
-      const int64_t n = task / (bands * g.out[0] * g.groups);
+      const int64_t od0 = (task / bands) % dblocks * L.td;
+      const int64_t grp = (task / (bands * dblocks)) % g.groups;
+      const int64_t n = task / (bands * dblocks * g.groups);
+      const int64_t depths = std::min(L.td, g.out[0] - od0);
       const int64_t oh0 = (task % bands) * L.th, th = L.band_rows(oh0), np = L.positions(th);
-      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od, oh0, th + L.qh_max,
-                  buf);
-      for (int64_t mb = 0; mb < mblocks.count; ++mb) {
-        const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
-        mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf, offs.data(), np, ct, L.n);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t co = grp * cog + m0 + r;
-          const A bc = bp ? bp[co] : A(0);
-          for (int64_t t_row = 0; t_row < th; ++t_row) {
-            const A* src = ct + r * L.n + t_row * L.lw;
-            T* dst = yp + n * ysn + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
-            if (ys[2] == 1) {
-              for (int64_t ow = 0; ow < g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
-            } else {
-              for (int64_t ow = 0; ow < g.out[2]; ++ow)
-                dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
+      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od0, depths, oh0,
+                  th + L.qh_max, buf);
+      for (int64_t dl = 0; dl < depths; ++dl) {
+        const int64_t od = od0 + dl;
+        for (int64_t mb = 0; mb < mblocks.count; ++mb) {
+          const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
+          mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
+                  offs.data(), np, ct, L.n);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t co = grp * cog + m0 + r;
+            const A bc = bp ? bp[co] : A(0);
+            for (int64_t t_row = 0; t_row < th; ++t_row) {
+              const A* src = ct + r * L.n + t_row * L.lw;
+              T* dst = yp + n * ysn + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
+              if (ys[2] == 1) {
+                for (int64_t ow = 0; ow < g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
+              } else {
+                for (int64_t ow = 0; ow < g.out[2]; ++ow)
+                  dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
+              }
             }
           }
         }
@@ -488,6 +529,16 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   const int64_t coblocks = std::min(cog, ceil_div(want, g.groups * ciblocks));
   const int64_t cob = ceil_div(cog, coblocks);
   const int64_t nco = ceil_div(cog, cob);
+  // Several depths per tile when whole planes fit: every sum still runs over samples,
+  // then depths in order, so this changes no result.
+  if (L.bands() == 1) {
+    for (int64_t td = 2; td <= g.out[0]; ++td) {
+      Layout t = L;
+      t.set_depths(td);
+      if (cib * t.planes_per_channel() * t.plane * int64_t(sizeof(A)) > kTileBytes) break;
+      L.set_depths(td);
+    }
+  }
   const ColumnMap cm(L);
 
   std::vector<int64_t> offs(cib * kvol);
@@ -520,14 +571,18 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
       const int64_t c0 = task % ciblocks * cib, cis = std::min(cib, cig - c0);
       A* out = acc + (grp * cog + co0) * K + c0 * kvol;
       for (int64_t n = 0; n < g.batch; ++n)
-        for (int64_t od = 0; od < g.out[0]; ++od)
+        for (int64_t od0 = 0; od0 < g.out[0]; od0 += L.td)
           for (int64_t band = 0; band < bands; ++band) {
             const int64_t oh0 = band * L.th, th = L.band_rows(oh0);
-            pack_planes(L, cm, xp + n * xsn + (grp * cig + c0) * xsc, cis, xsc, xs, od, oh0,
-                        th + L.qh_max, buf);
-            pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys, od,
-                             oh0, gyb, L.n, 0);
-            mk.dot(cos, gyb, L.n, buf, offs.data(), cis * kvol, L.positions(th), out, K);
+            const int64_t depths = std::min(L.td, g.out[0] - od0);
+            pack_planes(L, cm, xp + n * xsn + (grp * cig + c0) * xsc, cis, xsc, xs, od0, depths,
+                        oh0, th + L.qh_max, buf);
+            for (int64_t dl = 0; dl < depths; ++dl) {
+              pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys,
+                               od0 + dl, oh0, gyb, L.n, 0);
+              mk.dot(cos, gyb, L.n, buf + dl * L.depth_step(), offs.data(), cis * kvol,
+                     L.positions(th), out, K);
+            }
           }
     }
   });
