@@ -351,7 +351,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
         for (int64_t mb = 0; mb < mblocks.count; ++mb) {
           const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
           mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
-                  offs.data(), np, ct, L.n);
+                  offs.data(), np, ct, L.n, false);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t co = grp * cog + m0 + r;
             const A bc = bp ? bp[co] : A(0);
@@ -445,47 +445,88 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   const int64_t gxsn = grad_input.stride(0), gxsc = grad_input.stride(1);
   const int64_t bands = L.bands(), nph = L.sh * L.sw;
 
+  // Thin layers: when the phase-plane gradients of every channel for several output
+  // depths fit the budget, they are summed per input depth over those output depths and
+  // added back once, rather than once per (output depth, depth tap). Shape-only choice.
+  if (bands == 1) {
+    for (int64_t td = 2; td <= g.out[0]; ++td) {
+      Layout t = L;
+      t.set_depths(td);
+      if (cig * t.slots * nph * np * int64_t(sizeof(A)) > kTileBytes) break;
+      L.set_depths(td);
+    }
+  }
+  const bool slotted = L.td > 1;
+  const int64_t slot_stride = L.slots * nph * np;  // channel stride of the slot planes
+
   at::parallel_for(0, units * dblocks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_gy, h_gp, h_slab;
     A* gyb = scratch<A>(h_gy, cog * ld);
-    A* gp = scratch<A>(h_gp, mk.max_rows * np);
+    A* gp = scratch<A>(h_gp, slotted ? cig * slot_stride : mk.max_rows * np);
+    A* gps = gp;
     A* slab = direct ? nullptr : scratch<A>(h_slab, cig * dblock * slab_depth);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (g.groups * dblocks), grp = (task / dblocks) % g.groups;
       const int64_t d0 = (task % dblocks) * dblock, d1 = std::min(g.in[0], d0 + dblock);
       T* gx = gxp + n * gxsn + grp * cig * gxsc;
       if constexpr (!direct) std::fill(slab, slab + cig * dblock * slab_depth, A(0));
-      for (int64_t od = 0; od < g.out[0]; ++od) {
-        bool any = false;
-        for (int64_t i = 0; i < kd; ++i) {
-          const int64_t id = depth_source(g, od, i);
-          any |= id >= d0 && id < d1;
+      // Adds `channels` rows of a phase-plane gradient (row stride ldp) into grad_input
+      // at depth id, or into the slab.
+      auto scatter = [&](const A* src, int64_t ldp, int64_t c0, int64_t channels, int64_t prows,
+                         int64_t id, int64_t oh0, int64_t rh, int64_t rw) {
+        if constexpr (direct) {
+          scatter_plane(L, cm, src, ldp, channels, prows, id, oh0, rh, rw, gx + c0 * gxsc, gxsc,
+                        gxs);
+        } else {
+          scatter_plane(L, cm, src, ldp, channels, prows, id - d0, oh0, rh, rw,
+                        slab + c0 * dblock * slab_depth, dblock * slab_depth,
+                        std::array<int64_t, 3>{slab_depth, g.in[2], 1});
         }
+      };
+      auto owned = [&](int64_t id) { return id >= d0 && id < d1; };
+      for (int64_t od0 = 0; od0 < g.out[0]; od0 += L.td) {
+        const int64_t depths = std::min(L.td, g.out[0] - od0);
+        bool any = false;
+        for (int64_t od = od0; od < od0 + depths; ++od)
+          for (int64_t i = 0; i < kd; ++i) any |= owned(depth_source(g, od, i));
         if (!any) continue;
         for (int64_t band = 0; band < bands; ++band) {
           const int64_t oh0 = band * L.th, prows = L.band_rows(oh0) + L.qh_max;
           const int64_t npb = round_up(prows * L.lw, kLanes);
-          pack_grad_output(L, gyp + n * gysn + grp * cog * gysc, cog, gysc, gys, od, oh0, gyb,
-                           ld, halo);
-          for (int64_t i = 0; i < kd; ++i) {
-            const int64_t id = depth_source(g, od, i);
-            if (id < d0 || id >= d1) continue;
-            for (int64_t ph = 0; ph < nph; ++ph) {
-              const Phase& p = phases[(grp * kd + i) * nph + ph];
-              if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
-              for (int64_t cb = 0; cb < cblocks.count; ++cb) {
-                const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
-                mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb, gp, np);
-                if constexpr (direct) {
-                  scatter_plane(L, cm, gp, np, rows, prows, id, oh0, p.rh, p.rw, gx + c0 * gxsc,
-                                gxsc, gxs);
-                } else {
-                  scatter_plane(L, cm, gp, np, rows, prows, id - d0, oh0, p.rh, p.rw,
-                                slab + c0 * dblock * slab_depth, dblock * slab_depth,
-                                std::array<int64_t, 3>{slab_depth, g.in[2], 1});
+          if (slotted) std::fill(gps, gps + cig * slot_stride, A(0));
+          for (int64_t od = od0; od < od0 + depths; ++od) {
+            pack_grad_output(L, gyp + n * gysn + grp * cog * gysc, cog, gysc, gys, od, oh0, gyb,
+                             ld, halo);
+            for (int64_t i = 0; i < kd; ++i) {
+              const int64_t id = depth_source(g, od, i);
+              if (!owned(id)) continue;
+              const int64_t slot = (od - od0) * g.stride[0] + i * g.dilation[0];
+              for (int64_t ph = 0; ph < nph; ++ph) {
+                const Phase& p = phases[(grp * kd + i) * nph + ph];
+                if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
+                for (int64_t cb = 0; cb < cblocks.count; ++cb) {
+                  const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
+                  if (slotted) {
+                    mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb,
+                            gps + c0 * slot_stride + (slot * nph + ph) * np, slot_stride, true);
+                  } else {
+                    mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb, gp, np,
+                            false);
+                    scatter(gp, np, c0, rows, prows, id, oh0, p.rh, p.rw);
+                  }
                 }
               }
             }
+          }
+          if (!slotted) continue;
+          for (int64_t slot = 0; slot < L.slots; ++slot) {
+            if (!L.slot_used(slot, depths)) continue;
+            const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
+                                            g.pad_before[0], g.pad_after[0], g.mode);
+            if (!owned(id)) continue;
+            for (int64_t ph = 0; ph < nph; ++ph)
+              scatter(gps + (slot * nph + ph) * np, slot_stride, 0, cig, prows, id, oh0,
+                      ph / L.sw, ph % L.sw);
           }
         }
       }

@@ -20,10 +20,10 @@ constexpr int64_t kLanes = 16;
 
 template <typename A>
 struct MicroKernels {
-  // c[r * ldc + f] = sum_k a[k * rows + r] * b[offs[k] + f]
+  // c[r * ldc + f] = (accumulate ? c[r * ldc + f] : 0) + sum_k a[k * rows + r] * b[offs[k] + f]
   //   for r < rows (1 <= rows <= max_rows), f < n (a multiple of kLanes).
   void (*gemm)(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs,
-               int64_t n, A* c, int64_t ldc);
+               int64_t n, A* c, int64_t ldc, bool accumulate);
   // out[r * ldo + j] += sum_{f < n} g[r * ldg + f] * b[offs[j] + f]
   //   for r < rows, j < cols (any counts), n a multiple of kLanes.
   // Each out element is one sum in a fixed order: lanes summed along f, then the lanes

@@ -59,7 +59,7 @@ constexpr int kGemmVecs = 4;
 
 template <typename A, int R, int V>
 TC3D_AVX512_INLINE void gemm_block(const A* a, int64_t k, const A* b, const int64_t* offs,
-                                   A* c, int64_t ldc) {
+                                   A* c, int64_t ldc, bool accumulate) {
   using W = Vec<A>;
   typename W::reg acc[R][V];
 #pragma GCC unroll 8
@@ -79,6 +79,13 @@ TC3D_AVX512_INLINE void gemm_block(const A* a, int64_t k, const A* b, const int6
       for (int v = 0; v < V; ++v) acc[r][v] = W::fma(av, bv[v], acc[r][v]);
     }
   }
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v)
+        acc[r][v] = W::add(acc[r][v], W::load(c + r * ldc + v * W::width));
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -87,30 +94,30 @@ TC3D_AVX512_INLINE void gemm_block(const A* a, int64_t k, const A* b, const int6
 
 template <typename A, int R>
 TC3D_AVX512 void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n,
-                           A* c, int64_t ldc) {
+                           A* c, int64_t ldc, bool acc) {
   constexpr int64_t step = kGemmVecs * Vec<A>::width;
   int64_t f = 0;
-  for (; f + step <= n; f += step) gemm_block<A, R, kGemmVecs>(a, k, b + f, offs, c + f, ldc);
+  for (; f + step <= n; f += step) gemm_block<A, R, kGemmVecs>(a, k, b + f, offs, c + f, ldc, acc);
   // n is a multiple of kLanes, so what is left is 0-3 whole registers.
   switch ((n - f) / Vec<A>::width) {
     case 0: break;
-    case 1: gemm_block<A, R, 1>(a, k, b + f, offs, c + f, ldc); break;
-    case 2: gemm_block<A, R, 2>(a, k, b + f, offs, c + f, ldc); break;
-    case 3: gemm_block<A, R, 3>(a, k, b + f, offs, c + f, ldc); break;
+    case 1: gemm_block<A, R, 1>(a, k, b + f, offs, c + f, ldc, acc); break;
+    case 2: gemm_block<A, R, 2>(a, k, b + f, offs, c + f, ldc, acc); break;
+    case 3: gemm_block<A, R, 3>(a, k, b + f, offs, c + f, ldc, acc); break;
     default: break;
   }
 }
 
 template <typename A>
 TC3D_AVX512 void gemm(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs,
-                      int64_t n, A* c, int64_t ldc) {
+                      int64_t n, A* c, int64_t ldc, bool acc) {
   switch (rows) {
-    case 1: return gemm_rows<A, 1>(a, k, b, offs, n, c, ldc);
-    case 2: return gemm_rows<A, 2>(a, k, b, offs, n, c, ldc);
-    case 3: return gemm_rows<A, 3>(a, k, b, offs, n, c, ldc);
-    case 4: return gemm_rows<A, 4>(a, k, b, offs, n, c, ldc);
-    case 5: return gemm_rows<A, 5>(a, k, b, offs, n, c, ldc);
-    default: return gemm_rows<A, kGemmRows>(a, k, b, offs, n, c, ldc);
+    case 1: return gemm_rows<A, 1>(a, k, b, offs, n, c, ldc, acc);
+    case 2: return gemm_rows<A, 2>(a, k, b, offs, n, c, ldc, acc);
+    case 3: return gemm_rows<A, 3>(a, k, b, offs, n, c, ldc, acc);
+    case 4: return gemm_rows<A, 4>(a, k, b, offs, n, c, ldc, acc);
+    case 5: return gemm_rows<A, 5>(a, k, b, offs, n, c, ldc, acc);
+    default: return gemm_rows<A, kGemmRows>(a, k, b, offs, n, c, ldc, acc);
   }
 }
 

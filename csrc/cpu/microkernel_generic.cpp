@@ -13,7 +13,7 @@ constexpr int kRows = 6;
 
 template <typename A, int R>
 void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n, A* c,
-               int64_t ldc) {
+               int64_t ldc, bool accumulate) {
   for (int64_t f = 0; f < n; f += kLanes) {
     A acc[R][kLanes] = {};
     for (int64_t i = 0; i < k; ++i) {
@@ -24,20 +24,21 @@ void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int l = 0; l < kLanes; ++l) c[r * ldc + f + l] = acc[r][l];
+      for (int l = 0; l < kLanes; ++l)
+        c[r * ldc + f + l] = accumulate ? c[r * ldc + f + l] + acc[r][l] : acc[r][l];
   }
 }
 
 template <typename A>
 void gemm(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n, A* c,
-          int64_t ldc) {
+          int64_t ldc, bool acc) {
   switch (rows) {
-    case 1: return gemm_rows<A, 1>(a, k, b, offs, n, c, ldc);
-    case 2: return gemm_rows<A, 2>(a, k, b, offs, n, c, ldc);
-    case 3: return gemm_rows<A, 3>(a, k, b, offs, n, c, ldc);
-    case 4: return gemm_rows<A, 4>(a, k, b, offs, n, c, ldc);
-    case 5: return gemm_rows<A, 5>(a, k, b, offs, n, c, ldc);
-    default: return gemm_rows<A, kRows>(a, k, b, offs, n, c, ldc);
+    case 1: return gemm_rows<A, 1>(a, k, b, offs, n, c, ldc, acc);
+    case 2: return gemm_rows<A, 2>(a, k, b, offs, n, c, ldc, acc);
+    case 3: return gemm_rows<A, 3>(a, k, b, offs, n, c, ldc, acc);
+    case 4: return gemm_rows<A, 4>(a, k, b, offs, n, c, ldc, acc);
+    case 5: return gemm_rows<A, 5>(a, k, b, offs, n, c, ldc, acc);
+    default: return gemm_rows<A, kRows>(a, k, b, offs, n, c, ldc, acc);
   }
 }
 
