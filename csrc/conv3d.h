@@ -69,7 +69,9 @@ struct DeviceKernels {
   // output = conv(input, weight) + bias (bias may be undefined).
   void (*forward)(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                   const at::Tensor& bias, at::Tensor& output);
-  // grad_input = adjoint of the forward map in `input`; grad_input arrives zeroed.
+  // grad_input = adjoint of the forward map in `input`. grad_input arrives uninitialised
+  // and the kernel writes every element (zeroing in the threads that later add into it
+  // spreads the first-touch page faults and keeps the memory in their caches).
   void (*grad_input)(const Geometry& g, const at::Tensor& grad_output,
                      const at::Tensor& weight, at::Tensor& grad_input);
   // grad_weight = sum over batch and output positions of grad_output x input taps.

@@ -60,8 +60,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) {
     const auto opts = x.options().memory_format(x.suggest_memory_format());
-    grad_input = at::empty(x.sizes(), opts).zero_();  // at::zeros drops the memory format
-    if (!empty && x.numel() > 0) k.grad_input(g, gy, weight, grad_input);
+    grad_input = at::empty(x.sizes(), opts);
+    if (!empty && x.numel() > 0) {
+      k.grad_input(g, gy, weight, grad_input);
+    } else {
+      grad_input.zero_();  // (at::zeros would drop the memory format)
+    }
     if (input.dim() == 4) grad_input = grad_input.squeeze(0);
   }
   if (output_mask[1]) {

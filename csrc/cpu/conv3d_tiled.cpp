@@ -376,8 +376,8 @@ template <typename T>
 void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& weight, at::Tensor& grad_input) {
   using A = at::opmath_type<T>;
-  // float and double add straight into grad_input (it arrives zeroed); the half types sum
-  // a block of input depths in a float slab and write it once.
+  // float and double add straight into grad_input (each task first zeroes the part it
+  // owns); the half types sum a block of input depths in a float slab and write it once.
   constexpr bool direct = std::is_same_v<A, T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
   const int64_t cig = g.in_per_group(), cog = g.out_per_group();
@@ -469,7 +469,16 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
       const int64_t n = task / (g.groups * dblocks), grp = (task / dblocks) % g.groups;
       const int64_t d0 = (task % dblocks) * dblock, d1 = std::min(g.in[0], d0 + dblock);
       T* gx = gxp + n * gxsn + grp * cig * gxsc;
-      if constexpr (!direct) std::fill(slab, slab + cig * dblock * slab_depth, A(0));
+      if constexpr (direct) {
+        for (int64_t c = 0; c < cig; ++c)
+          for (int64_t d = d0; d < d1; ++d)
+            for (int64_t h = 0; h < g.in[1]; ++h) {
+              T* row = gx + c * gxsc + d * gxs[0] + h * gxs[1];
+              for (int64_t x = 0; x < g.in[2]; ++x) row[x * gxs[2]] = T(0);
+            }
+      } else {
+        std::fill(slab, slab + cig * dblock * slab_depth, A(0));
+      }
       // Adds `channels` rows of a phase-plane gradient (row stride ldp) into grad_input
       // at depth id, or into the slab.
       auto scatter = [&](const A* src, int64_t ldp, int64_t c0, int64_t channels, int64_t prows,
