@@ -140,20 +140,19 @@ def main(argv=None):
                         print(fmt(cells), flush=True)
 
     summary = []
-    for p in passes:
-        for dname in args.dtype:
-            for mode in args.padding_mode:
-                sel = [r for r in rows if r["pass"] == p and r["dtype"] == dname
-                       and r["mode"] == mode]
-                parts = [f"all {geomean([r['vs_torch'] for r in sel]):.2f}x"]
-                for tag in ("dense", "depthwise", "dilated"):
-                    tagged = [r["vs_torch"] for r in sel if tag in r["tags"]]
-                    if tagged:
-                        parts.append(f"{tag} {geomean(tagged):.2f}x")
-                if cpu:
-                    parts.append(f"(all vs vol2col {geomean([r['vs_vol2col'] for r in sel]):.2f}x)")
-                summary.append(f"geometric mean speedup vs {tl}, {p}, {dname}, {mode}: "
-                               + ", ".join(parts))
+    for p, dname, lname, mode in ((p, d, l, m) for p in passes for d in args.dtype
+                                  for l in args.layout for m in args.padding_mode):
+        sel = [r for r in rows if r["pass"] == p and r["dtype"] == dname
+               and r["layout"] == lname and r["mode"] == mode]
+        parts = [f"all {geomean([r['vs_torch'] for r in sel]):.2f}x"]
+        for tag in ("dense", "depthwise", "dilated"):
+            tagged = [r["vs_torch"] for r in sel if tag in r["tags"]]
+            if tagged:
+                parts.append(f"{tag} {geomean(tagged):.2f}x")
+        if cpu:
+            parts.append(f"(all vs vol2col {geomean([r['vs_vol2col'] for r in sel]):.2f}x)")
+        summary.append(f"geometric mean speedup vs {tl}, {p}, {dname}, {lname}, {mode}: "
+                       + ", ".join(parts))
     if memory:
         over = [f"{r['layer']} {r['pass']} {r['dtype']} {r['layout']} {r['mode']}"
                 for r in rows if r["mem"][0] > r["mem"][1]]

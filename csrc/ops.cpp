@@ -58,16 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
   const at::Tensor gy = batched(grad_output);
   const bool empty = gy.numel() == 0;
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) {
-    const auto opts = x.options().memory_format(x.suggest_memory_format());
-    grad_input = at::empty(x.sizes(), opts);
-    if (!empty && x.numel() > 0) {
-      k.grad_input(g, gy, weight, grad_input);
-    } else {
-      grad_input.zero_();  // (at::zeros would drop the memory format)
-    }
-    if (input.dim() == 4) grad_input = grad_input.squeeze(0);
-  }
+  // Weight and bias first: their workspace is freed before grad_input (the largest
+  // result) is allocated, which lowers the peak.
   if (output_mask[1]) {
     const auto opts = weight.options().memory_format(weight.suggest_memory_format());
     grad_weight = at::empty(weight.sizes(), opts);
@@ -84,6 +76,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
     } else {
       k.grad_bias(g, gy, grad_bias);
     }
+  }
+  if (output_mask[0]) {
+    const auto opts = x.options().memory_format(x.suggest_memory_format());
+    grad_input = at::empty(x.sizes(), opts);
+    if (!empty && x.numel() > 0) {
+      k.grad_input(g, gy, weight, grad_input);
+    } else {
+      grad_input.zero_();  // (at::zeros would drop the memory format)
+    }
+    if (input.dim() == 4) grad_input = grad_input.squeeze(0);
   }
   return {grad_input, grad_weight, grad_bias};
 }

@@ -599,9 +599,15 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
           offs[((c * g.kernel[0] + i) * g.kernel[1] + j) * g.kernel[2] + l] =
               L.tap_offset(c, i, j, l);
 
-  at::Tensor acc_holder = at::zeros({g.out_channels, K},
-                                    at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
-  A* acc = acc_holder.data_ptr<A>();
+  // Sums go straight into grad_weight when it is a dense [C_out, K] matrix of A, else
+  // into a buffer copied over at the end.
+  const bool in_place = std::is_same_v<A, T> && grad_weight.is_contiguous();
+  at::Tensor acc_holder =
+      in_place ? grad_weight
+               : at::empty({g.out_channels, K},
+                           at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+  acc_holder.zero_();
+  A* acc = static_cast<A*>(acc_holder.data_ptr());
   const T* gyp = grad_output.const_data_ptr<T>();
   const T* xp = input.const_data_ptr<T>();
   const auto gys = spatial_strides(grad_output), xs = spatial_strides(input);
@@ -637,7 +643,7 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
     }
   });
 
-  grad_weight.copy_(acc_holder.view(grad_weight.sizes()));
+  if (!in_place) grad_weight.copy_(acc_holder.view(grad_weight.sizes()));
 }
 
 }  // namespace
