@@ -1,19 +1,19 @@
 // CPU convolution over shifted planes: one design for every pass, groups (depthwise
 // included), kernel, stride, dilation and padding mode.
 //
-// A tile is one output depth plane od and a band of `th` output rows. Its input is copied
-// into a small buffer as "phase planes": for input channel c, kernel depth tap i and
-// stride phase (rh, rw), plane[t_row][t_col] holds the padded input at row
+// A tile is a band of `th` output rows of `td` output depths (usually one). Its input is
+// copied into a small buffer as "phase planes": for input channel c, padded input depth
+// (slot) and stride phase (rh, rw), plane[t_row][t_col] holds the padded input at row
 // (oh0 + t_row) * sh + rh and column t_col * sw + rw, where the padding mode (through
 // source_index) decides what a padded coordinate reads. Rows are lw = W_out + qw_max long,
 // so for a tile position f = r * lw + ow, tap (c, i, j, l) reads
-//     plane(c, i, (j*dh) % sh, (l*dw) % sw)[f + (j*dh / sh) * lw + (l*dw / sw)]
+//     plane(c, slot of (od, i), (j*dh) % sh, (l*dw) % sw)[f + (j*dh / sh) * lw + (l*dw / sw)]
 // - a fixed shift per tap. The convolution becomes a GEMM with one shifted window of the
 // buffer per k (microkernel.h), vectorised along f. Columns ow >= W_out are computed and
 // dropped (qw_max / lw of the work: 3-12% on the suite's shapes).
 //
 // Passes and the splits that keep threads from writing the same element:
-//   forward      tiles (sample, group, od, band); C[c_out x f] = W x shifted planes
+//   forward      tiles (sample, group, depth block, band); C[c_out x f] = W x shifted planes
 //   grad_input   (sample, group, block of input depths): the gradient of a tile's phase
 //                planes, C[c_in x t] = W^T x shifted grad_output, is added back through
 //                the adjoint of the copy, only for depth taps that land in the block.
@@ -113,7 +113,8 @@ struct Layout {
 // columns [lo[rw], hi[rw]) that read index t * sw + rw - pad directly.
 struct ColumnMap {
   std::vector<int64_t> col, lo, hi;
-  ColumnMap(const Layout& L) {
+  int64_t all_lo = 0, all_hi = 0;  // [all_lo, all_hi): inside [lo[rw], hi[rw]) for every rw
+  explicit ColumnMap(const Layout& L) {
     const Geometry& g = L.g;
     col.resize(L.sw * L.lw);
     lo.assign(L.sw, 0);
@@ -130,9 +131,10 @@ struct ColumnMap {
         }
       }
     }
+    all_lo = *std::max_element(lo.begin(), lo.end());
+    all_hi = std::max(all_lo, *std::min_element(hi.begin(), hi.end()));
   }
 };
-
 // n items cut into the fewest blocks of at most `most`, sizes differing by at most one
 // (a short last block would run the micro-kernel at a poor FMA-to-load ratio).
 struct Blocks {
@@ -167,34 +169,51 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
                  const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths, int64_t oh0,
                  int64_t rows, A* buf) {
   const Geometry& g = L.g;
+  const int64_t lo = cm.all_lo, hi = cm.all_hi, pw = g.pad_before[2];
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t slot = 0; slot < L.slots; ++slot) {
       if (!L.slot_used(slot, depths)) continue;
       const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
                                       g.pad_before[0], g.pad_after[0], g.mode);
       for (int64_t rh = 0; rh < L.sh; ++rh) {
-        for (int64_t rw = 0; rw < L.sw; ++rw) {
-          A* dst = buf + L.plane_index(c, slot, rh, rw) * L.plane;
-          const int64_t* col = cm.col.data() + rw * L.lw;
-          const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
-          for (int64_t t_row = 0; t_row < rows; ++t_row, dst += L.lw) {
-            const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
-            if (ih < 0) {
-              std::fill(dst, dst + L.lw, A(0));
-              continue;
-            }
-            const T* src = x + c * xc + id * xs[0] + ih * xs[1];
+        // The sw phase planes of (c, slot, rh) are consecutive: phase rw at dst + rw * plane.
+        A* dst = buf + L.plane_index(c, slot, rh, 0) * L.plane;
+        for (int64_t t_row = 0; t_row < rows; ++t_row, dst += L.lw) {
+          const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
+          if (ih < 0) {
+            for (int64_t rw = 0; rw < L.sw; ++rw)
+              std::fill(dst + rw * L.plane, dst + rw * L.plane + L.lw, A(0));
+            continue;
+          }
+          const T* src = x + c * xc + id * xs[0] + ih * xs[1];
+          // Border columns through the table, where the padding mode decides.
+          for (int64_t rw = 0; rw < L.sw; ++rw) {
+            A* d = dst + rw * L.plane;
+            const int64_t* col = cm.col.data() + rw * L.lw;
             for (int64_t t = 0; t < lo; ++t)
-              dst[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
-            const int64_t step = L.sw * xs[2];
-            const T* s0 = src + (lo * L.sw + rw - g.pad_before[2]) * xs[2];
-            if (step == 1) {
-              for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[t - lo]);
-            } else {
-              for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[(t - lo) * step]);
+              d[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+            for (int64_t t = hi; t < L.lw; ++t)
+              d[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+          }
+          // Interior: one pass over the source row feeds every phase (contiguous reads;
+          // stride 2 de-interleaves into two planes).
+          if (xs[2] == 1 && L.sw == 1) {
+            const T* s0 = src - pw;
+            for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[t]);
+          } else if (xs[2] == 1 && L.sw == 2) {
+            const T* s0 = src - pw;
+            A* d1 = dst + L.plane;
+            for (int64_t t = lo; t < hi; ++t) {
+              dst[t] = static_cast<A>(s0[2 * t]);
+              d1[t] = static_cast<A>(s0[2 * t + 1]);
             }
-            for (int64_t t = std::max(hi, lo); t < L.lw; ++t)
-              dst[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+          } else {
+            for (int64_t rw = 0; rw < L.sw; ++rw) {
+              A* d = dst + rw * L.plane;
+              const T* s0 = src + (rw - pw) * xs[2];
+              const int64_t step = L.sw * xs[2];
+              for (int64_t t = lo; t < hi; ++t) d[t] = static_cast<A>(s0[t * step]);
+            }
           }
         }
       }
