@@ -221,33 +221,47 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
   }
 }
 
-// The adjoint of pack_planes for the first `rows` rows of one phase plane of `channels`
-// channels at depth id:
-// adds gp[c * ldp + t_row * lw + t_col] into gx (channel stride gc, spatial strides gs).
+// The adjoint of pack_planes for the first `rows` rows of the sw phase planes (rh, *) of
+// `channels` channels at depth id: adds gp[c * ldp + rw * pstride + t_row * lw + t_col]
+// into gx (channel stride gc, spatial strides gs).
 template <typename A, typename D>
-void scatter_plane(const Layout& L, const ColumnMap& cm, const A* gp, int64_t ldp,
-                   int64_t channels, int64_t rows, int64_t id, int64_t oh0, int64_t rh,
-                   int64_t rw, D* gx, int64_t gc, const std::array<int64_t, 3>& gs) {
+void scatter_planes(const Layout& L, const ColumnMap& cm, const A* gp, int64_t ldp,
+                    int64_t pstride, int64_t channels, int64_t rows, int64_t id, int64_t oh0,
+                    int64_t rh, D* gx, int64_t gc, const std::array<int64_t, 3>& gs) {
   const Geometry& g = L.g;
-  const int64_t* col = cm.col.data() + rw * L.lw;
-  const int64_t lo = cm.lo[rw], hi = cm.hi[rw];
-  const int64_t step = L.sw * gs[2];
+  const int64_t lo = cm.all_lo, hi = cm.all_hi, pw = g.pad_before[2];
   for (int64_t t_row = 0; t_row < rows; ++t_row) {
     const int64_t ih = row_source(L, oh0, t_row, rh);
     if (ih < 0) continue;
     for (int64_t c = 0; c < channels; ++c) {
       const A* src = gp + c * ldp + t_row * L.lw;
       D* dst = gx + c * gc + id * gs[0] + ih * gs[1];
-      for (int64_t t = 0; t < lo; ++t)
-        if (col[t] >= 0) dst[col[t] * gs[2]] += src[t];
-      D* d0 = dst + (lo * L.sw + rw - g.pad_before[2]) * gs[2];
-      if (step == 1) {
-        for (int64_t t = lo; t < hi; ++t) d0[t - lo] += src[t];
-      } else {
-        for (int64_t t = lo; t < hi; ++t) d0[(t - lo) * step] += src[t];
+      for (int64_t rw = 0; rw < L.sw; ++rw) {
+        const A* s = src + rw * pstride;
+        const int64_t* col = cm.col.data() + rw * L.lw;
+        for (int64_t t = 0; t < lo; ++t)
+          if (col[t] >= 0) dst[col[t] * gs[2]] += s[t];
+        for (int64_t t = hi; t < L.lw; ++t)
+          if (col[t] >= 0) dst[col[t] * gs[2]] += s[t];
       }
-      for (int64_t t = std::max(hi, lo); t < L.lw; ++t)
-        if (col[t] >= 0) dst[col[t] * gs[2]] += src[t];
+      if (gs[2] == 1 && L.sw == 1) {
+        D* d0 = dst - pw;
+        for (int64_t t = lo; t < hi; ++t) d0[t] += src[t];
+      } else if (gs[2] == 1 && L.sw == 2) {  // interleave the two phases back
+        D* d0 = dst - pw;
+        const A* s1 = src + pstride;
+        for (int64_t t = lo; t < hi; ++t) {
+          d0[2 * t] += src[t];
+          d0[2 * t + 1] += s1[t];
+        }
+      } else {
+        for (int64_t rw = 0; rw < L.sw; ++rw) {
+          const A* s = src + rw * pstride;
+          D* d0 = dst + (rw - pw) * gs[2];
+          const int64_t step = L.sw * gs[2];
+          for (int64_t t = lo; t < hi; ++t) d0[t * step] += s[t];
+        }
+      }
     }
   }
 }
@@ -481,7 +495,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   at::parallel_for(0, units * dblocks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_gy, h_gp, h_slab;
     A* gyb = scratch<A>(h_gy, cog * ld);
-    A* gp = scratch<A>(h_gp, slotted ? cig * slot_stride : mk.max_rows * np);
+    A* gp = scratch<A>(h_gp, slotted ? cig * slot_stride : mk.max_rows * nph * np);
     A* gps = gp;
     A* slab = direct ? nullptr : scratch<A>(h_slab, cig * dblock * slab_depth);
     for (int64_t task = begin; task < end; ++task) {
@@ -498,17 +512,17 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
       } else {
         std::fill(slab, slab + cig * dblock * slab_depth, A(0));
       }
-      // Adds `channels` rows of a phase-plane gradient (row stride ldp) into grad_input
-      // at depth id, or into the slab.
+      // Adds the sw phase-plane gradients (rh, *) of `channels` channels (channel stride
+      // ldp, phase stride np) into grad_input at depth id, or into the slab.
       auto scatter = [&](const A* src, int64_t ldp, int64_t c0, int64_t channels, int64_t prows,
-                         int64_t id, int64_t oh0, int64_t rh, int64_t rw) {
+                         int64_t id, int64_t oh0, int64_t rh) {
         if constexpr (direct) {
-          scatter_plane(L, cm, src, ldp, channels, prows, id, oh0, rh, rw, gx + c0 * gxsc, gxsc,
-                        gxs);
+          scatter_planes(L, cm, src, ldp, np, channels, prows, id, oh0, rh, gx + c0 * gxsc, gxsc,
+                         gxs);
         } else {
-          scatter_plane(L, cm, src, ldp, channels, prows, id - d0, oh0, rh, rw,
-                        slab + c0 * dblock * slab_depth, dblock * slab_depth,
-                        std::array<int64_t, 3>{slab_depth, g.in[2], 1});
+          scatter_planes(L, cm, src, ldp, np, channels, prows, id - d0, oh0, rh,
+                         slab + c0 * dblock * slab_depth, dblock * slab_depth,
+                         std::array<int64_t, 3>{slab_depth, g.in[2], 1});
         }
       };
       auto owned = [&](int64_t id) { return id >= d0 && id < d1; };
@@ -529,19 +543,25 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
               const int64_t id = depth_source(g, od, i);
               if (!owned(id)) continue;
               const int64_t slot = (od - od0) * g.stride[0] + i * g.dilation[0];
-              for (int64_t ph = 0; ph < nph; ++ph) {
-                const Phase& p = phases[(grp * kd + i) * nph + ph];
-                if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
-                for (int64_t cb = 0; cb < cblocks.count; ++cb) {
-                  const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
+              for (int64_t cb = 0; cb < cblocks.count; ++cb) {
+                const int64_t c0 = cblocks.start(cb), rows = cblocks.size(cb);
+                for (int64_t ph = 0; ph < nph; ++ph) {
+                  const Phase& p = phases[(grp * kd + i) * nph + ph];
                   if (slotted) {
+                    if (p.k == 0) continue;  // no tap reads this phase: its gradient is zero
                     mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb,
                             gps + c0 * slot_stride + (slot * nph + ph) * np, slot_stride, true);
+                  } else if (p.k == 0) {
+                    for (int64_t r = 0; r < rows; ++r)
+                      std::fill(gp + (r * nph + ph) * np, gp + (r * nph + ph + 1) * np, A(0));
                   } else {
-                    mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb, gp, np,
-                            false);
-                    scatter(gp, np, c0, rows, prows, id, oh0, p.rh, p.rw);
+                    mk.gemm(rows, p.a.data() + c0 * p.k, p.k, gyb, p.offs.data(), npb,
+                            gp + ph * np, nph * np, false);
                   }
+                }
+                if (!slotted) {
+                  for (int64_t rh = 0; rh < L.sh; ++rh)
+                    scatter(gp + rh * L.sw * np, nph * np, c0, rows, prows, id, oh0, rh);
                 }
               }
             }
@@ -552,9 +572,9 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
             const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
                                             g.pad_before[0], g.pad_after[0], g.mode);
             if (!owned(id)) continue;
-            for (int64_t ph = 0; ph < nph; ++ph)
-              scatter(gps + (slot * nph + ph) * np, slot_stride, 0, cig, prows, id, oh0,
-                      ph / L.sw, ph % L.sw);
+            for (int64_t rh = 0; rh < L.sh; ++rh)
+              scatter(gps + (slot * nph + rh * L.sw) * np, slot_stride, 0, cig, prows, id, oh0,
+                      rh);
           }
         }
       }
