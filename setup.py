@@ -41,4 +41,5 @@ setup(
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
+    extras_require={"bench": ["matplotlib"]},  # benchmarks/run.py --chart
 )

@@ -37,7 +37,7 @@ def main():
     print(f"torchconv3d {torchconv3d.__version__} ({_loader.BACKEND} build: {_loader.LIBRARY})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+          f"{torch.backends.cpu.get_cpu_capability()}, our CPU kernels: {_loader.cpu_isa()}")
     print()
     print("Each layer: forward + backward (input, weight, bias grads), float32, median of 5 or more runs.")
     print("err = max|ours - nn.Conv3d in float64| / max|nn.Conv3d in float64|, output and all gradients.")

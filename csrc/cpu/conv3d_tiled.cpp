@@ -107,6 +107,16 @@ struct Layout {
   int64_t tap_offset(int64_t c, int64_t i, int64_t j, int64_t l) const {
     return plane_index(c, i * g.dilation[0], phase_h(j), phase_w(l)) * plane + shift(j, l);
   }
+  // tap_offset of every (c, i, j, l) for `channels` channels, in weight order.
+  std::vector<int64_t> tap_offsets(int64_t channels) const {
+    std::vector<int64_t> offs;
+    offs.reserve(channels * g.kernel_volume());
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < g.kernel[0]; ++i)
+        for (int64_t j = 0; j < g.kernel[1]; ++j)
+          for (int64_t l = 0; l < g.kernel[2]; ++l) offs.push_back(tap_offset(c, i, j, l));
+    return offs;
+  }
 };
 
 // Input index of every phase-plane column: col[rw * lw + t] (-1: a zero), and the
@@ -346,13 +356,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     A* blk = wpack.data() + (grp * cog + m0) * K;
     for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = wp[co * K + k];
   }
-  std::vector<int64_t> offs(K);
-  for (int64_t c = 0; c < cig; ++c)
-    for (int64_t i = 0; i < g.kernel[0]; ++i)
-      for (int64_t j = 0; j < g.kernel[1]; ++j)
-        for (int64_t l = 0; l < g.kernel[2]; ++l)
-          offs[((c * g.kernel[0] + i) * g.kernel[1] + j) * g.kernel[2] + l] =
-              L.tap_offset(c, i, j, l);
+  const std::vector<int64_t> offs = L.tap_offsets(cig);
 
   const at::Tensor b =
       bias.defined() ? bias.to(c10::CppTypeToScalarType<A>::value).contiguous() : bias;
@@ -630,13 +634,7 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   }
   const ColumnMap cm(L);
 
-  std::vector<int64_t> offs(cib * kvol);
-  for (int64_t c = 0; c < cib; ++c)
-    for (int64_t i = 0; i < g.kernel[0]; ++i)
-      for (int64_t j = 0; j < g.kernel[1]; ++j)
-        for (int64_t l = 0; l < g.kernel[2]; ++l)
-          offs[((c * g.kernel[0] + i) * g.kernel[1] + j) * g.kernel[2] + l] =
-              L.tap_offset(c, i, j, l);
+  const std::vector<int64_t> offs = L.tap_offsets(cib);
 
   // Sums go straight into grad_weight when it is a dense [C_out, K] matrix of A, else
   // into a buffer copied over at the end.
