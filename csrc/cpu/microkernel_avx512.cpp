@@ -3,6 +3,8 @@
 // the rest of the library stays baseline x86-64.
 #include "microkernel.h"
 
+#include <algorithm>
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -95,16 +97,19 @@ TC3D_AVX512_INLINE void gemm_block(const A* a, int64_t k, const A* b, const int6
 template <typename A, int R>
 TC3D_AVX512 void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n,
                            A* c, int64_t ldc, bool acc) {
-  constexpr int64_t step = kGemmVecs * Vec<A>::width;
-  int64_t f = 0;
-  for (; f + step <= n; f += step) gemm_block<A, R, kGemmVecs>(a, k, b + f, offs, c + f, ldc, acc);
-  // n is a multiple of kLanes, so what is left is 0-3 whole registers.
-  switch ((n - f) / Vec<A>::width) {
-    case 0: break;
-    case 1: gemm_block<A, R, 1>(a, k, b + f, offs, c + f, ldc, acc); break;
-    case 2: gemm_block<A, R, 2>(a, k, b + f, offs, c + f, ldc, acc); break;
-    case 3: gemm_block<A, R, 3>(a, k, b + f, offs, c + f, ldc, acc); break;
-    default: break;
+  constexpr int64_t w = Vec<A>::width;
+  for (int64_t f = 0, left = n / w; left > 0;) {
+    // 5 or 6 registers left go as 3 + 2 or 3 + 3, not 4 + 1 or 4 + 2: a one-register
+    // block does R FMAs for R + 1 loads.
+    const int64_t v = (left == 5 || left == 6) ? 3 : std::min<int64_t>(left, kGemmVecs);
+    switch (v) {
+      case 1: gemm_block<A, R, 1>(a, k, b + f, offs, c + f, ldc, acc); break;
+      case 2: gemm_block<A, R, 2>(a, k, b + f, offs, c + f, ldc, acc); break;
+      case 3: gemm_block<A, R, 3>(a, k, b + f, offs, c + f, ldc, acc); break;
+      default: gemm_block<A, R, kGemmVecs>(a, k, b + f, offs, c + f, ldc, acc); break;
+    }
+    f += v * w;
+    left -= v;
   }
 }
 
