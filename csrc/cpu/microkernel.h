@@ -5,9 +5,11 @@
 // whose B operand is a different shifted window of one buffer for each k. Both loops
 // vectorise along f, which is contiguous in every operand.
 //
-// They are built twice: for AVX-512 (microkernel_avx512.cpp, compiled for that ISA
-// through target attributes) and portably (microkernel_generic.cpp). The AVX-512 set is
-// chosen at run time when the CPU has it; TORCHCONV3D_CPU_ISA=generic forces the other.
+// They are built three times from one set of templates (microkernel_simd.h): for AVX-512
+// (microkernel_avx512.cpp) and AVX2 + FMA (microkernel_avx2.cpp), each compiled for its
+// ISA through target attributes, and portably (microkernel_generic.cpp). The widest set
+// the CPU runs is chosen at run time; TORCHCONV3D_CPU_ISA=avx2 or =generic asks for a
+// narrower one.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +36,7 @@ struct MicroKernels {
   const char* isa;
 };
 
-// The set this process uses (AVX-512 when available, else generic).
+// The set this process uses.
 const MicroKernels<float>& micro_kernels(float);
 const MicroKernels<double>& micro_kernels(double);
 
@@ -44,8 +46,11 @@ const MicroKernels<double>& generic_kernels(double);
 bool have_avx512_kernels();
 const MicroKernels<float>& avx512_kernels(float);
 const MicroKernels<double>& avx512_kernels(double);
+bool have_avx2_kernels();
+const MicroKernels<float>& avx2_kernels(float);
+const MicroKernels<double>& avx2_kernels(double);
 
-// Name of the instruction set the CPU kernels run with ("avx512" or "generic").
+// Name of the instruction set the CPU kernels run with ("avx512", "avx2" or "generic").
 const char* cpu_isa();
 
 }  // namespace torchconv3d::cpu

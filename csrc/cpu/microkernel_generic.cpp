@@ -1,10 +1,10 @@
-// Portable build of the micro-kernels (see microkernel.h) and the run-time choice
-// between it and the AVX-512 build. Same blocking as the AVX-512 code, in plain loops over
-// kLanes-wide arrays the compiler vectorises for the baseline ISA.
+// Portable build of the micro-kernels (see microkernel.h), the fallback without AVX2,
+// and the run-time choice between the builds. Same arithmetic as the SIMD builds, in
+// plain loops over kLanes-wide arrays the compiler vectorises for the baseline ISA.
 #include "microkernel.h"
 
 #include <cstdlib>
-#include <cstring>
+#include <string>
 
 namespace torchconv3d::cpu {
 namespace {
@@ -59,15 +59,17 @@ void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
   }
 }
 
-bool force_generic() {
-  const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
-  return v != nullptr && std::strcmp(v, "generic") == 0;
-}
-
+// TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons); a value the
+// CPU cannot run falls back to what it can.
 template <typename A>
 const MicroKernels<A>& choose() {
-  static const MicroKernels<A>& k =
-      (!force_generic() && have_avx512_kernels()) ? avx512_kernels(A{}) : generic_kernels(A{});
+  static const MicroKernels<A>& k = [] () -> const MicroKernels<A>& {
+    const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
+    const std::string cap = v ? v : "avx512";
+    if (cap == "avx512" && have_avx512_kernels()) return avx512_kernels(A{});
+    if ((cap == "avx512" || cap == "avx2") && have_avx2_kernels()) return avx2_kernels(A{});
+    return generic_kernels(A{});
+  }();
   return k;
 }
 

@@ -1,0 +1,89 @@
+// AVX2 + FMA build of the micro-kernels (see microkernel.h), for CPUs without AVX-512.
+// Every function here carries the AVX2 target attribute and is only called after the CPU
+// reported AVX2 and FMA.
+#include "microkernel.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define TC3D_FN __attribute__((target("avx2,fma")))
+#define TC3D_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+namespace torchconv3d::cpu {
+namespace {
+
+// One ymm register of A: 8 floats or 4 doubles.
+template <typename A>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  using reg = __m256;
+  static constexpr int width = 8;
+  static TC3D_INLINE reg zero() { return _mm256_setzero_ps(); }
+  static TC3D_INLINE reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static TC3D_INLINE void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static TC3D_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static TC3D_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static TC3D_INLINE float sum(reg v) {  // 4 + 4, 2 + 2, 1 + 1
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
+  }
+};
+
+template <>
+struct Vec<double> {
+  using reg = __m256d;
+  static constexpr int width = 4;
+  static TC3D_INLINE reg zero() { return _mm256_setzero_pd(); }
+  static TC3D_INLINE reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static TC3D_INLINE void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
+  static TC3D_INLINE reg bcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static TC3D_INLINE reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static TC3D_INLINE double sum(reg v) {
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+  }
+};
+
+// 16 ymm registers: 4 rows x 3 registers = 12 accumulators, 3 B loads, 1 broadcast.
+// dot: 3 x 4 = 12 accumulators, 3 rows of grad_output, 1 window.
+constexpr int kGemmRows = 4;
+constexpr int kGemmVecs = 3;
+constexpr int kDotRows = 3;
+constexpr int kDotCols = 4;
+
+#include "microkernel_simd.h"
+
+}  // namespace
+
+bool have_avx2_kernels() {
+  return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+}
+
+const MicroKernels<float>& avx2_kernels(float) {
+  static const MicroKernels<float> k{&gemm<float>, &dot<float>, kGemmRows, "avx2"};
+  return k;
+}
+
+const MicroKernels<double>& avx2_kernels(double) {
+  static const MicroKernels<double> k{&gemm<double>, &dot<double>, kGemmRows, "avx2"};
+  return k;
+}
+
+}  // namespace torchconv3d::cpu
+
+#else  // not x86-64 with GCC/Clang: only the generic build exists
+
+namespace torchconv3d::cpu {
+bool have_avx2_kernels() { return false; }
+const MicroKernels<float>& avx2_kernels(float f) { return generic_kernels(f); }
+const MicroKernels<double>& avx2_kernels(double d) { return generic_kernels(d); }
+}  // namespace torchconv3d::cpu
+
+#endif

@@ -1,0 +1,150 @@
+// The micro-kernel templates (see microkernel.h), written once for every SIMD build.
+// Included by microkernel_<isa>.cpp inside an anonymous namespace after it defines:
+//   TC3D_FN, TC3D_INLINE   the target attribute of its ISA (and always_inline)
+//   Vec<float>, Vec<double> one register of that ISA: width, zero, load, store, bcast, fma,
+//                           add, sum (lanes added in a fixed pairwise tree)
+//   kGemmRows, kGemmVecs    gemm register block: rows x registers of accumulators
+//   kDotRows, kDotCols      dot register block
+// No include guard: each ISA's file includes it once.
+
+template <typename A, int R, int V>
+TC3D_INLINE void gemm_block(const A* a, int64_t k, const A* b, const int64_t* offs,
+                                   A* c, int64_t ldc, bool accumulate) {
+  using W = Vec<A>;
+  typename W::reg acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[r][v] = W::zero();
+  for (int64_t i = 0; i < k; ++i) {
+    const A* bp = b + offs[i];
+    typename W::reg bv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) bv[v] = W::load(bp + v * W::width);
+    const A* ap = a + i * R;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const typename W::reg av = W::bcast(ap + r);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[r][v] = W::fma(av, bv[v], acc[r][v]);
+    }
+  }
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v)
+        acc[r][v] = W::add(acc[r][v], W::load(c + r * ldc + v * W::width));
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) W::store(c + r * ldc + v * W::width, acc[r][v]);
+}
+
+// gemm_block<A, R, v> for a run-time v in [1, V].
+template <typename A, int R, int V>
+TC3D_INLINE void gemm_block_v(int64_t v, const A* a, int64_t k, const A* b, const int64_t* offs,
+                              A* c, int64_t ldc, bool acc) {
+  if constexpr (V > 1) {
+    if (v < V) return gemm_block_v<A, R, V - 1>(v, a, k, b, offs, c, ldc, acc);
+  }
+  gemm_block<A, R, V>(a, k, b, offs, c, ldc, acc);
+}
+
+template <typename A, int R>
+TC3D_FN void gemm_rows(const A* a, int64_t k, const A* b, const int64_t* offs, int64_t n,
+                       A* c, int64_t ldc, bool acc) {
+  constexpr int64_t w = Vec<A>::width;
+  for (int64_t f = 0, left = n / w; left > 0;) {
+    // With 4-register blocks, 5 or 6 registers left go as 3 + 2 or 3 + 3, not 4 + 1 or
+    // 4 + 2: a one-register block does R FMAs for R + 1 loads.
+    const int64_t v = (kGemmVecs == 4 && (left == 5 || left == 6))
+                          ? 3
+                          : std::min<int64_t>(left, kGemmVecs);
+    gemm_block_v<A, R, kGemmVecs>(v, a, k, b + f, offs, c + f, ldc, acc);
+    f += v * w;
+    left -= v;
+  }
+}
+
+// gemm_rows<A, r> for a run-time r in [1, R].
+template <typename A, int R>
+TC3D_INLINE void gemm_rows_r(int64_t r, const A* a, int64_t k, const A* b, const int64_t* offs,
+                             int64_t n, A* c, int64_t ldc, bool acc) {
+  if constexpr (R > 1) {
+    if (r < R) return gemm_rows_r<A, R - 1>(r, a, k, b, offs, n, c, ldc, acc);
+  }
+  gemm_rows<A, R>(a, k, b, offs, n, c, ldc, acc);
+}
+
+template <typename A>
+TC3D_FN void gemm(int64_t rows, const A* a, int64_t k, const A* b, const int64_t* offs,
+                  int64_t n, A* c, int64_t ldc, bool acc) {
+  gemm_rows_r<A, kGemmRows>(std::min<int64_t>(rows, kGemmRows), a, k, b, offs, n, c, ldc, acc);
+}
+
+template <typename A, int R, int T>
+TC3D_INLINE void dot_block(const A* g, int64_t ldg, const A* b, const int64_t* offs,
+                                  int64_t n, A* out, int64_t ldo) {
+  using W = Vec<A>;
+  typename W::reg acc[R][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = W::zero();
+  const A* bp[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) bp[t] = b + offs[t];
+  for (int64_t f = 0; f < n; f += W::width) {
+    typename W::reg gv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) gv[r] = W::load(g + r * ldg + f);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const typename W::reg bv = W::load(bp[t] + f);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][t] = W::fma(gv[r], bv, acc[r][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) out[r * ldo + t] += W::sum(acc[r][t]);
+}
+
+// dot_block<A, R, t> for a run-time t in [1, T].
+template <typename A, int R, int T>
+TC3D_INLINE void dot_block_t(int64_t t, const A* g, int64_t ldg, const A* b, const int64_t* offs,
+                             int64_t n, A* out, int64_t ldo) {
+  if constexpr (T > 1) {
+    if (t < T) return dot_block_t<A, R, T - 1>(t, g, ldg, b, offs, n, out, ldo);
+  }
+  dot_block<A, R, T>(g, ldg, b, offs, n, out, ldo);
+}
+
+template <typename A, int R>
+TC3D_FN void dot_rows(const A* g, int64_t ldg, const A* b, const int64_t* offs, int64_t cols,
+                      int64_t n, A* out, int64_t ldo) {
+  for (int64_t j = 0; j < cols; j += kDotCols)
+    dot_block_t<A, R, kDotCols>(std::min<int64_t>(kDotCols, cols - j), g, ldg, b, offs + j, n,
+                                out + j, ldo);
+}
+
+// dot_rows<A, r> for a run-time r in [1, R].
+template <typename A, int R>
+TC3D_INLINE void dot_rows_r(int64_t r, const A* g, int64_t ldg, const A* b, const int64_t* offs,
+                            int64_t cols, int64_t n, A* out, int64_t ldo) {
+  if constexpr (R > 1) {
+    if (r < R) return dot_rows_r<A, R - 1>(r, g, ldg, b, offs, cols, n, out, ldo);
+  }
+  dot_rows<A, R>(g, ldg, b, offs, cols, n, out, ldo);
+}
+
+template <typename A>
+TC3D_FN void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
+                 int64_t cols, int64_t n, A* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; r += kDotRows)
+    dot_rows_r<A, kDotRows>(std::min<int64_t>(kDotRows, rows - r), g + r * ldg, ldg, b, offs,
+                            cols, n, out + r * ldo, ldo);
+}
