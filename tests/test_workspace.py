@@ -8,8 +8,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Peak resident memory of one forward + backward, after two warm-up rounds (MKL's and the
-# thread pool's one-time buffers), using Linux's resettable high-water mark.
+# Peak resident memory of one forward + backward, after two warm-up rounds (the
+# allocator's and the thread pool's one-time buffers), using Linux's resettable
+# high-water mark.
 SCRIPT = textwrap.dedent("""
     import torch, torchconv3d
 
