@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import sys
+import textwrap
 from datetime import date
 
 import torch
@@ -65,7 +66,7 @@ def write_chart(path, rows, torch_label, title):
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"speedup over torch ({torch_label}) = t_torch / t_ours, log scale")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 95), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
