@@ -85,7 +85,7 @@ struct Layout {
   // Elements of the phase planes of `channels` channels, with the tail the last shifted
   // window reads past its plane.
   int64_t buffer_size(int64_t channels) const {
-    return channels * planes_per_channel() * plane + lw + 2 * kLanes;
+    return channels * channel_stride() + lw + 2 * kLanes;
   }
   // Bytes of phase planes per output row of the band, per channel.
   int64_t row_bytes(int64_t elem) const { return planes_per_channel() * lw * elem; }
@@ -100,12 +100,17 @@ struct Layout {
   int64_t shift(int64_t j, int64_t l) const {
     return (j * g.dilation[1] / sh) * lw + (l * g.dilation[2] / sw);
   }
-  int64_t plane_index(int64_t c, int64_t slot, int64_t rh, int64_t rw) const {
-    return ((c * slots + slot) * sh + rh) * sw + rw;
+  // Elements between the planes of consecutive channels. The extra kLanes keep it off
+  // multiples of 4 KB, where the channels_last copy, writing every channel's plane in
+  // turn, would land all its stores in one cache set.
+  int64_t channel_stride() const { return planes_per_channel() * plane + kLanes; }
+  // Offset of phase plane (c, slot, rh, rw) in the buffer.
+  int64_t plane_offset(int64_t c, int64_t slot, int64_t rh, int64_t rw) const {
+    return c * channel_stride() + ((slot * sh + rh) * sw + rw) * plane;
   }
   // Offset of tap (c, i, j, l)'s window in the buffer, for the tile's first depth.
   int64_t tap_offset(int64_t c, int64_t i, int64_t j, int64_t l) const {
-    return plane_index(c, i * g.dilation[0], phase_h(j), phase_w(l)) * plane + shift(j, l);
+    return plane_offset(c, i * g.dilation[0], phase_h(j), phase_w(l)) + shift(j, l);
   }
   // tap_offset of every (c, i, j, l) for `channels` channels, in weight order.
   std::vector<int64_t> tap_offsets(int64_t channels) const {
@@ -171,6 +176,45 @@ int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
                       g.pad_after[1], g.mode);
 }
 
+// pack_planes for channel stride 1 (channels_last): the same planes, filled walking each
+// source row once with the channel innermost, so reads are contiguous.
+template <typename T, typename A>
+void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels,
+                               const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths,
+                               int64_t oh0, int64_t rows, A* buf) {
+  const Geometry& g = L.g;
+  const int64_t cstride = L.channel_stride();
+  for (int64_t slot = 0; slot < L.slots; ++slot) {
+    if (!L.slot_used(slot, depths)) continue;
+    const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
+                                    g.pad_before[0], g.pad_after[0], g.mode);
+    for (int64_t rh = 0; rh < L.sh; ++rh) {
+      for (int64_t rw = 0; rw < L.sw; ++rw) {
+        A* base = buf + L.plane_offset(0, slot, rh, rw);
+        const int64_t* col = cm.col.data() + rw * L.lw;
+        for (int64_t t_row = 0; t_row < rows; ++t_row) {
+          A* d = base + t_row * L.lw;
+          const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
+          if (ih < 0) {
+            for (int64_t c = 0; c < channels; ++c)
+              std::fill(d + c * cstride, d + c * cstride + L.lw, A(0));
+            continue;
+          }
+          const T* src = x + id * xs[0] + ih * xs[1];
+          for (int64_t t = 0; t < L.lw; ++t) {
+            if (col[t] < 0) {
+              for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = A(0);
+            } else {
+              const T* sp = src + col[t] * xs[2];
+              for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = static_cast<A>(sp[c]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
 // stride xc, spatial strides xs) for the tile of `depths` output depths from od0 and the
 // band from oh0 into phase planes, their first `rows` rows (what the band reads).
@@ -180,6 +224,11 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
                  int64_t rows, A* buf) {
   const Geometry& g = L.g;
   const int64_t lo = cm.all_lo, hi = cm.all_hi, pw = g.pad_before[2];
+  if (xc == 1 && channels > 1) {
+    // channels_last: a source row is [W][C]; read it once, channels innermost.
+    pack_planes_channels_last(L, cm, x, channels, xs, od0, depths, oh0, rows, buf);
+    return;
+  }
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t slot = 0; slot < L.slots; ++slot) {
       if (!L.slot_used(slot, depths)) continue;
@@ -187,7 +236,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
                                       g.pad_before[0], g.pad_after[0], g.mode);
       for (int64_t rh = 0; rh < L.sh; ++rh) {
         // The sw phase planes of (c, slot, rh) are consecutive: phase rw at dst + rw * plane.
-        A* dst = buf + L.plane_index(c, slot, rh, 0) * L.plane;
+        A* dst = buf + L.plane_offset(c, slot, rh, 0);
         for (int64_t t_row = 0; t_row < rows; ++t_row, dst += L.lw) {
           const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
           if (ih < 0) {
@@ -284,6 +333,17 @@ void pack_grad_output(const Layout& L, const T* gy, int64_t channels, int64_t gy
                       int64_t ld, int64_t base) {
   const Geometry& g = L.g;
   const int64_t rows = L.band_rows(oh0);
+  if (gyc == 1 && channels > 1) {  // channels_last: channels innermost, contiguous reads
+    for (int64_t c = 0; c < channels; ++c) std::fill(dst + c * ld, dst + (c + 1) * ld, A(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* s = gy + od * gys[0] + (oh0 + r) * gys[1];
+      A* dr = dst + base + r * L.lw;
+      for (int64_t ow = 0; ow < g.out[2]; ++ow)
+        for (int64_t c = 0; c < channels; ++c)
+          dr[c * ld + ow] = static_cast<A>(s[ow * gys[2] + c]);
+    }
+    return;
+  }
   for (int64_t c = 0; c < channels; ++c) {
     A* d = dst + c * ld;
     std::fill(d, d + ld, A(0));
@@ -426,7 +486,9 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   // The band fixes how terms are grouped into sums, so it depends on the shape alone.
   L.set_band(kTileBytes / (cog * L.lw * sizeof(A)) - L.qh_max);
   const int64_t np = round_up(L.plane, kLanes);  // phase-plane positions computed
-  const int64_t ld = halo + np;                  // grad_output row stride in the buffer
+  // grad_output row stride in the buffer (+kLanes: off multiples of 4 KB, see
+  // channel_stride).
+  const int64_t ld = halo + np + kLanes;
   const ColumnMap cm(L);
 
   // Per (depth tap i, phase): the (c_out, j, l) terms, their shifts in the grad_output
@@ -657,7 +719,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
     const int64_t bufsize = L.buffer_size(cib);
     A* buf = scratch<A>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, A(0));
-    A* gyb = scratch<A>(h_gy, cob * L.n);
+    const int64_t gld = L.n + kLanes;  // row stride, off multiples of 4 KB
+    A* gyb = scratch<A>(h_gy, cob * gld);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t grp = task / (nco * ciblocks);
       const int64_t co0 = (task / ciblocks) % nco * cob, cos = std::min(cob, cog - co0);
@@ -672,8 +735,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
                         oh0, th + L.qh_max, buf);
             for (int64_t dl = 0; dl < depths; ++dl) {
               pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys,
-                               od0 + dl, oh0, gyb, L.n, 0);
-              mk.dot(cos, gyb, L.n, buf + dl * L.depth_step(), offs.data(), cis * kvol,
+                               od0 + dl, oh0, gyb, gld, 0);
+              mk.dot(cos, gyb, gld, buf + dl * L.depth_step(), offs.data(), cis * kvol,
                      L.positions(th), out, K);
             }
           }
