@@ -10,11 +10,14 @@ CSRC = os.path.join(ROOT, "csrc")
 
 
 def want_cuda():
-    """CUDA sources are built when torch has CUDA and a toolkit is found.
+    """CUDA sources are built when there are any, torch has CUDA and a toolkit is found.
 
-    TORCHCONV3D_NO_CUDA=1 forces a CPU-only build.
+    TORCHCONV3D_NO_CUDA=1 forces a CPU-only build. Without csrc/cuda/*.cu there is no
+    cuda_kernels() to link, so the build stays CPU-only and CUDA tensors get a clear error.
     """
     if os.environ.get("TORCHCONV3D_NO_CUDA") == "1":
+        return False
+    if not glob.glob(os.path.join(CSRC, "cuda", "*.cu")):
         return False
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
