@@ -39,10 +39,6 @@ struct Geometry {
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
   int64_t kernel_volume() const { return kernel[0] * kernel[1] * kernel[2]; }
-  int64_t in_volume() const { return in[0] * in[1] * in[2]; }
-  int64_t out_volume() const { return out[0] * out[1] * out[2]; }
-  // Rows of the implicit im2col matrix for one group: C_in/groups * kd * kh * kw.
-  int64_t gemm_k() const { return in_per_group() * kernel_volume(); }
 };
 
 // Output size of one spatial dimension.

@@ -176,23 +176,29 @@ def _status_mb(key):
     raise KeyError(key)
 
 
+def _one_call(layer, impl, backward, dtype, device, channels_last, padding_mode):
+    """A function running one call of `impl` ("ours" or "torch") on fresh inputs."""
+    fn = (ours if impl == "ours" else torch_conv)(layer, padding_mode)
+    x, w, b = make_inputs(layer, dtype, device, channels_last)
+    for t in (x, w, b):
+        t.requires_grad_(backward)
+
+    def once():
+        y = fn(x, w, b)
+        if backward:
+            y.backward(torch.ones_like(y))
+        x.grad = w.grad = b.grad = None
+
+    return once
+
+
 def _peak_memory_here(spec):
     """Run in a child process: peak resident-memory growth (MB) of one call per layer."""
     dtype = getattr(torch, spec["dtype"])
     out = {}
     for layer in (l for l in SUITE if l.name in spec["layers"]):
-        make = ours if spec["impl"] == "ours" else torch_conv
-        fn = make(layer, spec["padding_mode"])
-        x, w, b = make_inputs(layer, dtype, "cpu", spec["channels_last"])
-        for t in (x, w, b):
-            t.requires_grad_(spec["backward"])
-
-        def once():
-            y = fn(x, w, b)
-            if spec["backward"]:
-                y.backward(torch.ones_like(y))
-            x.grad = w.grad = b.grad = None
-
+        once = _one_call(layer, spec["impl"], spec["backward"], dtype, "cpu",
+                         spec["channels_last"], spec["padding_mode"])
         once()  # one-time costs (oneDNN's primitive and weight caches, thread pools)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
@@ -212,23 +218,15 @@ def peak_memory(layers, impl, backward, dtype=torch.float32, device="cpu",
     OS on free (MALLOC_MMAP_THRESHOLD_), so resident memory follows live memory. Linux only.
     """
     if torch.device(device).type == "cuda":
-        make = ours if impl == "ours" else torch_conv
         out = {}
         for layer in layers:
-            fn = make(layer, padding_mode)
-            x, w, b = make_inputs(layer, dtype, device, channels_last)
-            for t in (x, w, b):
-                t.requires_grad_(backward)
-            for measure in (False, True):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                y = fn(x, w, b)
-                if backward:
-                    y.backward(torch.ones_like(y))
-                del y
-                x.grad = w.grad = b.grad = None
-                torch.cuda.synchronize()
+            once = _one_call(layer, impl, backward, dtype, device, channels_last, padding_mode)
+            once()  # one-time costs (cuDNN workspaces, autotuning)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            once()
+            torch.cuda.synchronize()
             out[layer.name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         return out
     spec = {"layers": [l.name for l in layers], "impl": impl, "backward": backward,

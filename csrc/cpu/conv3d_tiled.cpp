@@ -82,6 +82,21 @@ struct Layout {
     n = round_up(th * lw, kLanes);
   }
   int64_t planes_per_channel() const { return slots * sh * sw; }
+  // Bytes of the phase planes of `channels` channels.
+  int64_t planes_bytes(int64_t channels, int64_t elem) const {
+    return channels * planes_per_channel() * plane * elem;
+  }
+  // Grows the output depths per tile while fits(layout with that many) holds. Only for
+  // bands of whole planes, where depths are the remaining way to make tiles larger.
+  template <typename Fits>
+  void grow_depths(Fits&& fits) {
+    for (int64_t depths = 2; depths <= g.out[0]; ++depths) {
+      Layout t = *this;
+      t.set_depths(depths);
+      if (!fits(t)) break;
+      set_depths(depths);
+    }
+  }
   // Elements of the phase planes of `channels` channels, with the tail the last shifted
   // window reads past its plane.
   int64_t buffer_size(int64_t channels) const {
@@ -394,14 +409,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   // allow (thin layers, where copying the input is a large share of the work).
   if (L.th == g.out[1]) {
     const int64_t per_plane = planes / g.out[0];
-    for (int64_t td = 2; td <= g.out[0]; ++td) {
-      Layout t = L;
-      t.set_depths(td);
-      if (cig * t.planes_per_channel() * t.plane * int64_t(sizeof(A)) > kTileBytes ||
-          per_plane * t.depth_blocks() < want)
-        break;
-      L.set_depths(td);
-    }
+    L.grow_depths([&](const Layout& t) {
+      return t.planes_bytes(cig, sizeof(A)) <= kTileBytes && per_plane * t.depth_blocks() >= want;
+    });
   }
   const ColumnMap cm(L);
 
@@ -494,9 +504,9 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   // Per (depth tap i, phase): the (c_out, j, l) terms, their shifts in the grad_output
   // buffer, and the weight laid out [k][r] per block of input channels.
   struct Phase {
-    int64_t rh, rw, k;
+    int64_t k = 0;
     std::vector<int64_t> offs;
-    std::vector<A> a;  // [block][k][r]
+    std::vector<A> a;  // per block of channels: [k][r]
   };
   const at::Tensor w = weight_as<A>(weight);
   const A* wp = w.const_data_ptr<A>();
@@ -505,7 +515,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
     for (int64_t i = 0; i < kd; ++i)
       for (int64_t rh = 0; rh < L.sh; ++rh)
         for (int64_t rw = 0; rw < L.sw; ++rw) {
-          Phase p{rh, rw, 0, {}, {}};
+          Phase p;
           std::vector<std::array<int64_t, 3>> terms;  // (co, j, l)
           for (int64_t co = 0; co < cog; ++co)
             for (int64_t j = 0; j < kh; ++j)
@@ -548,12 +558,9 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   // depths fit the budget, they are summed per input depth over those output depths and
   // added back once, rather than once per (output depth, depth tap). Shape-only choice.
   if (bands == 1) {
-    for (int64_t td = 2; td <= g.out[0]; ++td) {
-      Layout t = L;
-      t.set_depths(td);
-      if (cig * t.slots * nph * np * int64_t(sizeof(A)) > kTileBytes) break;
-      L.set_depths(td);
-    }
+    L.grow_depths([&](const Layout& t) {
+      return cig * t.slots * nph * np * int64_t(sizeof(A)) <= kTileBytes;
+    });
   }
   const bool slotted = L.td > 1;
   const int64_t slot_stride = L.slots * nph * np;  // channel stride of the slot planes
@@ -687,12 +694,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   // Several depths per tile when whole planes fit: every sum still runs over samples,
   // then depths in order, so this changes no result.
   if (L.bands() == 1) {
-    for (int64_t td = 2; td <= g.out[0]; ++td) {
-      Layout t = L;
-      t.set_depths(td);
-      if (cib * t.planes_per_channel() * t.plane * int64_t(sizeof(A)) > kTileBytes) break;
-      L.set_depths(td);
-    }
+    L.grow_depths(
+        [&](const Layout& t) { return t.planes_bytes(cib, sizeof(A)) <= kTileBytes; });
   }
   const ColumnMap cm(L);
 

@@ -66,15 +66,9 @@ bool have_avx2_kernels() {
   return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
 }
 
-const MicroKernels<float>& avx2_kernels(float) {
-  static const MicroKernels<float> k{&gemm<float>, &dot<float>, kGemmRows, "avx2"};
-  return k;
-}
+const MicroKernels<float>& avx2_kernels(float) { return kernel_table<float>("avx2"); }
 
-const MicroKernels<double>& avx2_kernels(double) {
-  static const MicroKernels<double> k{&gemm<double>, &dot<double>, kGemmRows, "avx2"};
-  return k;
-}
+const MicroKernels<double>& avx2_kernels(double) { return kernel_table<double>("avx2"); }
 
 }  // namespace torchconv3d::cpu
 

@@ -67,15 +67,9 @@ constexpr int kDotCols = 6;
 
 bool have_avx512_kernels() { return __builtin_cpu_supports("avx512f") != 0; }
 
-const MicroKernels<float>& avx512_kernels(float) {
-  static const MicroKernels<float> k{&gemm<float>, &dot<float>, kGemmRows, "avx512"};
-  return k;
-}
+const MicroKernels<float>& avx512_kernels(float) { return kernel_table<float>("avx512"); }
 
-const MicroKernels<double>& avx512_kernels(double) {
-  static const MicroKernels<double> k{&gemm<double>, &dot<double>, kGemmRows, "avx512"};
-  return k;
-}
+const MicroKernels<double>& avx512_kernels(double) { return kernel_table<double>("avx512"); }
 
 }  // namespace torchconv3d::cpu
 

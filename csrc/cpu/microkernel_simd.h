@@ -148,3 +148,10 @@ TC3D_FN void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_
     dot_rows_r<A, kDotRows>(std::min<int64_t>(kDotRows, rows - r), g + r * ldg, ldg, b, offs,
                             cols, n, out + r * ldo, ldo);
 }
+
+// The table of this ISA's kernels, as microkernel.h hands them out.
+template <typename A>
+const MicroKernels<A>& kernel_table(const char* isa) {
+  static const MicroKernels<A> k{&gemm<A>, &dot<A>, kGemmRows, isa};
+  return k;
+}
