@@ -4,7 +4,7 @@
     python benchmarks/run.py --dtype float32 float64 --layout contiguous channels_last \\
         --markdown benchmarks/results/cpu.md --chart benchmarks/results/cpu.png
     python benchmarks/run.py --padding-mode reflect --pass fwdbwd
-    python benchmarks/run.py --device cuda                    # torch side is cuDNN
+    python benchmarks/run.py --device cuda --tf32 off         # torch side is cuDNN
 
 Torch and ours run in the same process, interleaved, median of --reps runs (or more, for
 fast layers) after a warm-up. On the CPU torch is timed twice: as it runs by default
@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import platform
+import subprocess
 import sys
 import textwrap
 from datetime import date
@@ -38,7 +39,15 @@ def geomean(xs):
 
 def machine_name(cpu):
     if not cpu:
-        return f"{torch.cuda.get_device_name()}, driver CUDA {torch.version.cuda}"
+        try:
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True).stdout.split()[0]
+        except (OSError, IndexError):
+            driver = "unknown"
+        tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+        return (f"{torch.cuda.get_device_name()}, driver {driver}, CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()} (TF32 {tf32}; ours never uses TF32)")
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -79,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--layout", nargs="+", default=["contiguous"], choices=LAYOUTS)
     ap.add_argument("--padding-mode", nargs="+", default=["zeros"],
                     choices=["zeros", "reflect", "replicate", "circular"])
+    ap.add_argument("--tf32", choices=["on", "off"],
+                    help="CUDA: let cuDNN use TF32 for float32 (torch's default is on)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="layer names to run")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
@@ -87,6 +98,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cpu = torch.device(args.device).type == "cpu"
+    if args.tf32:
+        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     passes = ["fwd", "fwdbwd"] if args.passes == "both" else [args.passes]
     layers = [l for l in SUITE if not args.only or l.name in args.only]
     tl = "oneDNN" if cpu else "cuDNN"

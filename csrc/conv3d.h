@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 
 namespace torchconv3d {
 
@@ -81,5 +82,18 @@ const DeviceKernels& cpu_kernels();
 #ifdef WITH_CUDA
 const DeviceKernels& cuda_kernels();
 #endif
+
+// The operators with a given kernel table (ops.cpp): check, allocate outputs in nn.Conv3d's
+// memory format, run the kernels. Gradients not asked for in output_mask come back undefined.
+at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
+                       const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       c10::IntArrayRef stride, c10::IntArrayRef padding,
+                       c10::IntArrayRef dilation, int64_t groups,
+                       std::string_view padding_mode);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, std::string_view padding_mode,
+    std::array<bool, 3> output_mask);
 
 }  // namespace torchconv3d

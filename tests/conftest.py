@@ -28,7 +28,7 @@ def _seed():
 
 def rel_err(actual, expected):
     """max |actual - expected| / max |expected|, in float64."""
-    a, e = actual.double(), expected.double()
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     if e.numel() == 0:
         return 0.0
     scale = e.abs().max().item()

@@ -41,7 +41,9 @@ CONFIGS = [
 MODES = ["zeros", "reflect", "replicate", "circular"]
 
 
-def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous"):
+def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous",
+         device="cpu", conv=torchconv3d.conv3d, tol=None):
+    """Output and gradients of conv (on device) against the float64 CPU reference."""
     name, xshape, cout, k, kwargs = cfg
     kwargs = dict(kwargs)
     groups = kwargs.get("groups", 1)
@@ -67,13 +69,14 @@ def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguou
     gy64 = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy64)
 
-    x = make_layout(x64.to(dtype), layout).requires_grad_()
-    w = make_layout(w64.to(dtype), weight_layout).requires_grad_()
-    b = b64.to(dtype).requires_grad_() if b64 is not None else None
-    out = torchconv3d.conv3d(x, w, b, padding_mode=mode, **kwargs)
-    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], gy64.to(dtype))
+    x = make_layout(x64.to(device, dtype), layout).requires_grad_()
+    w = make_layout(w64.to(device, dtype), weight_layout).requires_grad_()
+    b = b64.to(device, dtype).requires_grad_() if b64 is not None else None
+    out = conv(x, w, b, padding_mode=mode, **kwargs)
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None],
+                                gy64.to(device, dtype))
 
-    tol = TOL[dtype]
+    tol = TOL[dtype] if tol is None else tol
     assert out.shape == ref.shape
     assert out.dtype == dtype
     errs = {"output": rel_err(out, ref)}

@@ -73,9 +73,14 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     'circular', applied inside the kernels (no padded copy).
     Returns (N, C_out, D_out, H_out, W_out), channels_last_3d when input or weight is.
     """
+    stride, pads, dilation = resolve_args(input, weight, stride, padding, dilation)
+    return forward_op(input, weight, bias, stride, pads, dilation, groups, padding_mode)
+
+
+def resolve_args(input, weight, stride, padding, dilation):
+    """The operator's (stride[3], padding[6], dilation[3]) from conv3d's arguments."""
     stride = _triple(stride)
     dilation = _triple(dilation)
     spatial = list(input.shape[-3:]) if input.dim() in (4, 5) else []
     kernel = list(weight.shape[2:]) if weight.dim() == 5 else []
-    pads = resolve_padding(padding, kernel, stride, dilation, spatial)
-    return forward_op(input, weight, bias, stride, pads, dilation, groups, padding_mode)
+    return stride, resolve_padding(padding, kernel, stride, dilation, spatial), dilation

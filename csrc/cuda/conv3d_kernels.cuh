@@ -1,0 +1,841 @@
+// CUDA kernels for every pass, and the host code that launches them.
+//
+// The same source also compiles as plain C++ under tests/cuda_emulation, which runs every
+// thread of a block as a fiber on the CPU: that is how CI executes these kernels without a
+// GPU. Hence the rules here: no warp intrinsics or __ldg, shared memory only as fixed-size
+// __shared__ arrays, every thread of a block reaches every __syncthreads, and launches go
+// through the Env parameter (CUDA's <<<>>> in conv3d_cuda.cu, the emulator in the tests).
+//
+// Design (first version; tensor cores come next and replace the inner product of gemm_kernel):
+// - layers with several input channels per group: implicit GEMM per group. A block of 256
+//   threads owns a 64x64 output tile (4x4 per thread) and walks K in steps of 16 through
+//   shared memory. The three passes differ only in where an operand element lives: the
+//   *Problem structs below. grad_weight splits K over blocks into a bounded workspace and
+//   sums the partials in a fixed order.
+// - layers with one input channel per group (depthwise, channel multipliers, C_in = 1):
+//   direct kernels, one thread per output or input element, one block per weight element.
+// - the padding mode acts only in source_index (forward, grad_weight) and preimage
+//   (grad_input): no padded copies anywhere.
+// - gradients are gathers, never scatters: each result element is summed by one thread, or
+//   by one block in a fixed tree, in an order fixed by the shapes. No atomics, so results
+//   are bitwise identical run to run.
+// - all element offsets and position counters are 64-bit; grids are capped and every
+//   kernel loops over the work (grid-stride), so no size is limited by a grid dimension.
+#pragma once
+
+#include "../conv3d.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace torchconv3d::gpu {
+
+// Sums run in float for the half types and float, in double for double.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+constexpr int kThreads = 256;  // every kernel runs 256-thread blocks
+constexpr int kBM = 64, kBN = 64, kBK = 16;
+
+// One spatial dimension.
+struct Dim {
+  int64_t in, out, k, stride, dil, pad_before, pad_after;
+};
+
+// The strides of a 5-D tensor in (N, C, D, H, W) order, whatever its memory format.
+struct Strides {
+  int64_t v[5];
+};
+
+struct Conv {
+  Dim dim[3];  // D, H, W
+  PadMode mode;
+  int64_t batch, groups, cin_g, cout_g;
+  int64_t kvol, khw;          // kd*kh*kw, kh*kw
+  int64_t out_vol, out_hw;    // per sample and channel
+  int64_t in_vol, in_hw;
+};
+
+__host__ __device__ inline int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// The input index read at padded coordinate j (j = o * stride - pad_before + t * dilation)
+// along one dimension, or -1 where the padding is a zero. The checker guarantees
+// pad < n for reflect and pad <= n for circular, so one reflection or wrap suffices;
+// a real output position never reads past the padded extent.
+__host__ __device__ inline int64_t source_index(int64_t j, const Dim& d, PadMode mode) {
+  if (j >= 0 && j < d.in) return j;
+  if (j < -d.pad_before || j >= d.in + d.pad_after) return -1;
+  switch (mode) {
+    case PadMode::Reflect:
+      return j < 0 ? -j : 2 * (d.in - 1) - j;
+    case PadMode::Replicate:
+      return j < 0 ? 0 : d.in - 1;
+    case PadMode::Circular:
+      return j < 0 ? j + d.in : j - d.in;
+    default:
+      return -1;
+  }
+}
+
+// The padded coordinates that read input index i (source_index(j) == i), as up to three
+// ranges [lo, hi]: i itself, plus its mirror or wrapped images, or the whole replicated
+// border. grad_input gathers through these, so every padding mode stays a gather.
+struct Preimage {
+  int64_t lo[3], hi[3];
+  int count;
+};
+
+__host__ __device__ inline void preimage_add(Preimage& p, int64_t j, const Dim& d) {
+  if (j >= -d.pad_before && j <= d.in - 1 + d.pad_after) {
+    p.lo[p.count] = p.hi[p.count] = j;
+    ++p.count;
+  }
+}
+
+__host__ __device__ inline Preimage preimage(int64_t i, const Dim& d, PadMode mode) {
+  Preimage p;
+  p.count = 1;
+  p.lo[0] = p.hi[0] = i;
+  switch (mode) {
+    case PadMode::Reflect:
+      if (i > 0) preimage_add(p, -i, d);
+      if (i < d.in - 1) preimage_add(p, 2 * (d.in - 1) - i, d);
+      break;
+    case PadMode::Replicate:
+      if (i == 0) p.lo[0] = -d.pad_before;
+      if (i == d.in - 1) p.hi[0] = d.in - 1 + d.pad_after;
+      break;
+    case PadMode::Circular:
+      preimage_add(p, i - d.in, d);
+      preimage_add(p, i + d.in, d);
+      break;
+    default:
+      break;
+  }
+  return p;
+}
+
+// Output indices o whose tap t reads a padded coordinate in [lo, hi]:
+// o * stride + t * dilation - pad_before in [lo, hi], 0 <= o < out. Empty when first > last.
+__host__ __device__ inline void output_range(int64_t lo, int64_t hi, int64_t t, const Dim& d,
+                                             int64_t& first, int64_t& last) {
+  const int64_t shift = d.pad_before - t * d.dil;
+  first = -floor_div(-(lo + shift), d.stride);  // ceil
+  last = floor_div(hi + shift, d.stride);
+  if (first < 0) first = 0;
+  if (last > d.out - 1) last = d.out - 1;
+}
+
+// Position p in [0, batch * D * H * W) of a (batch, D, H, W) grid.
+struct Pos {
+  int64_t n, d, h, w;
+};
+__host__ __device__ inline Pos decode_pos(int64_t p, int64_t vol, int64_t hw, int64_t w) {
+  Pos r;
+  r.n = p / vol;
+  const int64_t s = p - r.n * vol;
+  r.d = s / hw;
+  const int64_t t = s - r.d * hw;
+  r.h = t / w;
+  r.w = t - r.h * w;
+  return r;
+}
+
+// Kernel tap t in [0, kvol) as (td, th, tw).
+struct Tap {
+  int64_t d, h, w;
+};
+__host__ __device__ inline Tap decode_tap(int64_t t, const Conv& c) {
+  Tap r;
+  r.d = t / c.khw;
+  const int64_t s = t - r.d * c.khw;
+  r.h = s / c.dim[2].k;
+  r.w = s - r.h * c.dim[2].k;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Implicit GEMM. Per group, C[m, n] = sum_k A[m, k] B[k, n]; a Problem says where A and B
+// elements live and where C goes. Operands are staged in shared memory in the accumulation
+// type (half inputs are widened once, on load).
+//
+// Each thread loads A (and, for kBkFastest problems, B) at k = k0 + tid % 16 and rows
+// tid / 16 + 16 j, so that its per-row and per-k index arithmetic is done once per step;
+// other problems load B at column tid % 64 (one column per thread, decoded once per tile)
+// and k = k0 + tid / 64 + 4 j. The inner product reads rows ty + 16 i and columns
+// tx + 16 j: a warp touches 2 rows (broadcast) and 16 consecutive columns (no bank
+// conflicts), and writes 16 consecutive columns of C.
+// ---------------------------------------------------------------------------------------
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
+  using acc_t = typename Problem::acc_t;
+  using Row = typename Problem::Row;
+  using Col = typename Problem::Col;
+  using KState = typename Problem::KState;
+  constexpr bool kBkFastest = Problem::kBkFastest;
+  constexpr int kCols = kBkFastest ? 4 : 1;
+
+  __shared__ acc_t a_tile[kBK][kBM];
+  __shared__ acc_t b_tile[kBK][kBN];
+
+  const int tid = threadIdx.x;
+  const int tx = tid % 16, ty = tid / 16;
+  const int lk = tid % kBK, lr = tid / kBK;
+  const int64_t m_tiles = (p.M + kBM - 1) / kBM;
+  const int64_t n_tiles = (p.N + kBN - 1) / kBN;
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_per_split;
+  const int64_t k_end = std::min<int64_t>(p.K, k_begin + p.k_per_split);
+
+  for (int64_t tile_n = blockIdx.x; tile_n < n_tiles; tile_n += gridDim.x) {
+    for (int64_t tile_m = blockIdx.y; tile_m < m_tiles * p.groups; tile_m += gridDim.y) {
+      const int64_t group = tile_m / m_tiles;
+      const int64_t m0 = (tile_m - group * m_tiles) * kBM;
+      const int64_t n0 = tile_n * kBN;
+
+      Row rows[4];
+      bool row_ok[4];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t m = m0 + lr + 16 * j;
+        row_ok[j] = m < p.M;
+        rows[j] = p.row(group, row_ok[j] ? m : 0);
+      }
+      Col cols[kCols];
+      bool col_ok[kCols];
+      for (int j = 0; j < kCols; ++j) {
+        const int64_t n = n0 + (kBkFastest ? lr + 16 * j : tid % kBN);
+        col_ok[j] = n < p.N;
+        cols[j] = p.col(group, col_ok[j] ? n : 0);
+      }
+
+      acc_t acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
+
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
+        {
+          const int64_t k = k0 + lk;
+          const bool k_ok = k < k_end;
+          const KState ks = p.kstate(k_ok ? k : k_begin);
+          for (int j = 0; j < 4; ++j)
+            a_tile[lk][lr + 16 * j] = (k_ok && row_ok[j]) ? p.a(rows[j], ks) : acc_t(0);
+          if constexpr (kBkFastest) {
+            for (int j = 0; j < 4; ++j)
+              b_tile[lk][lr + 16 * j] = (k_ok && col_ok[j]) ? p.b(cols[j], ks) : acc_t(0);
+          }
+        }
+        if constexpr (!kBkFastest) {
+          for (int j = 0; j < 4; ++j) {
+            const int kr = tid / kBN + 4 * j;
+            const int64_t k = k0 + kr;
+            b_tile[kr][tid % kBN] =
+                (k < k_end && col_ok[0]) ? p.b(cols[0], p.kstate(k)) : acc_t(0);
+          }
+        }
+        __syncthreads();
+        for (int kk = 0; kk < kBK; ++kk) {
+          acc_t av[4], bv[4];
+          for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty + 16 * i];
+          for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        __syncthreads();
+      }
+
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + ty + 16 * i;
+        if (m >= p.M) continue;
+        for (int j = 0; j < 4; ++j) {
+          const int64_t n = n0 + tx + 16 * j;
+          if (n < p.N) p.store(group, m, n, acc[i][j]);
+        }
+      }
+    }
+  }
+}
+
+// Forward: m = output channel in the group, k = (input channel, tap), n = output position.
+template <typename T>
+struct ForwardProblem {
+  using acc_t = typename Acc<T>::type;
+  static constexpr bool kBkFastest = false;
+  Conv c;
+  const T* x;
+  const T* w;
+  const T* bias;  // null without bias
+  T* y;
+  Strides xs, ws, ys;
+  int64_t bias_stride;
+  int64_t M, N, K, k_per_split;
+  int64_t groups;
+
+  struct Row {
+    const T* w;  // this output channel's filter
+  };
+  struct Col {
+    const T* x;           // this sample, first channel of the group
+    int64_t jd, jh, jw;   // padded coordinates read by tap 0
+  };
+  struct KState {
+    int64_t ci;
+    Tap t;
+  };
+
+  __device__ Row row(int64_t group, int64_t m) const {
+    return {w + (group * c.cout_g + m) * ws.v[0]};
+  }
+  __device__ Col col(int64_t group, int64_t n) const {
+    const Pos o = decode_pos(n, c.out_vol, c.out_hw, c.dim[2].out);
+    return {x + o.n * xs.v[0] + group * c.cin_g * xs.v[1],
+            o.d * c.dim[0].stride - c.dim[0].pad_before,
+            o.h * c.dim[1].stride - c.dim[1].pad_before,
+            o.w * c.dim[2].stride - c.dim[2].pad_before};
+  }
+  __device__ KState kstate(int64_t k) const {
+    const int64_t ci = k / c.kvol;
+    return {ci, decode_tap(k - ci * c.kvol, c)};
+  }
+  __device__ acc_t a(const Row& r, const KState& s) const {
+    return static_cast<acc_t>(
+        r.w[s.ci * ws.v[1] + s.t.d * ws.v[2] + s.t.h * ws.v[3] + s.t.w * ws.v[4]]);
+  }
+  __device__ acc_t b(const Col& q, const KState& s) const {
+    const int64_t id = source_index(q.jd + s.t.d * c.dim[0].dil, c.dim[0], c.mode);
+    const int64_t ih = source_index(q.jh + s.t.h * c.dim[1].dil, c.dim[1], c.mode);
+    const int64_t iw = source_index(q.jw + s.t.w * c.dim[2].dil, c.dim[2], c.mode);
+    if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
+    return static_cast<acc_t>(
+        q.x[s.ci * xs.v[1] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+  }
+  __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
+    const int64_t co = group * c.cout_g + m;
+    const Pos o = decode_pos(n, c.out_vol, c.out_hw, c.dim[2].out);
+    if (bias != nullptr) v += static_cast<acc_t>(bias[co * bias_stride]);
+    y[o.n * ys.v[0] + co * ys.v[1] + o.d * ys.v[2] + o.h * ys.v[3] + o.w * ys.v[4]] =
+        static_cast<T>(v);
+  }
+};
+
+// grad_input: m = input channel in the group, k = (output channel in the group, tap),
+// n = input position. B gathers grad_output over the preimage of the input position, so
+// one tap may collect several output positions near a reflected/replicated/wrapped border.
+template <typename T>
+struct GradInputProblem {
+  using acc_t = typename Acc<T>::type;
+  static constexpr bool kBkFastest = false;
+  Conv c;
+  const T* gy;
+  const T* w;
+  T* gx;
+  Strides gys, ws, gxs;
+  int64_t M, N, K, k_per_split;
+  int64_t groups;
+
+  struct Row {
+    const T* w;  // w[group's first output channel, this input channel]
+  };
+  struct Col {
+    const T* gy;  // this sample, first output channel of the group
+    Preimage pd, ph, pw;
+  };
+  struct KState {
+    int64_t co;
+    Tap t;
+  };
+
+  __device__ Row row(int64_t group, int64_t m) const {
+    return {w + group * c.cout_g * ws.v[0] + m * ws.v[1]};
+  }
+  __device__ Col col(int64_t group, int64_t n) const {
+    const Pos i = decode_pos(n, c.in_vol, c.in_hw, c.dim[2].in);
+    return {gy + i.n * gys.v[0] + group * c.cout_g * gys.v[1],
+            preimage(i.d, c.dim[0], c.mode), preimage(i.h, c.dim[1], c.mode),
+            preimage(i.w, c.dim[2], c.mode)};
+  }
+  __device__ KState kstate(int64_t k) const {
+    const int64_t co = k / c.kvol;
+    return {co, decode_tap(k - co * c.kvol, c)};
+  }
+  __device__ acc_t a(const Row& r, const KState& s) const {
+    return static_cast<acc_t>(
+        r.w[s.co * ws.v[0] + s.t.d * ws.v[2] + s.t.h * ws.v[3] + s.t.w * ws.v[4]]);
+  }
+  __device__ acc_t b(const Col& q, const KState& s) const {
+    const T* base = q.gy + s.co * gys.v[1];
+    acc_t sum = acc_t(0);
+    for (int rd = 0; rd < q.pd.count; ++rd) {
+      int64_t d0, d1;
+      output_range(q.pd.lo[rd], q.pd.hi[rd], s.t.d, c.dim[0], d0, d1);
+      for (int64_t od = d0; od <= d1; ++od) {
+        for (int rh = 0; rh < q.ph.count; ++rh) {
+          int64_t h0, h1;
+          output_range(q.ph.lo[rh], q.ph.hi[rh], s.t.h, c.dim[1], h0, h1);
+          for (int64_t oh = h0; oh <= h1; ++oh) {
+            for (int rw = 0; rw < q.pw.count; ++rw) {
+              int64_t w0, w1;
+              output_range(q.pw.lo[rw], q.pw.hi[rw], s.t.w, c.dim[2], w0, w1);
+              for (int64_t ow = w0; ow <= w1; ++ow)
+                sum += static_cast<acc_t>(
+                    base[od * gys.v[2] + oh * gys.v[3] + ow * gys.v[4]]);
+            }
+          }
+        }
+      }
+    }
+    return sum;
+  }
+  __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
+    const Pos i = decode_pos(n, c.in_vol, c.in_hw, c.dim[2].in);
+    gx[i.n * gxs.v[0] + (group * c.cin_g + m) * gxs.v[1] + i.d * gxs.v[2] + i.h * gxs.v[3] +
+       i.w * gxs.v[4]] = static_cast<T>(v);
+  }
+};
+
+// grad_weight: m = output channel in the group, n = (input channel, tap), k = output
+// position over the whole batch. With several K splits each block writes its partial tile
+// to the workspace (split-major) and reduce_splits_kernel adds them in split order.
+template <typename T>
+struct GradWeightProblem {
+  using acc_t = typename Acc<T>::type;
+  static constexpr bool kBkFastest = true;
+  Conv c;
+  const T* gy;
+  const T* x;
+  T* gw;
+  acc_t* partial;  // null when K is not split
+  Strides gys, xs, gws;
+  int64_t M, N, K, k_per_split;
+  int64_t groups;
+
+  struct Row {
+    int64_t gy_offset;  // this output channel
+  };
+  struct Col {
+    int64_t x_offset;        // this input channel
+    int64_t dd, dh, dw;      // tap offsets in padded coordinates
+  };
+  struct KState {
+    const T* gy;             // grad_output at this position, channel 0
+    const T* x;              // input of this sample, channel 0
+    int64_t jd, jh, jw;      // padded coordinates read by tap 0
+  };
+
+  __device__ Row row(int64_t group, int64_t m) const {
+    return {(group * c.cout_g + m) * gys.v[1]};
+  }
+  __device__ Col col(int64_t group, int64_t n) const {
+    const int64_t ci = n / c.kvol;
+    const Tap t = decode_tap(n - ci * c.kvol, c);
+    return {(group * c.cin_g + ci) * xs.v[1], t.d * c.dim[0].dil, t.h * c.dim[1].dil,
+            t.w * c.dim[2].dil};
+  }
+  __device__ KState kstate(int64_t k) const {
+    const Pos o = decode_pos(k, c.out_vol, c.out_hw, c.dim[2].out);
+    return {gy + o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4],
+            x + o.n * xs.v[0], o.d * c.dim[0].stride - c.dim[0].pad_before,
+            o.h * c.dim[1].stride - c.dim[1].pad_before,
+            o.w * c.dim[2].stride - c.dim[2].pad_before};
+  }
+  __device__ acc_t a(const Row& r, const KState& s) const {
+    return static_cast<acc_t>(s.gy[r.gy_offset]);
+  }
+  __device__ acc_t b(const Col& q, const KState& s) const {
+    const int64_t id = source_index(s.jd + q.dd, c.dim[0], c.mode);
+    const int64_t ih = source_index(s.jh + q.dh, c.dim[1], c.mode);
+    const int64_t iw = source_index(s.jw + q.dw, c.dim[2], c.mode);
+    if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
+    return static_cast<acc_t>(
+        s.x[q.x_offset + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+  }
+  __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
+    if (partial != nullptr) {
+      partial[((static_cast<int64_t>(blockIdx.z) * groups + group) * M + m) * N + n] = v;
+      return;
+    }
+    store_weight(gw, gws, c, group * c.cout_g + m, n, v);
+  }
+  __device__ static void store_weight(T* gw, const Strides& s, const Conv& c,
+                                               int64_t co, int64_t n, acc_t v) {
+    const int64_t ci = n / c.kvol;
+    const Tap t = decode_tap(n - ci * c.kvol, c);
+    gw[co * s.v[0] + ci * s.v[1] + t.d * s.v[2] + t.h * s.v[3] + t.w * s.v[4]] =
+        static_cast<T>(v);
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    reduce_splits_kernel(GradWeightProblem<T> p, int64_t splits) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t per_split = p.groups * p.M * p.N;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < per_split;
+       e += step) {
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < splits; ++s) sum += p.partial[s * per_split + e];
+    const int64_t mn = p.M * p.N;
+    const int64_t group = e / mn, m = (e - group * mn) / p.N, n = e - group * mn - m * p.N;
+    GradWeightProblem<T>::store_weight(p.gw, p.gws, p.c, group * p.c.cout_g + m, n, sum);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// One input channel per group. Output channel co reads input channel co / cout_g.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_forward_kernel(Conv c, const T* x, Strides xs, const T* w, Strides ws,
+                             const T* bias, int64_t bias_stride, T* y, Strides ys) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t cout = c.groups * c.cout_g;
+  const int64_t total = c.batch * cout * c.out_vol;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += step) {
+    // e = ((n * cout + co) * D + d) * H * W + ...: consecutive threads, consecutive w.
+    const int64_t nc = e / c.out_vol;
+    const Pos o = decode_pos(e - nc * c.out_vol, c.out_vol, c.out_hw, c.dim[2].out);
+    const int64_t n = nc / cout, co = nc - n * cout;
+    const T* xc = x + n * xs.v[0] + (co / c.cout_g) * xs.v[1];
+    const T* wc = w + co * ws.v[0];
+    acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[co * bias_stride]) : acc_t(0);
+    for (int64_t td = 0; td < c.dim[0].k; ++td) {
+      const int64_t id = source_index(
+          o.d * c.dim[0].stride - c.dim[0].pad_before + td * c.dim[0].dil, c.dim[0], c.mode);
+      if (id < 0) continue;
+      for (int64_t th = 0; th < c.dim[1].k; ++th) {
+        const int64_t ih = source_index(
+            o.h * c.dim[1].stride - c.dim[1].pad_before + th * c.dim[1].dil, c.dim[1], c.mode);
+        if (ih < 0) continue;
+        for (int64_t tw = 0; tw < c.dim[2].k; ++tw) {
+          const int64_t iw = source_index(
+              o.w * c.dim[2].stride - c.dim[2].pad_before + tw * c.dim[2].dil, c.dim[2],
+              c.mode);
+          if (iw < 0) continue;
+          acc += static_cast<acc_t>(wc[td * ws.v[2] + th * ws.v[3] + tw * ws.v[4]]) *
+                 static_cast<acc_t>(xc[id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+        }
+      }
+    }
+    y[n * ys.v[0] + co * ys.v[1] + o.d * ys.v[2] + o.h * ys.v[3] + o.w * ys.v[4]] =
+        static_cast<T>(acc);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_grad_input_kernel(Conv c, const T* gy, Strides gys, const T* w, Strides ws,
+                                T* gx, Strides gxs) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t cin = c.groups;
+  const int64_t total = c.batch * cin * c.in_vol;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += step) {
+    const int64_t nc = e / c.in_vol;
+    const Pos i = decode_pos(e - nc * c.in_vol, c.in_vol, c.in_hw, c.dim[2].in);
+    const int64_t n = nc / cin, ci = nc - n * cin;
+    const Preimage pd = preimage(i.d, c.dim[0], c.mode);
+    const Preimage ph = preimage(i.h, c.dim[1], c.mode);
+    const Preimage pw = preimage(i.w, c.dim[2], c.mode);
+    acc_t acc = acc_t(0);
+    for (int64_t co = ci * c.cout_g; co < (ci + 1) * c.cout_g; ++co) {
+      const T* gyc = gy + n * gys.v[0] + co * gys.v[1];
+      const T* wc = w + co * ws.v[0];
+      for (int64_t td = 0; td < c.dim[0].k; ++td)
+        for (int rd = 0; rd < pd.count; ++rd) {
+          int64_t d0, d1;
+          output_range(pd.lo[rd], pd.hi[rd], td, c.dim[0], d0, d1);
+          for (int64_t od = d0; od <= d1; ++od)
+            for (int64_t th = 0; th < c.dim[1].k; ++th)
+              for (int rh = 0; rh < ph.count; ++rh) {
+                int64_t h0, h1;
+                output_range(ph.lo[rh], ph.hi[rh], th, c.dim[1], h0, h1);
+                for (int64_t oh = h0; oh <= h1; ++oh)
+                  for (int64_t tw = 0; tw < c.dim[2].k; ++tw)
+                    for (int rw = 0; rw < pw.count; ++rw) {
+                      int64_t w0, w1;
+                      output_range(pw.lo[rw], pw.hi[rw], tw, c.dim[2], w0, w1);
+                      for (int64_t ow = w0; ow <= w1; ++ow)
+                        acc += static_cast<acc_t>(
+                                   wc[td * ws.v[2] + th * ws.v[3] + tw * ws.v[4]]) *
+                               static_cast<acc_t>(
+                                   gyc[od * gys.v[2] + oh * gys.v[3] + ow * gys.v[4]]);
+                    }
+              }
+        }
+    }
+    gx[n * gxs.v[0] + ci * gxs.v[1] + i.d * gxs.v[2] + i.h * gxs.v[3] + i.w * gxs.v[4]] =
+        static_cast<T>(acc);
+  }
+}
+
+// Sum of v over the block in a fixed tree; every thread gets the total.
+template <typename A>
+__device__ A block_sum(A v, A* smem) {
+  smem[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) smem[threadIdx.x] += smem[threadIdx.x + s];
+    __syncthreads();
+  }
+  const A total = smem[0];
+  __syncthreads();
+  return total;
+}
+
+// One block per weight element (co, tap), summing over batch and output positions.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_grad_weight_kernel(Conv c, const T* gy, Strides gys, const T* x, Strides xs,
+                                 T* gw, Strides gws) {
+  using acc_t = typename Acc<T>::type;
+  __shared__ acc_t smem[kThreads];
+  const int64_t cout = c.groups * c.cout_g;
+  const int64_t positions = c.batch * c.out_vol;
+  for (int64_t e = blockIdx.x; e < cout * c.kvol; e += gridDim.x) {
+    const int64_t co = e / c.kvol;
+    const Tap t = decode_tap(e - co * c.kvol, c);
+    const T* gyc = gy + co * gys.v[1];
+    const T* xc = x + (co / c.cout_g) * xs.v[1];
+    acc_t sum = acc_t(0);
+    for (int64_t q = threadIdx.x; q < positions; q += kThreads) {
+      const Pos o = decode_pos(q, c.out_vol, c.out_hw, c.dim[2].out);
+      const int64_t id = source_index(
+          o.d * c.dim[0].stride - c.dim[0].pad_before + t.d * c.dim[0].dil, c.dim[0], c.mode);
+      const int64_t ih = source_index(
+          o.h * c.dim[1].stride - c.dim[1].pad_before + t.h * c.dim[1].dil, c.dim[1], c.mode);
+      const int64_t iw = source_index(
+          o.w * c.dim[2].stride - c.dim[2].pad_before + t.w * c.dim[2].dil, c.dim[2], c.mode);
+      if (id < 0 || ih < 0 || iw < 0) continue;
+      sum += static_cast<acc_t>(
+                 gyc[o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4]]) *
+             static_cast<acc_t>(
+                 xc[o.n * xs.v[0] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+    }
+    sum = block_sum(sum, smem);
+    if (threadIdx.x == 0)
+      gw[co * gws.v[0] + t.d * gws.v[2] + t.h * gws.v[3] + t.w * gws.v[4]] =
+          static_cast<T>(sum);
+  }
+}
+
+// One block per channel; summed in double like the CPU side, so the result does not
+// depend on how many terms there are.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_bias_kernel(Conv c, const T* gy, Strides gys, T* gb, int64_t gb_stride) {
+  __shared__ double smem[kThreads];
+  const int64_t cout = c.groups * c.cout_g;
+  const int64_t positions = c.batch * c.out_vol;
+  for (int64_t co = blockIdx.x; co < cout; co += gridDim.x) {
+    double sum = 0;
+    for (int64_t q = threadIdx.x; q < positions; q += kThreads) {
+      const Pos o = decode_pos(q, c.out_vol, c.out_hw, c.dim[2].out);
+      sum += static_cast<double>(gy[o.n * gys.v[0] + co * gys.v[1] + o.d * gys.v[2] +
+                                    o.h * gys.v[3] + o.w * gys.v[4]]);
+    }
+    sum = block_sum(sum, smem);
+    if (threadIdx.x == 0) gb[co * gb_stride] = static_cast<T>(sum);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side. Env supplies launch(kernel, grid, block, args...) and the grid caps:
+// max_grid_x, max_grid_y, max_blocks (for 1-D grids), sm_count.
+// ---------------------------------------------------------------------------------------
+inline Conv make_conv(const Geometry& g) {
+  Conv c;
+  for (int i = 0; i < 3; ++i)
+    c.dim[i] = {g.in[i], g.out[i], g.kernel[i], g.stride[i], g.dilation[i], g.pad_before[i],
+                g.pad_after[i]};
+  c.mode = g.mode;
+  c.batch = g.batch;
+  c.groups = g.groups;
+  c.cin_g = g.in_per_group();
+  c.cout_g = g.out_per_group();
+  c.kvol = g.kernel_volume();
+  c.khw = g.kernel[1] * g.kernel[2];
+  c.out_hw = g.out[1] * g.out[2];
+  c.out_vol = g.out[0] * c.out_hw;
+  c.in_hw = g.in[1] * g.in[2];
+  c.in_vol = g.in[0] * c.in_hw;
+  return c;
+}
+
+inline Strides strides_of(const at::Tensor& t) {
+  Strides s;
+  for (int i = 0; i < 5; ++i) s.v[i] = t.stride(i);
+  return s;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Depthwise kernels also serve C_in = 1 convolutions: one input channel per group.
+inline bool one_input_channel_per_group(const Geometry& g) { return g.in_per_group() == 1; }
+
+template <typename Env>
+dim3 grid_1d(const Env& env, int64_t work_items) {
+  return dim3(static_cast<unsigned>(std::max<int64_t>(1, std::min(work_items, env.max_blocks))));
+}
+
+template <typename Env, typename Problem>
+void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
+  const int64_t n_tiles = ceil_div(p.N, kBN);
+  const int64_t m_tiles = ceil_div(p.M, kBM) * p.groups;
+  if (n_tiles == 0 || m_tiles == 0) return;  // C_in or C_out per group is 0
+  const dim3 grid(static_cast<unsigned>(std::min(n_tiles, env.max_grid_x)),
+                  static_cast<unsigned>(std::min(m_tiles, env.max_grid_y)),
+                  static_cast<unsigned>(splits));
+  env.launch(gemm_kernel<Problem>, grid, dim3(kThreads), p);
+}
+
+template <typename Env>
+void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
+             const at::Tensor& b, at::Tensor& y) {
+  const Conv c = make_conv(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "torchconv3d_cuda_forward", [&] {
+    const scalar_t* bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t bias_stride = b.defined() ? b.stride(0) : 0;
+    if (one_input_channel_per_group(g)) {
+      const int64_t total = g.batch * g.out_channels * c.out_vol;
+      env.launch(depthwise_forward_kernel<scalar_t>, grid_1d(env, ceil_div(total, kThreads)),
+                 dim3(kThreads), c, x.const_data_ptr<scalar_t>(), strides_of(x),
+                 w.const_data_ptr<scalar_t>(), strides_of(w), bias, bias_stride,
+                 y.mutable_data_ptr<scalar_t>(), strides_of(y));
+      return;
+    }
+    ForwardProblem<scalar_t> p;
+    p.c = c;
+    p.x = x.const_data_ptr<scalar_t>();
+    p.w = w.const_data_ptr<scalar_t>();
+    p.bias = bias;
+    p.bias_stride = bias_stride;
+    p.y = y.mutable_data_ptr<scalar_t>();
+    p.xs = strides_of(x);
+    p.ws = strides_of(w);
+    p.ys = strides_of(y);
+    p.M = c.cout_g;
+    p.N = c.batch * c.out_vol;
+    p.K = c.cin_g * c.kvol;
+    p.k_per_split = p.K;
+    p.groups = c.groups;
+    launch_gemm(env, p, 1);
+  });
+}
+
+template <typename Env>
+void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& w,
+                at::Tensor& gx) {
+  const Conv c = make_conv(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
+                                  "torchconv3d_cuda_grad_input", [&] {
+    if (one_input_channel_per_group(g)) {
+      const int64_t total = g.batch * g.in_channels * c.in_vol;
+      env.launch(depthwise_grad_input_kernel<scalar_t>,
+                 grid_1d(env, ceil_div(total, kThreads)), dim3(kThreads), c,
+                 gy.const_data_ptr<scalar_t>(), strides_of(gy), w.const_data_ptr<scalar_t>(),
+                 strides_of(w), gx.mutable_data_ptr<scalar_t>(), strides_of(gx));
+      return;
+    }
+    GradInputProblem<scalar_t> p;
+    p.c = c;
+    p.gy = gy.const_data_ptr<scalar_t>();
+    p.w = w.const_data_ptr<scalar_t>();
+    p.gx = gx.mutable_data_ptr<scalar_t>();
+    p.gys = strides_of(gy);
+    p.ws = strides_of(w);
+    p.gxs = strides_of(gx);
+    p.M = c.cin_g;
+    p.N = c.batch * c.in_vol;
+    p.K = c.cout_g * c.kvol;
+    p.k_per_split = p.K;
+    p.groups = c.groups;
+    launch_gemm(env, p, 1);
+  });
+}
+
+// How many K splits grad_weight uses: enough blocks for two waves over the GPU, each split
+// at least 8 K steps long, and the partials within kMaxSplitBytes. A function of the shapes
+// and the SM count only, so the summation order never changes between runs.
+constexpr int64_t kMaxSplitBytes = int64_t(64) << 20;
+inline int64_t grad_weight_splits(int64_t tiles, int64_t k, int64_t weight_numel,
+                                  int64_t acc_bytes, int64_t sm_count) {
+  const int64_t want = ceil_div(2 * sm_count, tiles);
+  const int64_t by_length = std::max<int64_t>(1, ceil_div(k, kBK) / 8);
+  const int64_t by_memory = std::max<int64_t>(1, kMaxSplitBytes / (weight_numel * acc_bytes));
+  return std::max<int64_t>(1, std::min({want, by_length, by_memory, int64_t(65535)}));
+}
+
+template <typename Env>
+void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
+                 at::Tensor& gw) {
+  if (gw.numel() == 0) return;
+  const Conv c = make_conv(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
+                                  "torchconv3d_cuda_grad_weight", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    if (one_input_channel_per_group(g)) {
+      env.launch(depthwise_grad_weight_kernel<scalar_t>,
+                 grid_1d(env, g.out_channels * c.kvol), dim3(kThreads), c,
+                 gy.const_data_ptr<scalar_t>(), strides_of(gy), x.const_data_ptr<scalar_t>(),
+                 strides_of(x), gw.mutable_data_ptr<scalar_t>(), strides_of(gw));
+      return;
+    }
+    GradWeightProblem<scalar_t> p;
+    p.c = c;
+    p.gy = gy.const_data_ptr<scalar_t>();
+    p.x = x.const_data_ptr<scalar_t>();
+    p.gw = gw.mutable_data_ptr<scalar_t>();
+    p.partial = nullptr;
+    p.gys = strides_of(gy);
+    p.xs = strides_of(x);
+    p.gws = strides_of(gw);
+    p.M = c.cout_g;
+    p.N = c.cin_g * c.kvol;
+    p.K = c.batch * c.out_vol;
+    p.groups = c.groups;
+    const int64_t tiles = ceil_div(p.M, kBM) * ceil_div(p.N, kBN) * p.groups;
+    int64_t splits = grad_weight_splits(tiles, p.K, gw.numel(), sizeof(acc_t), env.sm_count);
+    p.k_per_split = ceil_div(ceil_div(p.K, kBK), splits) * kBK;
+    splits = ceil_div(p.K, p.k_per_split);  // no empty split
+    at::Tensor workspace;
+    if (splits > 1) {
+      workspace = at::empty({splits * gw.numel() * static_cast<int64_t>(sizeof(acc_t))},
+                            gy.options().dtype(at::kByte));
+      p.partial = reinterpret_cast<acc_t*>(workspace.mutable_data_ptr());
+    }
+    launch_gemm(env, p, splits);
+    if (splits > 1)
+      env.launch(reduce_splits_kernel<scalar_t>, grid_1d(env, ceil_div(gw.numel(), kThreads)),
+                 dim3(kThreads), p, splits);
+  });
+}
+
+template <typename Env>
+void grad_bias_pass(const Env& env, const Geometry& g, const at::Tensor& gy, at::Tensor& gb) {
+  const Conv c = make_conv(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
+                                  "torchconv3d_cuda_grad_bias", [&] {
+    env.launch(grad_bias_kernel<scalar_t>, grid_1d(env, g.out_channels), dim3(kThreads), c,
+               gy.const_data_ptr<scalar_t>(), strides_of(gy), gb.mutable_data_ptr<scalar_t>(),
+               gb.stride(0));
+  });
+}
+
+}  // namespace torchconv3d::gpu

@@ -1,0 +1,98 @@
+// Operator schemas and their registration per dispatch key. The operators themselves
+// are run_forward / run_backward (ops.cpp) with the kernel table of the tensors' device.
+#include "conv3d.h"
+#include "cpu/microkernel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <Python.h>
+#include <torch/library.h>
+
+namespace torchconv3d {
+namespace {
+
+const DeviceKernels& kernels_for(const at::Device& device) {
+#ifdef WITH_CUDA
+  if (device.is_cuda()) return cuda_kernels();
+#endif
+  TORCH_CHECK(device.is_cpu(), "torchconv3d was built without kernels for device ", device);
+  return cpu_kernels();
+}
+
+at::Tensor conv3d_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                          c10::string_view padding_mode) {
+  return run_forward(kernels_for(input.device()), input, weight, bias, stride, padding,
+                     dilation, groups, padding_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+    int64_t groups, c10::string_view padding_mode, std::array<bool, 3> output_mask) {
+  return run_backward(kernels_for(input.device()), grad_output, input, weight, stride,
+                      padding, dilation, groups, padding_mode, output_mask);
+}
+
+// Under autocast the forward runs in the autocast dtype, as torch's conv3d does; the
+// backward needs no rule because it sees the tensors the forward saved.
+at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias,
+                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                   c10::IntArrayRef dilation, int64_t groups,
+                                   c10::string_view padding_mode) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto device_type = input.device().type();
+  const auto dtype = at::autocast::get_autocast_dtype(device_type);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchconv3d::conv3d_forward", "")
+                       .typed<decltype(conv3d_forward)>();
+  return op.call(at::autocast::cached_cast(dtype, input, device_type),
+                 at::autocast::cached_cast(dtype, weight, device_type),
+                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
+                 dilation, groups, padding_mode);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchconv3d, m) {
+  m.def(
+      "conv3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor");
+  m.def(
+      "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Which build of the CPU micro-kernels this process runs ("avx512" or "generic").
+  m.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
+}
+
+TORCH_LIBRARY_IMPL(torchconv3d, CPU, m) {
+  m.impl("conv3d_forward", &conv3d_forward);
+  m.impl("conv3d_backward", &conv3d_backward);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(torchconv3d, CUDA, m) {
+  m.impl("conv3d_forward", &conv3d_forward);
+  m.impl("conv3d_backward", &conv3d_backward);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(torchconv3d, AutocastCPU, m) {
+  m.impl("conv3d_forward", &conv3d_forward_autocast);
+}
+
+TORCH_LIBRARY_IMPL(torchconv3d, AutocastCUDA, m) {
+  m.impl("conv3d_forward", &conv3d_forward_autocast);
+}
+
+}  // namespace torchconv3d
+
+// Lets `import torchconv3d._C` load the library (and with it the registrations above)
+// when it is built by setup.py. The JIT build loads it with torch.ops.load_library.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

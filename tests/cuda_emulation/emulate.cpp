@@ -1,0 +1,76 @@
+// The CUDA kernels of csrc/cuda, compiled for the CPU and run by the fiber emulator, behind
+// operators with the same schemas as torchconv3d's: torch.ops.torchconv3d_emu.*.
+// tests/test_cuda_emulation.py checks them against F.conv3d.
+//
+// Grid caps are tiny on purpose so every grid-stride loop wraps, and sm_count = 2 makes
+// grad_weight split K on small shapes, so the split-K workspace and its reduction run too.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../../csrc/conv3d.h"
+
+#include "emulation.h"
+
+#include "../../csrc/cuda/conv3d_kernels.cuh"
+
+namespace {
+
+using namespace torchconv3d;
+
+struct EmuEnv {
+  int64_t sm_count = 2;
+  int64_t max_grid_x = 3;
+  int64_t max_grid_y = 2;
+  int64_t max_blocks = 3;
+
+  template <typename... Params, typename... Args>
+  void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... args) const {
+    emu::run_grid(grid, block, [&] { kernel(args...); });
+  }
+};
+
+void forward(const Geometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+             at::Tensor& y) {
+  gpu::forward_pass(EmuEnv{}, g, x, w, b, y);
+}
+void grad_input(const Geometry& g, const at::Tensor& gy, const at::Tensor& w, at::Tensor& gx) {
+  gpu::grad_input_pass(EmuEnv{}, g, gy, w, gx);
+}
+void grad_weight(const Geometry& g, const at::Tensor& gy, const at::Tensor& x, at::Tensor& gw) {
+  gpu::grad_weight_pass(EmuEnv{}, g, gy, x, gw);
+}
+void grad_bias(const Geometry& g, const at::Tensor& gy, at::Tensor& gb) {
+  gpu::grad_bias_pass(EmuEnv{}, g, gy, gb);
+}
+
+const DeviceKernels kEmulated{&forward, &grad_input, &grad_weight, &grad_bias};
+
+at::Tensor conv3d_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                          c10::string_view padding_mode) {
+  return run_forward(kEmulated, input, weight, bias, stride, padding, dilation, groups,
+                     padding_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+    int64_t groups, c10::string_view padding_mode, std::array<bool, 3> output_mask) {
+  return run_backward(kEmulated, grad_output, input, weight, stride, padding, dilation, groups,
+                      padding_mode, output_mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchconv3d_emu, m) {
+  m.def(
+      "conv3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor",
+      &conv3d_forward);
+  m.def(
+      "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)",
+      &conv3d_backward);
+}

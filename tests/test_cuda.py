@@ -1,0 +1,150 @@
+"""CUDA: the differential suite, gradcheck, opcheck, torch.compile, determinism and a volume
+past 2^31 elements, all with device 'cuda'. Skipped without a GPU (CI has none; there the
+kernels run through tests/test_cuda_emulation.py instead)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+from torch.library import opcheck
+
+import torchconv3d
+from conftest import rel_err
+from test_autograd import GRAD_CASES, _op_samples
+from test_correctness import CONFIGS, MODES, _run
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_reference():
+    # References are float64 on the CPU; this keeps any torch-side float32 comparison exact.
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_matches_torch(cfg, dtype):
+    _run(cfg, dtype, device="cuda")
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_padding_modes(cfg, mode):
+    _run(cfg, torch.float64, mode=mode, device="cuda")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "cfg", [c for c in CONFIGS if c[0] in ("pad1", "groups", "depthwise", "asym_pairs", "k1")],
+    ids=lambda c: c[0],
+)
+def test_layouts(cfg, layout, weight_layout):
+    _run(cfg, torch.float32, mode="reflect" if cfg[0] == "asym_pairs" else "zeros",
+         layout=layout, weight_layout=weight_layout, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_half_types(cfg, dtype):
+    _run(cfg, dtype, mode="circular" if cfg[0] == "stride" else "zeros", device="cuda", tol=1e-2)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_gradcheck_and_gradgradcheck(case):
+    groups = case.get("groups", 1)
+    x = torch.randn(2, 4, 4, 5, 4, dtype=torch.float64, device="cuda", requires_grad=True)
+    w = torch.randn(4, 4 // groups, 3, 2, 3, dtype=torch.float64, device="cuda",
+                    requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device="cuda", requires_grad=True)
+    f = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_opcheck(sample):
+    x, w, b, args = _op_samples()[sample]
+    x, w, b = x.cuda(), w.cuda(), b.cuda()
+    opcheck(torch.ops.torchconv3d.conv3d_forward.default, (x, w, b, *args))
+    gy = torch.randn_like(torch.ops.torchconv3d.conv3d_forward(x, w, b, *args))
+    for mask in ([True, True, True], [False, True, False]):
+        opcheck(torch.ops.torchconv3d.conv3d_backward.default, (gy, x, w, *args, mask))
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        torchconv3d.Conv3d(3, 8, 3, padding="same"), nn.ReLU(),
+        torchconv3d.Conv3d(8, 8, 3, stride=2, padding="same", padding_mode="reflect", groups=8),
+        nn.ReLU(),
+        torchconv3d.Conv3d(8, 4, (3, 1, 1), padding="causal"),
+    ).cuda()
+    x = torch.randn(2, 3, 6, 7, 8, device="cuda")
+    ref = model(x)
+    ref.square().sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    y = torch.compile(model, fullgraph=True)(x)
+    y.square().sum().backward()
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_gradients_are_bitwise_deterministic(groups):
+    # Large enough that grad_weight splits K over blocks on any GPU.
+    x = torch.randn(4, 32, 12, 40, 40, device="cuda")
+    w = torch.randn(32, 32 // groups, 3, 3, 3, device="cuda")
+    b = torch.randn(32, device="cuda")
+
+    def grads():
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = torchconv3d.conv3d(xs, ws, bs, padding=1, padding_mode="reflect", groups=groups)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype, device="cuda")).view_as(y))
+        return xs.grad, ws.grad, bs.grad
+
+    first, second = grads(), grads()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+
+
+def test_other_device_and_stream():
+    """Launches follow the tensors' device and the current stream."""
+    dev = torch.device("cuda", torch.cuda.device_count() - 1)
+    x = torch.randn(2, 4, 6, 7, 5, device=dev, dtype=torch.float64)
+    w = torch.randn(6, 4, 3, 3, 3, device=dev, dtype=torch.float64)
+    s = torch.cuda.Stream(device=dev)
+    with torch.cuda.stream(s):
+        y = torchconv3d.conv3d(x, w, padding=1)
+    s.synchronize()
+    assert rel_err(y, F.conv3d(x.cpu(), w.cpu(), padding=1)) <= 1e-10
+
+
+@pytest.mark.parametrize("groups", [1, 2])  # implicit GEMM, depthwise
+def test_input_past_2_31_elements(groups):
+    """1 x 2 x 1024 x 1024 x 1025 = 2^31 + 2.1e6 elements: offsets need 64 bits. kd = 1, so
+    the last depth planes (past 2^31) can be checked against torch on a slice."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 1024, 1024, 1025, device="cuda").requires_grad_()
+    assert x.numel() > 2**31
+    w = torch.randn(2, 2 // groups, 1, 3, 3, device="cuda", requires_grad=True)
+    conv = dict(padding=(0, 1, 1), groups=groups)
+    y = torchconv3d.conv3d(x, w, **conv)
+    tail = slice(1020, 1024)
+    ref = F.conv3d(x.detach()[:, :, tail].double(), w.detach().double(), **conv)
+    assert rel_err(y[:, :, tail], ref) <= 1e-5
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    xr = x.detach()[:, :, tail].double().requires_grad_()
+    (gxr,) = torch.autograd.grad(F.conv3d(xr, w.detach().double(), **conv), xr,
+                                 gy[:, :, tail].double())
+    assert rel_err(gx[:, :, tail], gxr) <= 1e-5
+    del gx
+    gw_ref = torch.nn.grad.conv3d_weight(x.detach(), w.shape, gy, **conv)
+    assert rel_err(gw, gw_ref) <= 1e-4

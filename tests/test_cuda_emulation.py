@@ -1,0 +1,123 @@
+"""The CUDA kernels, run on the CPU by tests/cuda_emulation (every CUDA thread a fiber),
+against F.conv3d: what CI can check of csrc/cuda without a GPU.
+
+The emulator executes the kernels' own source (index arithmetic, tiling, shared-memory
+staging, barriers, grid-stride loops, split-K) but not the GPU's memory model or timing:
+races, out-of-bounds accesses and speed still need a real GPU (tests with device 'cuda',
+compute-sanitizer, benchmarks/run.py --device cuda).
+"""
+import os
+
+import pytest
+import torch
+
+from torchconv3d.functional import resolve_args
+
+from conftest import rel_err
+from test_correctness import CONFIGS, MODES, _run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulated_ops():
+    from torch.utils.cpp_extension import load
+
+    load(
+        name="torchconv3d_cuda_emulation",
+        sources=[
+            os.path.join(ROOT, "csrc", "check.cpp"),
+            os.path.join(ROOT, "csrc", "ops.cpp"),
+            os.path.join(HERE, "cuda_emulation", "emulate.cpp"),
+        ],
+        extra_cflags=["-O2"],
+        is_python_module=False,
+    )
+    return torch.ops.torchconv3d_emu
+
+
+class _Emulated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, stride, pads, dilation, groups, mode):
+        ctx.save_for_backward(x, w)
+        ctx.args = (stride, pads, dilation, groups, mode)
+        ctx.has_bias = b is not None
+        return torch.ops.torchconv3d_emu.conv3d_forward(x, w, b, *ctx.args)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.torchconv3d_emu.conv3d_backward(gy, x, w, *ctx.args, mask)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def emulated_conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros"):
+    stride, pads, dilation = resolve_args(x, w, stride, padding, dilation)
+    return _Emulated.apply(x, w, b, stride, pads, dilation, groups, padding_mode)
+
+
+def _cfgs(*names):
+    return pytest.mark.parametrize(
+        "cfg", [c for c in CONFIGS if c[0] in names] if names else CONFIGS, ids=lambda c: c[0])
+
+
+@_cfgs()
+def test_every_config_float64(cfg):
+    _run(cfg, torch.float64, conv=emulated_conv3d)
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+@_cfgs("pad1", "stride", "dilation", "depthwise_stride", "same_stride_tf", "causal",
+       "asym_groups_stride", "k5")
+def test_padding_modes(cfg, mode):
+    _run(cfg, torch.float64, mode=mode, conv=emulated_conv3d)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@_cfgs("pad1", "groups", "depthwise")
+def test_layouts_float32(cfg, layout):
+    _run(cfg, torch.float32, layout=layout, weight_layout="channels_last", conv=emulated_conv3d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@_cfgs("pad1", "depthwise", "big_channels")
+def test_half_types(cfg, dtype):
+    _run(cfg, dtype, mode="reflect" if cfg[0] == "pad1" else "zeros", conv=emulated_conv3d)
+
+
+def test_unbatched_and_expanded_grad_output():
+    x = torch.randn(3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    emulated_conv3d(x, w, padding=1).sum().backward()  # grad_output with all strides 0
+    torch.nn.functional.conv3d(xr, wr, padding=1).sum().backward()
+    assert rel_err(x.grad, xr.grad) <= 1e-10
+    assert rel_err(w.grad, wr.grad) <= 1e-10
+
+
+def test_grad_weight_split_k_is_exercised():
+    """Enough positions that the emulated 2-SM GPU splits grad_weight's K over blocks."""
+    x = torch.randn(2, 5, 9, 10, 11, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    gy = torch.randn(2, 7, 9, 10, 11, dtype=torch.float64)
+    emulated_conv3d(x, w, padding=1, padding_mode="circular").backward(gy)
+    from conftest import reference
+    reference(xr, wr, None, [1] * 3, [1] * 6, [1] * 3, 1, "circular").backward(gy)
+    assert rel_err(w.grad, wr.grad) <= 1e-10
+    assert rel_err(x.grad, xr.grad) <= 1e-10
+
+
+def test_empty_input_channels():
+    x = torch.randn(2, 0, 4, 4, 4, requires_grad=True)
+    w = torch.randn(3, 0, 1, 1, 1, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    y = emulated_conv3d(x, w, b)
+    assert torch.equal(y, b.detach().view(1, 3, 1, 1, 1).expand(2, 3, 4, 4, 4))
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    assert torch.equal(b.grad, torch.full((3,), 128.0))

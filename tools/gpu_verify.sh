@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything the CUDA kernels must show on a GPU, in one run, logs under $OUT (default
+# gpu-logs/): JIT build for TORCH_CUDA_ARCH_LIST (default 9.0, the H100), the whole test
+# suite including tests/test_cuda.py, compute-sanitizer memcheck and racecheck on a subset,
+# and the benchmark suite against cuDNN.
+#
+#     tools/gpu_verify.sh [quick]     # quick: tests and sanitizers, no benchmark
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export TORCHCONV3D_FORCE_JIT=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}
+PY=${PYTHON:-python3}
+status=0
+step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.txt, remembers a failure
+  local name=$1; shift
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@" >"$OUT/$name.txt" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.txt"
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s"
+  [ $rc -eq 0 ] || status=1
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+step build $PY -c "import torchconv3d, torch; from torchconv3d import _loader; \
+print(_loader.BACKEND, _loader.LIBRARY, torch.__version__, torch.version.cuda); \
+x = torch.randn(1, 2, 3, 4, 5, device='cuda'); print(torchconv3d.conv3d(x, torch.randn(3, 2, 1, 1, 1, device='cuda')).shape)"
+step pytest-cuda $PY -m pytest -q -x tests/test_cuda.py -p no:cacheprovider -rs
+step pytest-all $PY -m pytest -q tests -p no:cacheprovider -k "not test_cuda_build"
+SUBSET='test_matches_torch and (basic or groups or depthwise or stride or dilation or k2s2) or test_padding_modes and (pad1 or asym_groups_stride) or test_half_types and (pad1 or depthwise)'
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
+  $PY -m pytest -q tests/test_cuda.py -p no:cacheprovider -k "$SUBSET"
+step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
+  $PY -m pytest -q tests/test_cuda.py -p no:cacheprovider -k "test_matches_torch and float32 and (basic or groups or depthwise or k5)"
+if [ "${1:-}" != quick ]; then
+  step bench $PY benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 --tf32 off \
+    --markdown "$OUT/cuda.md"
+fi
+exit $status
