@@ -146,5 +146,11 @@ def test_input_past_2_31_elements(groups):
                                  gy[:, :, tail].double())
     assert rel_err(gx[:, :, tail], gxr) <= 1e-5
     del gx
-    gw_ref = torch.nn.grad.conv3d_weight(x.detach(), w.shape, gy, **conv)
-    assert rel_err(gw, gw_ref) <= 1e-4
+    # kd = 1 and no depth padding: grad_weight is a sum over depth chunks, each small
+    # enough for torch's own kernels.
+    gw_ref = sum(
+        torch.nn.grad.conv3d_weight(x.detach()[:, :, d:d + 128].double(), w.shape,
+                                    gy[:, :, d:d + 128].double(), **conv)
+        for d in range(0, 1024, 128))
+    # float32 sums over 2^30 positions per weight: sqrt(terms) x eps is ~1e-4 already.
+    assert rel_err(gw, gw_ref) <= 1e-3

@@ -121,3 +121,39 @@ def test_empty_input_channels():
     y.sum().backward()
     assert x.grad.shape == x.shape and w.grad.shape == w.shape
     assert torch.equal(b.grad, torch.full((3,), 128.0))
+
+
+@pytest.mark.parametrize("groups", [1, 3])  # implicit GEMM, depthwise
+@pytest.mark.parametrize("emulated", [True, False], ids=["cuda-emulated", "cpu"])
+def test_element_offsets_past_2_31(groups, emulated):
+    """Input and grad_output are small views into 8.6 GB buffers (virtual) whose elements lie more than
+    2^31 elements from the start, so every offset into them needs 64 bits. The buffers are
+    never written outside the views: only a few pages become resident."""
+    n_big = 2**31 + 2**23
+
+    def far_view(shape):
+        store = torch.empty(n_big, dtype=torch.float32)
+        c, d, h, w = shape[1:]
+        strides = (0, 2**20, 4 * h * w, 2 * w, 1)  # gaps between planes and rows
+        view = store.as_strided(shape, strides, storage_offset=2**31 + 5)
+        view.copy_(torch.randn(shape))
+        return view
+
+    x = far_view((1, 3, 5, 6, 7))
+    w = torch.randn(6, 3 // groups, 3, 3, 3)
+    b = torch.randn(6)
+    args = ([1, 1, 1], [1, 1, 0, 1, 1, 0], [1, 1, 1], groups, "reflect")
+    ops = torch.ops.torchconv3d_emu if emulated else torch.ops.torchconv3d
+    y = ops.conv3d_forward(x, w, b, *args)
+    xr = x.clone().double().requires_grad_()
+    wr = w.double().requires_grad_()
+    br = b.double().requires_grad_()
+    from conftest import reference
+    ref = reference(xr, wr, br, args[0], args[1], args[2], groups, "reflect")
+    assert rel_err(y, ref) <= 1e-5
+    gy = far_view(tuple(y.shape))
+    gx, gw, gb = ops.conv3d_backward(gy, x, w, *args, [True, True, True])
+    gxr, gwr, gbr = torch.autograd.grad(ref, (xr, wr, br), gy.double())
+    assert rel_err(gx, gxr) <= 1e-5
+    assert rel_err(gw, gwr) <= 1e-5
+    assert rel_err(gb, gbr) <= 1e-5
