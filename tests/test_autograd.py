@@ -82,15 +82,16 @@ def test_backward_mask_computes_only_what_is_asked():
     assert gi is None and gb is None and gw.shape == w.shape
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+def check_torch_compile(device):
+    """A small model, compiled with fullgraph=True, matches eager forward and backward."""
     torch.manual_seed(0)
     model = nn.Sequential(
         torchconv3d.Conv3d(3, 8, 3, padding="same"), nn.ReLU(),
         torchconv3d.Conv3d(8, 8, 3, stride=2, padding="same", padding_mode="reflect", groups=8),
         nn.ReLU(),
         torchconv3d.Conv3d(8, 4, (3, 1, 1), padding="causal"),
-    )
-    x = torch.randn(2, 3, 6, 7, 8)
+    ).to(device)
+    x = torch.randn(2, 3, 6, 7, 8, device=device)
     ref = model(x)
     ref.square().sum().backward()
     ref_grads = [p.grad.clone() for p in model.parameters()]
@@ -101,6 +102,10 @@ def test_torch_compile_fullgraph_forward_and_backward():
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
     for p, g in zip(model.parameters(), ref_grads):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    check_torch_compile("cpu")
 
 
 @pytest.mark.parametrize("groups", [1, 4])

@@ -3,14 +3,13 @@ past 2^31 elements, all with device 'cuda'. Skipped without a GPU (CI has none; 
 kernels run through tests/test_cuda_emulation.py instead)."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 from torch.library import opcheck
 
 import torchconv3d
 from conftest import rel_err
-from test_autograd import GRAD_CASES, _op_samples
+from test_autograd import GRAD_CASES, _op_samples, check_torch_compile
 from test_correctness import CONFIGS, MODES, _run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -77,23 +76,7 @@ def test_opcheck(sample):
 
 
 def test_torch_compile_fullgraph():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        torchconv3d.Conv3d(3, 8, 3, padding="same"), nn.ReLU(),
-        torchconv3d.Conv3d(8, 8, 3, stride=2, padding="same", padding_mode="reflect", groups=8),
-        nn.ReLU(),
-        torchconv3d.Conv3d(8, 4, (3, 1, 1), padding="causal"),
-    ).cuda()
-    x = torch.randn(2, 3, 6, 7, 8, device="cuda")
-    ref = model(x)
-    ref.square().sum().backward()
-    ref_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    y = torch.compile(model, fullgraph=True)(x)
-    y.square().sum().backward()
-    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
-    for p, g in zip(model.parameters(), ref_grads):
-        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+    check_torch_compile("cuda")
 
 
 @pytest.mark.parametrize("groups", [1, 4, 32])

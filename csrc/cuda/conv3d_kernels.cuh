@@ -268,20 +268,24 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
   }
 }
 
+// The GEMM every problem solves, per group: M x N results, K terms each, K cut into
+// pieces of k_per_split (one per blockIdx.z).
+struct GemmShape {
+  Conv c;
+  int64_t groups, M, N, K, k_per_split;
+};
+
 // Forward: m = output channel in the group, k = (input channel, tap), n = output position.
 template <typename T>
-struct ForwardProblem {
+struct ForwardProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = false;
-  Conv c;
   const T* x;
   const T* w;
   const T* bias;  // null without bias
+  int64_t bias_stride;
   T* y;
   Strides xs, ws, ys;
-  int64_t bias_stride;
-  int64_t M, N, K, k_per_split;
-  int64_t groups;
 
   struct Row {
     const T* w;  // this output channel's filter
@@ -334,16 +338,13 @@ struct ForwardProblem {
 // n = input position. B gathers grad_output over the preimage of the input position, so
 // one tap may collect several output positions near a reflected/replicated/wrapped border.
 template <typename T>
-struct GradInputProblem {
+struct GradInputProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = false;
-  Conv c;
   const T* gy;
   const T* w;
   T* gx;
   Strides gys, ws, gxs;
-  int64_t M, N, K, k_per_split;
-  int64_t groups;
 
   struct Row {
     const T* w;  // w[group's first output channel, this input channel]
@@ -409,17 +410,14 @@ struct GradInputProblem {
 // position over the whole batch. With several K splits each block writes its partial tile
 // to the workspace (split-major) and reduce_splits_kernel adds them in split order.
 template <typename T>
-struct GradWeightProblem {
+struct GradWeightProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = true;
-  Conv c;
   const T* gy;
   const T* x;
   T* gw;
-  acc_t* partial;  // null when K is not split
   Strides gys, xs, gws;
-  int64_t M, N, K, k_per_split;
-  int64_t groups;
+  acc_t* partial;  // null when K is not split
 
   struct Row {
     int64_t gy_offset;  // this output channel
@@ -685,6 +683,13 @@ inline Strides strides_of(const at::Tensor& t) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+#define TC3D_CUDA_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+inline GemmShape gemm_shape(const Conv& c, int64_t M, int64_t N, int64_t K) {
+  return {c, c.groups, M, N, K, K};
+}
+
 // Depthwise kernels also serve C_in = 1 convolutions: one input channel per group.
 inline bool one_input_channel_per_group(const Geometry& g) { return g.in_per_group() == 1; }
 
@@ -705,11 +710,10 @@ void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
 }
 
 template <typename Env>
-void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
-             const at::Tensor& b, at::Tensor& y) {
+void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
+                  const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
   const Conv c = make_conv(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "torchconv3d_cuda_forward", [&] {
+  TC3D_CUDA_DISPATCH(x.scalar_type(), "torchconv3d_cuda_forward", [&] {
     const scalar_t* bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     const int64_t bias_stride = b.defined() ? b.stride(0) : 0;
     if (one_input_channel_per_group(g)) {
@@ -720,31 +724,19 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x, const 
                  y.mutable_data_ptr<scalar_t>(), strides_of(y));
       return;
     }
-    ForwardProblem<scalar_t> p;
-    p.c = c;
-    p.x = x.const_data_ptr<scalar_t>();
-    p.w = w.const_data_ptr<scalar_t>();
-    p.bias = bias;
-    p.bias_stride = bias_stride;
-    p.y = y.mutable_data_ptr<scalar_t>();
-    p.xs = strides_of(x);
-    p.ws = strides_of(w);
-    p.ys = strides_of(y);
-    p.M = c.cout_g;
-    p.N = c.batch * c.out_vol;
-    p.K = c.cin_g * c.kvol;
-    p.k_per_split = p.K;
-    p.groups = c.groups;
+    const ForwardProblem<scalar_t> p{
+        gemm_shape(c, c.cout_g, c.batch * c.out_vol, c.cin_g * c.kvol),
+        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias, bias_stride,
+        y.mutable_data_ptr<scalar_t>(), strides_of(x), strides_of(w), strides_of(y)};
     launch_gemm(env, p, 1);
   });
 }
 
 template <typename Env>
-void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& w,
-                at::Tensor& gx) {
+void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
+                     const at::Tensor& w, at::Tensor& gx) {
   const Conv c = make_conv(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
-                                  "torchconv3d_cuda_grad_input", [&] {
+  TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_input", [&] {
     if (one_input_channel_per_group(g)) {
       const int64_t total = g.batch * g.in_channels * c.in_vol;
       env.launch(depthwise_grad_input_kernel<scalar_t>,
@@ -753,19 +745,10 @@ void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy, co
                  strides_of(w), gx.mutable_data_ptr<scalar_t>(), strides_of(gx));
       return;
     }
-    GradInputProblem<scalar_t> p;
-    p.c = c;
-    p.gy = gy.const_data_ptr<scalar_t>();
-    p.w = w.const_data_ptr<scalar_t>();
-    p.gx = gx.mutable_data_ptr<scalar_t>();
-    p.gys = strides_of(gy);
-    p.ws = strides_of(w);
-    p.gxs = strides_of(gx);
-    p.M = c.cin_g;
-    p.N = c.batch * c.in_vol;
-    p.K = c.cout_g * c.kvol;
-    p.k_per_split = p.K;
-    p.groups = c.groups;
+    const GradInputProblem<scalar_t> p{
+        gemm_shape(c, c.cin_g, c.batch * c.in_vol, c.cout_g * c.kvol),
+        gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        gx.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(w), strides_of(gx)};
     launch_gemm(env, p, 1);
   });
 }
@@ -783,12 +766,11 @@ inline int64_t grad_weight_splits(int64_t tiles, int64_t k, int64_t weight_numel
 }
 
 template <typename Env>
-void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
-                 at::Tensor& gw) {
+void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
+                      const at::Tensor& x, at::Tensor& gw) {
   if (gw.numel() == 0) return;
   const Conv c = make_conv(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
-                                  "torchconv3d_cuda_grad_weight", [&] {
+  TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_weight", [&] {
     using acc_t = typename Acc<scalar_t>::type;
     if (one_input_channel_per_group(g)) {
       env.launch(depthwise_grad_weight_kernel<scalar_t>,
@@ -797,19 +779,11 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy, c
                  strides_of(x), gw.mutable_data_ptr<scalar_t>(), strides_of(gw));
       return;
     }
-    GradWeightProblem<scalar_t> p;
-    p.c = c;
-    p.gy = gy.const_data_ptr<scalar_t>();
-    p.x = x.const_data_ptr<scalar_t>();
-    p.gw = gw.mutable_data_ptr<scalar_t>();
-    p.partial = nullptr;
-    p.gys = strides_of(gy);
-    p.xs = strides_of(x);
-    p.gws = strides_of(gw);
-    p.M = c.cout_g;
-    p.N = c.cin_g * c.kvol;
-    p.K = c.batch * c.out_vol;
-    p.groups = c.groups;
+    GradWeightProblem<scalar_t> p{
+        gemm_shape(c, c.cout_g, c.cin_g * c.kvol, c.batch * c.out_vol),
+        gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        gw.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(x), strides_of(gw),
+        nullptr};
     const int64_t tiles = ceil_div(p.M, kBM) * ceil_div(p.N, kBN) * p.groups;
     int64_t splits = grad_weight_splits(tiles, p.K, gw.numel(), sizeof(acc_t), env.sm_count);
     p.k_per_split = ceil_div(ceil_div(p.K, kBK), splits) * kBK;
@@ -830,8 +804,7 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy, c
 template <typename Env>
 void grad_bias_pass(const Env& env, const Geometry& g, const at::Tensor& gy, at::Tensor& gb) {
   const Conv c = make_conv(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(),
-                                  "torchconv3d_cuda_grad_bias", [&] {
+  TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_bias", [&] {
     env.launch(grad_bias_kernel<scalar_t>, grid_1d(env, g.out_channels), dim3(kThreads), c,
                gy.const_data_ptr<scalar_t>(), strides_of(gy), gb.mutable_data_ptr<scalar_t>(),
                gb.stride(0));
