@@ -63,18 +63,70 @@ def resolve_padding(padding, kernel, stride, dilation, in_size):
     return pads
 
 
+DATA_FORMATS = ("NCDHW", "NDHWC")
+CONV_MODES = ("cross_correlation", "convolution")
+
+
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros"):
+           padding_mode="zeros", *, data_format="NCDHW", conv_mode="cross_correlation"):
     """F.conv3d with torchconv3d's kernels, plus padding_mode and the padding extensions.
 
-    input: (N, C_in, D, H, W) or unbatched (C_in, D, H, W); any strides.
-    weight: (C_out, C_in / groups, kD, kH, kW). bias: (C_out,) or None.
+    input: (N, C_in, D, H, W) or unbatched (C_in, D, H, W); any strides. With
+    data_format='NDHWC' (TensorFlow's layout) it is (N, D, H, W, C_in) or (D, H, W, C_in)
+    and so is the result: the kernels read it in place (no transposed copy).
+    weight: (C_out, C_in / groups, kD, kH, kW), or MegEngine's grouped layout
+    (groups, C_out / groups, C_in / groups, kD, kH, kW). bias: (C_out,), MegEngine's
+    (1, C_out, 1, 1, 1), or None.
     padding: see resolve_padding. padding_mode: 'zeros', 'reflect', 'replicate' or
     'circular', applied inside the kernels (no padded copy).
+    conv_mode: 'cross_correlation' (what every framework's conv computes) or 'convolution'
+    (MegEngine's name for the same with the kernel flipped in D, H and W).
     Returns (N, C_out, D_out, H_out, W_out), channels_last_3d when input or weight is.
     """
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
+    weight, bias = megengine_to_torch(weight, bias, groups)
+    if conv_mode == "convolution":
+        weight = weight.flip(-3, -2, -1)
+    elif conv_mode != "cross_correlation":
+        raise ValueError(f"conv_mode must be one of {CONV_MODES}, but got {conv_mode!r}")
+    ndhwc = data_format == "NDHWC"
+    if ndhwc:
+        if input.dim() not in (4, 5):
+            raise ValueError(
+                f"data_format='NDHWC' expects a 5-D (N, D, H, W, C) or 4-D (D, H, W, C) "
+                f"input, but got input of size {list(input.shape)}")
+        unbatched = input.dim() == 4
+        # A channels_last_3d view (the batch dimension makes it one when unbatched): the
+        # kernels read it as is and the result comes back channels_last_3d, i.e. NDHWC.
+        input = (input.unsqueeze(0) if unbatched else input).movedim(-1, 1)
     stride, pads, dilation = resolve_args(input, weight, stride, padding, dilation)
-    return forward_op(input, weight, bias, stride, pads, dilation, groups, padding_mode)
+    out = forward_op(input, weight, bias, stride, pads, dilation, groups, padding_mode)
+    if ndhwc:
+        out = out.movedim(1, -1)
+        return out.squeeze(0) if unbatched else out
+    return out
+
+
+def megengine_to_torch(weight, bias, groups):
+    """Views of MegEngine-layout parameters in torch's layout; torch-layout ones as they are.
+
+    weight (groups, C_out / groups, C_in / groups, kD, kH, kW) -> (C_out, C_in / groups,
+    kD, kH, kW); bias (1, C_out, 1, 1, 1) -> (C_out,).
+    """
+    if weight.dim() == 6:
+        if weight.shape[0] != groups:
+            raise ValueError(
+                f"a grouped (MegEngine-layout) weight of size {list(weight.shape)} has "
+                f"{weight.shape[0]} groups, but groups={groups}")
+        weight = weight.flatten(0, 1)
+    if bias is not None and bias.dim() == 5:
+        if list(bias.shape) != [1, bias.shape[1], 1, 1, 1]:
+            raise ValueError(
+                f"a 5-D (MegEngine-layout) bias must have size (1, C_out, 1, 1, 1), but got "
+                f"{list(bias.shape)}")
+        bias = bias.flatten()
+    return weight, bias
 
 
 def resolve_args(input, weight, stride, padding, dilation):

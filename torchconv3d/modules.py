@@ -1,7 +1,7 @@
 """Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
 import torch.nn as nn
 
-from .functional import PADDING_STRINGS, conv3d
+from .functional import CONV_MODES, DATA_FORMATS, PADDING_STRINGS, conv3d
 
 
 def _torch_accepts(padding, stride):
@@ -22,16 +22,23 @@ class Conv3d(nn.Conv3d):
 
     Beyond nn.Conv3d, padding also takes per-dimension (before, after) pairs,
     'same' with any stride (TensorFlow rule) and 'causal'; every padding_mode is applied
-    inside the kernels without a padded copy of the input.
+    inside the kernels without a padded copy of the input. data_format='NDHWC' takes and
+    returns TensorFlow-layout tensors (read in place); conv_mode='convolution' flips the
+    kernel (MegEngine). load_state_dict also accepts MegEngine's grouped weight
+    (groups, C_out / groups, C_in / groups, kD, kH, kW) and bias (1, C_out, 1, 1, 1).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None):
+                 dtype=None, *, data_format="NCDHW", conv_mode="cross_correlation"):
         if isinstance(padding, str) and padding not in PADDING_STRINGS:
             raise ValueError(
                 f"Invalid padding string {padding!r}, should be one of {PADDING_STRINGS}"
             )
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
+        if conv_mode not in CONV_MODES:
+            raise ValueError(f"conv_mode must be one of {CONV_MODES}, but got {conv_mode!r}")
         # nn.Conv3d rejects our extensions; it gets a stand-in and the real spec is kept.
         super().__init__(
             in_channels, out_channels, kernel_size, stride,
@@ -42,10 +49,31 @@ class Conv3d(nn.Conv3d):
             self.padding = padding if isinstance(padding, str) else tuple(
                 p if isinstance(p, int) else tuple(p) for p in padding
             )
+        self.data_format = data_format
+        self.conv_mode = conv_mode
 
     def _conv_forward(self, input, weight, bias):
         return conv3d(input, weight, bias, self.stride, self.padding, self.dilation,
-                      self.groups, self.padding_mode)
+                      self.groups, self.padding_mode,
+                      data_format=self.data_format,
+                      conv_mode=self.conv_mode)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.data_format != "NCDHW":
+            s += f", data_format={self.data_format!r}"
+        if self.conv_mode != "cross_correlation":
+            s += f", conv_mode={self.conv_mode!r}"
+        return s
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # MegEngine's grouped weight and 5-D bias hold the same numbers in the same order.
+        w, b = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
+        if w is not None and w.dim() == 6 and w.shape[0] == self.groups:
+            state_dict[prefix + "weight"] = w.flatten(0, 1)
+        if b is not None and b.dim() == 5 and b.numel() == b.shape[1]:
+            state_dict[prefix + "bias"] = b.flatten()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def convert(module):
@@ -62,6 +90,7 @@ def convert(module):
         new.__dict__.update(
             {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
         )
+        new.data_format, new.conv_mode = "NCDHW", "cross_correlation"
         return new
     for name, child in module.named_children():
         new = convert(child)
