@@ -66,7 +66,7 @@ def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguou
     wr = w64.clone().requires_grad_()
     br = b64.clone().requires_grad_() if b64 is not None else None
     ref = reference(xr, wr, br, stride3, pads, dil3, groups, mode)
-    gy64 = torch.randn_like(ref)
+    gy64 = torch.randn_like(ref).to(dtype).double()  # rounded like the other inputs
     ref_grads = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy64)
 
     x = make_layout(x64.to(device, dtype), layout).requires_grad_()
