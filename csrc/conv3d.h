@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
 
 #include <array>
@@ -41,6 +42,28 @@ struct Geometry {
   int64_t out_per_group() const { return out_channels / groups; }
   int64_t kernel_volume() const { return kernel[0] * kernel[1] * kernel[2]; }
 };
+
+// The only place a padding mode acts, on every device: the input index read at padded
+// coordinate q (q = o * stride + tap * dilation - pad_before) along a dimension of size n,
+// or -1 for a padding zero. Coordinates past the padded extent [-pad_before, n + pad_after)
+// are never read by a real output position; they give -1 too.
+C10_HOST_DEVICE inline int64_t source_index(int64_t q, int64_t n, int64_t pad_before,
+                                            int64_t pad_after, PadMode mode) {
+  if (q >= 0 && q < n) return q;
+  if (q < -pad_before || q >= n + pad_after) return -1;
+  switch (mode) {
+    case PadMode::Reflect:  // the checker guarantees pad < n: one reflection suffices
+      return q < 0 ? -q : 2 * (n - 1) - q;
+    case PadMode::Replicate:
+      return q < 0 ? 0 : n - 1;
+    case PadMode::Circular:  // pad <= n: one wrap suffices
+      return q < 0 ? q + n : q - n;
+    default:
+      return -1;
+  }
+}
+
+C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Output size of one spatial dimension.
 inline int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dilation,

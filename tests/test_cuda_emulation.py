@@ -13,7 +13,7 @@ import torch
 
 from torchconv3d.functional import resolve_args
 
-from conftest import rel_err
+from conftest import reference, rel_err
 from test_correctness import CONFIGS, MODES, _run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -106,7 +106,6 @@ def test_grad_weight_split_k_is_exercised():
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     gy = torch.randn(2, 7, 9, 10, 11, dtype=torch.float64)
     emulated_conv3d(x, w, padding=1, padding_mode="circular").backward(gy)
-    from conftest import reference
     reference(xr, wr, None, [1] * 3, [1] * 6, [1] * 3, 1, "circular").backward(gy)
     assert rel_err(w.grad, wr.grad) <= 1e-10
     assert rel_err(x.grad, xr.grad) <= 1e-10
@@ -148,7 +147,6 @@ def test_element_offsets_past_2_31(groups, emulated):
     xr = x.clone().double().requires_grad_()
     wr = w.double().requires_grad_()
     br = b.double().requires_grad_()
-    from conftest import reference
     ref = reference(xr, wr, br, args[0], args[1], args[2], groups, "reflect")
     assert rel_err(y, ref) <= 1e-5
     gy = far_view(tuple(y.shape))

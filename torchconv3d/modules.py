@@ -1,7 +1,7 @@
 """Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
 import torch.nn as nn
 
-from .functional import CONV_MODES, DATA_FORMATS, PADDING_STRINGS, conv3d
+from .functional import CONV_MODES, DATA_FORMATS, PADDING_STRINGS, conv3d, megengine_to_torch
 
 
 def _torch_accepts(padding, stride):
@@ -69,10 +69,11 @@ class Conv3d(nn.Conv3d):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # MegEngine's grouped weight and 5-D bias hold the same numbers in the same order.
         w, b = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
-        if w is not None and w.dim() == 6 and w.shape[0] == self.groups:
-            state_dict[prefix + "weight"] = w.flatten(0, 1)
-        if b is not None and b.dim() == 5 and b.numel() == b.shape[1]:
-            state_dict[prefix + "bias"] = b.flatten()
+        if w is not None:
+            w, b = megengine_to_torch(w, b, self.groups)
+            state_dict[prefix + "weight"] = w
+            if b is not None:
+                state_dict[prefix + "bias"] = b
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

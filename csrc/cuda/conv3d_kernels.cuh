@@ -72,23 +72,9 @@ __host__ __device__ inline int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
-// The input index read at padded coordinate j (j = o * stride - pad_before + t * dilation)
-// along one dimension, or -1 where the padding is a zero. The checker guarantees
-// pad < n for reflect and pad <= n for circular, so one reflection or wrap suffices;
-// a real output position never reads past the padded extent.
+// conv3d.h's source_index along dimension d.
 __host__ __device__ inline int64_t source_index(int64_t j, const Dim& d, PadMode mode) {
-  if (j >= 0 && j < d.in) return j;
-  if (j < -d.pad_before || j >= d.in + d.pad_after) return -1;
-  switch (mode) {
-    case PadMode::Reflect:
-      return j < 0 ? -j : 2 * (d.in - 1) - j;
-    case PadMode::Replicate:
-      return j < 0 ? 0 : d.in - 1;
-    case PadMode::Circular:
-      return j < 0 ? j + d.in : j - d.in;
-    default:
-      return -1;
-  }
+  return torchconv3d::source_index(j, d.in, d.pad_before, d.pad_after, mode);
 }
 
 // The padded coordinates that read input index i (source_index(j) == i), as up to three
@@ -195,8 +181,8 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
   const int lk = tid % kBK, lr = tid / kBK;
-  const int64_t m_tiles = (p.M + kBM - 1) / kBM;
-  const int64_t n_tiles = (p.N + kBN - 1) / kBN;
+  const int64_t m_tiles = ceil_div(p.M, kBM);
+  const int64_t n_tiles = ceil_div(p.N, kBN);
   const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * p.k_per_split;
   const int64_t k_end = std::min<int64_t>(p.K, k_begin + p.k_per_split);
 
@@ -680,8 +666,6 @@ inline Strides strides_of(const at::Tensor& t) {
   for (int i = 0; i < 5; ++i) s.v[i] = t.stride(i);
   return s;
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 #define TC3D_CUDA_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
