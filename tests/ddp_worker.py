@@ -73,6 +73,7 @@ def worker(rank, world, steps, mode, port, out):
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"max_diff": diff, "max_update": moved, "steps": steps}, f)
+    dist.barrier()  # no collective may still be in flight when gloo's threads are torn down
     dist.destroy_process_group()
 
 
