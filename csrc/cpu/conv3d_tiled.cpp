@@ -26,10 +26,12 @@
 #include "common.h"
 #include "kernels.h"
 #include "microkernel.h"
+#include "nonfinite.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -180,6 +182,15 @@ struct Blocks {
   }
 };
 
+// An input element as the accumulation type; with Sanitize, NaN and Inf read as zero
+// (their terms are added exactly afterwards, see nonfinite.cpp).
+template <bool Sanitize, typename A, typename T>
+inline A load(T v) {
+  const A a = static_cast<A>(v);
+  if constexpr (Sanitize) return std::isfinite(a) ? a : A(0);
+  return a;
+}
+
 int64_t depth_source(const Geometry& g, int64_t od, int64_t i) {
   return source_index(od * g.stride[0] + i * g.dilation[0] - g.pad_before[0], g.in[0],
                       g.pad_before[0], g.pad_after[0], g.mode);
@@ -193,7 +204,7 @@ int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
 
 // pack_planes for channel stride 1 (channels_last): the same planes, filled walking each
 // source row once with the channel innermost, so reads are contiguous.
-template <typename T, typename A>
+template <bool Sanitize, typename T, typename A>
 void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels,
                                const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths,
                                int64_t oh0, int64_t rows, A* buf) {
@@ -221,7 +232,7 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
               for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = A(0);
             } else {
               const T* sp = src + col[t] * xs[2];
-              for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = static_cast<A>(sp[c]);
+              for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = load<Sanitize, A>(sp[c]);
             }
           }
         }
@@ -233,7 +244,7 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
 // Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
 // stride xc, spatial strides xs) for the tile of `depths` output depths from od0 and the
 // band from oh0 into phase planes, their first `rows` rows (what the band reads).
-template <typename T, typename A>
+template <bool Sanitize = false, typename T, typename A>
 void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels, int64_t xc,
                  const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths, int64_t oh0,
                  int64_t rows, A* buf) {
@@ -241,7 +252,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
   const int64_t lo = cm.all_lo, hi = cm.all_hi, pw = g.pad_before[2];
   if (xc == 1 && channels > 1) {
     // channels_last: a source row is [W][C]; read it once, channels innermost.
-    pack_planes_channels_last(L, cm, x, channels, xs, od0, depths, oh0, rows, buf);
+    pack_planes_channels_last<Sanitize>(L, cm, x, channels, xs, od0, depths, oh0, rows, buf);
     return;
   }
   for (int64_t c = 0; c < channels; ++c) {
@@ -265,28 +276,28 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
             A* d = dst + rw * L.plane;
             const int64_t* col = cm.col.data() + rw * L.lw;
             for (int64_t t = 0; t < lo; ++t)
-              d[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+              d[t] = col[t] < 0 ? A(0) : load<Sanitize, A>(src[col[t] * xs[2]]);
             for (int64_t t = hi; t < L.lw; ++t)
-              d[t] = col[t] < 0 ? A(0) : static_cast<A>(src[col[t] * xs[2]]);
+              d[t] = col[t] < 0 ? A(0) : load<Sanitize, A>(src[col[t] * xs[2]]);
           }
           // Interior: one pass over the source row feeds every phase (contiguous reads;
           // stride 2 de-interleaves into two planes).
           if (xs[2] == 1 && L.sw == 1) {
             const T* s0 = src - pw;
-            for (int64_t t = lo; t < hi; ++t) dst[t] = static_cast<A>(s0[t]);
+            for (int64_t t = lo; t < hi; ++t) dst[t] = load<Sanitize, A>(s0[t]);
           } else if (xs[2] == 1 && L.sw == 2) {
             const T* s0 = src - pw;
             A* d1 = dst + L.plane;
             for (int64_t t = lo; t < hi; ++t) {
-              dst[t] = static_cast<A>(s0[2 * t]);
-              d1[t] = static_cast<A>(s0[2 * t + 1]);
+              dst[t] = load<Sanitize, A>(s0[2 * t]);
+              d1[t] = load<Sanitize, A>(s0[2 * t + 1]);
             }
           } else {
             for (int64_t rw = 0; rw < L.sw; ++rw) {
               A* d = dst + rw * L.plane;
               const T* s0 = src + (rw - pw) * xs[2];
               const int64_t step = L.sw * xs[2];
-              for (int64_t t = lo; t < hi; ++t) d[t] = static_cast<A>(s0[t * step]);
+              for (int64_t t = lo; t < hi; ++t) d[t] = load<Sanitize, A>(s0[t * step]);
             }
           }
         }
@@ -508,7 +519,10 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
     std::vector<int64_t> offs;
     std::vector<A> a;  // per block of channels: [k][r]
   };
-  const at::Tensor w = weight_as<A>(weight);
+  at::Tensor w = weight_as<A>(weight);
+  // Non-finite weights would meet the halo's zeros; see nonfinite.h.
+  const std::vector<WeightTerm<A>> nonfinite = nonfinite_weights<A>(g, w);
+  if (!nonfinite.empty()) w = w.nan_to_num(0, 0, 0);
   const A* wp = w.const_data_ptr<A>();
   std::vector<Phase> phases;  // index (grp * kd + i) * sh * sw + rh * sw + rw
   for (int64_t grp = 0; grp < g.groups; ++grp)
@@ -662,6 +676,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
       }
     }
   });
+  if (!nonfinite.empty()) add_weight_terms<T, A>(g, grad_output, nonfinite, grad_input);
 }
 
 template <typename T>
@@ -708,7 +723,6 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
       in_place ? grad_weight
                : at::empty({g.out_channels, K},
                            at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
-  acc_holder.zero_();
   A* acc = static_cast<A*>(acc_holder.data_ptr());
   const T* gyp = grad_output.const_data_ptr<T>();
   const T* xp = input.const_data_ptr<T>();
@@ -717,34 +731,48 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t bands = L.bands();
 
-  at::parallel_for(0, g.groups * nco * ciblocks, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor h_buf, h_gy;
-    const int64_t bufsize = L.buffer_size(cib);
-    A* buf = scratch<A>(h_buf, bufsize);
-    std::fill(buf, buf + bufsize, A(0));
-    const int64_t gld = L.n + kLanes;  // row stride, off multiples of 4 KB
-    A* gyb = scratch<A>(h_gy, cob * gld);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t grp = task / (nco * ciblocks);
-      const int64_t co0 = (task / ciblocks) % nco * cob, cos = std::min(cob, cog - co0);
-      const int64_t c0 = task % ciblocks * cib, cis = std::min(cib, cig - c0);
-      A* out = acc + (grp * cog + co0) * K + c0 * kvol;
-      for (int64_t n = 0; n < g.batch; ++n)
-        for (int64_t od0 = 0; od0 < g.out[0]; od0 += L.td)
-          for (int64_t band = 0; band < bands; ++band) {
-            const int64_t oh0 = band * L.th, th = L.band_rows(oh0);
-            const int64_t depths = std::min(L.td, g.out[0] - od0);
-            pack_planes(L, cm, xp + n * xsn + (grp * cig + c0) * xsc, cis, xsc, xs, od0, depths,
-                        oh0, th + L.qh_max, buf);
-            for (int64_t dl = 0; dl < depths; ++dl) {
-              pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys,
-                               od0 + dl, oh0, gyb, gld, 0);
-              mk.dot(cos, gyb, gld, buf + dl * L.depth_step(), offs.data(), cis * kvol,
-                     L.positions(th), out, K);
+  // With Sanitize, input NaN/Inf read as zero (the dropped columns would pair them with
+  // zeros); see nonfinite.h.
+  auto pass = [&](auto sanitize) {
+    acc_holder.zero_();
+    at::parallel_for(0, g.groups * nco * ciblocks, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor h_buf, h_gy;
+      const int64_t bufsize = L.buffer_size(cib);
+      A* buf = scratch<A>(h_buf, bufsize);
+      std::fill(buf, buf + bufsize, A(0));
+      const int64_t gld = L.n + kLanes;  // row stride, off multiples of 4 KB
+      A* gyb = scratch<A>(h_gy, cob * gld);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t grp = task / (nco * ciblocks);
+        const int64_t co0 = (task / ciblocks) % nco * cob, cos = std::min(cob, cog - co0);
+        const int64_t c0 = task % ciblocks * cib, cis = std::min(cib, cig - c0);
+        A* out = acc + (grp * cog + co0) * K + c0 * kvol;
+        for (int64_t n = 0; n < g.batch; ++n)
+          for (int64_t od0 = 0; od0 < g.out[0]; od0 += L.td)
+            for (int64_t band = 0; band < bands; ++band) {
+              const int64_t oh0 = band * L.th, th = L.band_rows(oh0);
+              const int64_t depths = std::min(L.td, g.out[0] - od0);
+              pack_planes<decltype(sanitize)::value>(L, cm, xp + n * xsn + (grp * cig + c0) * xsc,
+                                                     cis, xsc, xs, od0, depths, oh0,
+                                                     th + L.qh_max, buf);
+              for (int64_t dl = 0; dl < depths; ++dl) {
+                pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys,
+                                 od0 + dl, oh0, gyb, gld, 0);
+                mk.dot(cos, gyb, gld, buf + dl * L.depth_step(), offs.data(), cis * kvol,
+                       L.positions(th), out, K);
+              }
             }
-          }
+      }
+    });
+  };
+  pass(std::false_type{});
+  if (any_nonfinite(acc, g.out_channels * K)) {
+    const auto where = nonfinite_inputs<T>(g, input);
+    if (!where.empty()) {
+      pass(std::true_type{});
+      add_input_terms<T, A>(g, grad_output, input, where, acc);
     }
-  });
+  }
 
   if (!in_place) grad_weight.copy_(acc_holder.view(grad_weight.sizes()));
 }
