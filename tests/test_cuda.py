@@ -11,6 +11,9 @@ import torchconv3d
 from conftest import rel_err
 from test_autograd import GRAD_CASES, _op_samples, check_torch_compile
 from test_correctness import CONFIGS, MODES, _run
+from test_nonfinite import CONFIGS as NONFINITE_CONFIGS
+from test_nonfinite import INJECTIONS as NONFINITE_INJECTIONS
+from test_nonfinite import check_nonfinite
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -51,6 +54,14 @@ def test_layouts(cfg, layout, weight_layout):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_half_types(cfg, dtype):
     _run(cfg, dtype, mode="circular" if cfg[0] == "stride" else "zeros", device="cuda", tol=1e-2)
+
+
+@pytest.mark.parametrize("injection", list(NONFINITE_INJECTIONS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cfg", NONFINITE_CONFIGS, ids=lambda c: c[0])
+def test_nan_inf_propagate(cfg, mode, injection):
+    check_nonfinite(cfg, mode, injection, device="cuda")
+    check_nonfinite(cfg, mode, injection, torch.float32, "channels_last", device="cuda")
 
 
 @pytest.mark.parametrize("case", GRAD_CASES)

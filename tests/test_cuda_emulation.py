@@ -15,6 +15,9 @@ from torchconv3d.functional import resolve_args
 
 from conftest import reference, rel_err
 from test_correctness import CONFIGS, MODES, _run
+from test_nonfinite import CONFIGS as NONFINITE_CONFIGS
+from test_nonfinite import INJECTIONS as NONFINITE_INJECTIONS
+from test_nonfinite import check_nonfinite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -155,3 +158,11 @@ def test_element_offsets_past_2_31(groups, emulated):
     assert rel_err(gx, gxr) <= 1e-5
     assert rel_err(gw, gwr) <= 1e-5
     assert rel_err(gb, gbr) <= 1e-5
+
+
+@pytest.mark.parametrize("injection", list(NONFINITE_INJECTIONS))
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("cfg", NONFINITE_CONFIGS, ids=lambda c: c[0])
+def test_nan_inf_propagate(cfg, mode, injection):
+    check_nonfinite(cfg, mode, injection, conv=emulated_conv3d)
+    check_nonfinite(cfg, mode, injection, torch.float32, "channels_last", conv=emulated_conv3d)

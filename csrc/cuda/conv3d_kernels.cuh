@@ -72,6 +72,12 @@ __host__ __device__ inline int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
+// Neither NaN nor Inf (x - x is NaN for both), without <cmath> in device code.
+template <typename A>
+__host__ __device__ inline bool is_finite(A v) {
+  return v - v == A(0);
+}
+
 // conv3d.h's source_index along dimension d.
 __host__ __device__ inline int64_t source_index(int64_t j, const Dim& d, PadMode mode) {
   return torchconv3d::source_index(j, d.in, d.pad_before, d.pad_after, mode);
@@ -165,6 +171,13 @@ __host__ __device__ inline Tap decode_tap(int64_t t, const Conv& c) {
 // and k = k0 + tid / 64 + 4 j. The inner product reads rows ty + 16 i and columns
 // tx + 16 j: a warp touches 2 rows (broadcast) and 16 consecutive columns (no bank
 // conflicts), and writes 16 consecutive columns of C.
+//
+// In some problems (kSumsTerms: grad_input) B[k, n] is a sum of several terms, or of none
+// (a tap that reaches no output position from this input position, or several near a
+// reflected border). A * B equals the sum of the A * term products unless A is NaN or Inf
+// (Inf * 0 = NaN; Inf * (g1 + g2) = Inf where Inf * g1 + Inf * g2 may be NaN). A K step
+// whose A tile holds such a value (a diverged weight: rare, and decided for the whole
+// block) therefore forms the products one by one through Problem::terms.
 // ---------------------------------------------------------------------------------------
 template <typename Problem>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
@@ -173,6 +186,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
   using Col = typename Problem::Col;
   using KState = typename Problem::KState;
   constexpr bool kBkFastest = Problem::kBkFastest;
+  constexpr bool kSumsTerms = Problem::kSumsTerms;
   constexpr int kCols = kBkFastest ? 4 : 1;
 
   __shared__ acc_t a_tile[kBK][kBM];
@@ -212,12 +226,16 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
         for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
 
       for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
+        bool a_nonfinite = false;
         {
           const int64_t k = k0 + lk;
           const bool k_ok = k < k_end;
           const KState ks = p.kstate(k_ok ? k : k_begin);
-          for (int j = 0; j < 4; ++j)
-            a_tile[lk][lr + 16 * j] = (k_ok && row_ok[j]) ? p.a(rows[j], ks) : acc_t(0);
+          for (int j = 0; j < 4; ++j) {
+            const acc_t v = (k_ok && row_ok[j]) ? p.a(rows[j], ks) : acc_t(0);
+            if constexpr (kSumsTerms) a_nonfinite |= !is_finite(v);
+            a_tile[lk][lr + 16 * j] = v;
+          }
           if constexpr (kBkFastest) {
             for (int j = 0; j < 4; ++j)
               b_tile[lk][lr + 16 * j] = (k_ok && col_ok[j]) ? p.b(cols[j], ks) : acc_t(0);
@@ -231,13 +249,33 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
                 (k < k_end && col_ok[0]) ? p.b(cols[0], p.kstate(k)) : acc_t(0);
           }
         }
-        __syncthreads();
-        for (int kk = 0; kk < kBK; ++kk) {
-          acc_t av[4], bv[4];
-          for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty + 16 * i];
-          for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        bool one_by_one = false;
+        if constexpr (kSumsTerms) {
+          one_by_one = __syncthreads_or(a_nonfinite);
+        } else {
+          __syncthreads();
+        }
+        if (!one_by_one) {
+          for (int kk = 0; kk < kBK; ++kk) {
+            acc_t av[4], bv[4];
+            for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty + 16 * i];
+            for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+              for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+          }
+        } else if constexpr (kSumsTerms) {
+          for (int j = 0; j < 4; ++j) {
+            const int64_t n = n0 + tx + 16 * j;
+            if (n >= p.N) continue;
+            const Col q = p.col(group, n);
+            for (int i = 0; i < 4; ++i) {
+              const int64_t m = m0 + ty + 16 * i;
+              if (m >= p.M) continue;
+              const Row r = p.row(group, m);
+              for (int64_t k = k0; k < std::min<int64_t>(k0 + kBK, k_end); ++k)
+                acc[i][j] += p.terms(r, q, p.kstate(k));
+            }
+          }
         }
         __syncthreads();
       }
@@ -266,6 +304,7 @@ template <typename T>
 struct ForwardProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = false;
+  static constexpr bool kSumsTerms = false;  // a padding zero is a term (nn.Conv3d's rule)
   const T* x;
   const T* w;
   const T* bias;  // null without bias
@@ -327,6 +366,7 @@ template <typename T>
 struct GradInputProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = false;
+  static constexpr bool kSumsTerms = true;
   const T* gy;
   const T* w;
   T* gx;
@@ -361,9 +401,11 @@ struct GradInputProblem : GemmShape {
     return static_cast<acc_t>(
         r.w[s.co * ws.v[0] + s.t.d * ws.v[2] + s.t.h * ws.v[3] + s.t.w * ws.v[4]]);
   }
-  __device__ acc_t b(const Col& q, const KState& s) const {
+  // Calls f(grad_output element) for every output position that reads this input
+  // position through the tap (several near a reflected/replicated/wrapped border, or none).
+  template <typename F>
+  __device__ void for_each_term(const Col& q, const KState& s, F&& f) const {
     const T* base = q.gy + s.co * gys.v[1];
-    acc_t sum = acc_t(0);
     for (int rd = 0; rd < q.pd.count; ++rd) {
       int64_t d0, d1;
       output_range(q.pd.lo[rd], q.pd.hi[rd], s.t.d, c.dim[0], d0, d1);
@@ -376,13 +418,24 @@ struct GradInputProblem : GemmShape {
               int64_t w0, w1;
               output_range(q.pw.lo[rw], q.pw.hi[rw], s.t.w, c.dim[2], w0, w1);
               for (int64_t ow = w0; ow <= w1; ++ow)
-                sum += static_cast<acc_t>(
-                    base[od * gys.v[2] + oh * gys.v[3] + ow * gys.v[4]]);
+                f(static_cast<acc_t>(base[od * gys.v[2] + oh * gys.v[3] + ow * gys.v[4]]));
             }
           }
         }
       }
     }
+  }
+  __device__ acc_t b(const Col& q, const KState& s) const {
+    acc_t sum = acc_t(0);
+    for_each_term(q, s, [&](acc_t v) { sum += v; });
+    return sum;
+  }
+  // a * b with each term multiplied on its own, as the definition does: differs from it
+  // only when a is NaN or Inf.
+  __device__ acc_t terms(const Row& r, const Col& q, const KState& s) const {
+    const acc_t av = a(r, s);
+    acc_t sum = acc_t(0);
+    for_each_term(q, s, [&](acc_t v) { sum += av * v; });
     return sum;
   }
   __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
@@ -399,6 +452,7 @@ template <typename T>
 struct GradWeightProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = true;
+  static constexpr bool kSumsTerms = false;
   const T* gy;
   const T* x;
   T* gw;
@@ -497,21 +551,22 @@ __global__ void __launch_bounds__(kThreads)
     const T* xc = x + n * xs.v[0] + (co / c.cout_g) * xs.v[1];
     const T* wc = w + co * ws.v[0];
     acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[co * bias_stride]) : acc_t(0);
+    // A padding zero is a term like any input element (nn.Conv3d's rule: a NaN or Inf
+    // weight meeting it gives NaN), hence no early exits.
     for (int64_t td = 0; td < c.dim[0].k; ++td) {
       const int64_t id = source_index(
           o.d * c.dim[0].stride - c.dim[0].pad_before + td * c.dim[0].dil, c.dim[0], c.mode);
-      if (id < 0) continue;
       for (int64_t th = 0; th < c.dim[1].k; ++th) {
         const int64_t ih = source_index(
             o.h * c.dim[1].stride - c.dim[1].pad_before + th * c.dim[1].dil, c.dim[1], c.mode);
-        if (ih < 0) continue;
         for (int64_t tw = 0; tw < c.dim[2].k; ++tw) {
           const int64_t iw = source_index(
               o.w * c.dim[2].stride - c.dim[2].pad_before + tw * c.dim[2].dil, c.dim[2],
               c.mode);
-          if (iw < 0) continue;
-          acc += static_cast<acc_t>(wc[td * ws.v[2] + th * ws.v[3] + tw * ws.v[4]]) *
-                 static_cast<acc_t>(xc[id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+          const acc_t xv = (id < 0 || ih < 0 || iw < 0)
+                               ? acc_t(0)
+                               : static_cast<acc_t>(xc[id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+          acc += static_cast<acc_t>(wc[td * ws.v[2] + th * ws.v[3] + tw * ws.v[4]]) * xv;
         }
       }
     }
@@ -605,11 +660,14 @@ __global__ void __launch_bounds__(kThreads)
           o.h * c.dim[1].stride - c.dim[1].pad_before + t.h * c.dim[1].dil, c.dim[1], c.mode);
       const int64_t iw = source_index(
           o.w * c.dim[2].stride - c.dim[2].pad_before + t.w * c.dim[2].dil, c.dim[2], c.mode);
-      if (id < 0 || ih < 0 || iw < 0) continue;
+      // A padding zero is a term (see the forward kernel).
+      const acc_t xv =
+          (id < 0 || ih < 0 || iw < 0)
+              ? acc_t(0)
+              : static_cast<acc_t>(xc[o.n * xs.v[0] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
       sum += static_cast<acc_t>(
                  gyc[o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4]]) *
-             static_cast<acc_t>(
-                 xc[o.n * xs.v[0] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+             xv;
     }
     sum = block_sum(sum, smem);
     if (threadIdx.x == 0)

@@ -39,6 +39,15 @@ inline const std::function<void()>* body = nullptr;
 
 inline void syncthreads() { swapcontext(&fibers[current].context, &scheduler); }
 
+// __syncthreads_or: predicates of the round are OR-ed into `votes`; once every fiber waits,
+// the scheduler publishes them as `vote`, which each fiber reads as it resumes.
+inline int votes = 0, vote = 0;
+inline int syncthreads_or(int predicate) {
+  votes |= predicate != 0;
+  syncthreads();
+  return vote;
+}
+
 inline void fiber_main() {
   (*body)();
   fibers[current].done = true;  // returning resumes uc_link, the scheduler
@@ -55,6 +64,7 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx, by, bz);
+        votes = 0;
         for (int t = 0; t < threads; ++t) {
           Fiber& f = fibers[t];
           f.stack.resize(kStack);
@@ -74,6 +84,8 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel)
             finished += fibers[t].done;
           }
           if (finished == threads) break;
+          vote = votes;
+          votes = 0;
           TORCH_CHECK(finished == 0, "emulated kernel: ", finished, " of ", threads,
                       " threads of block (", bx, ", ", by, ", ", bz,
                       ") returned while the others wait at __syncthreads");
@@ -90,3 +102,4 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel)
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __syncthreads() emu::syncthreads()
+#define __syncthreads_or(predicate) emu::syncthreads_or(predicate)
