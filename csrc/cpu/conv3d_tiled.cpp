@@ -183,7 +183,7 @@ struct Blocks {
 };
 
 // An input element as the accumulation type; with Sanitize, NaN and Inf read as zero
-// (their terms are added exactly afterwards, see nonfinite.cpp).
+// (their terms are added exactly afterwards, see nonfinite.h).
 template <bool Sanitize, typename A, typename T>
 inline A load(T v) {
   const A a = static_cast<A>(v);
