@@ -135,6 +135,13 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                              g.pad_after[i]);
   }
 
+  // nn.Conv3d's rule: an empty input is fine only through its batch or channels (with
+  // padding, an empty depth/height/width would otherwise give a non-empty output).
+  TORCH_CHECK(g.batch == 0 || g.in_channels == 0 ||
+                  (g.in[0] > 0 && g.in[1] > 0 && g.in[2] > 0),
+              "Only zero batch or zero channel inputs are supported, but got input of size ",
+              input.sizes(), " (an empty depth, height or width)");
+
   // The padding modes read real input elements, so the border must exist (what F.pad
   // demands for the same padding).
   static const char* dim_names[3] = {"depth", "height", "width"};

@@ -27,6 +27,8 @@ CASES = [
      r"padded input size per channel: \(5 x 6 x 7\)\. Kernel size: \(6 x 3 x 3\)"),
     ("kernel_too_big_dilated", lambda f: f(X, W, dilation=(3, 1, 1)), RuntimeError,
      r"Kernel size: \(7 x 3 x 3\)"),
+    ("empty_depth_padded", lambda f: f(torch.randn(1, 4, 0, 6, 7), W, padding=2), RuntimeError,
+     r"Only zero batch or zero channel inputs.*\[1, 4, 0, 6, 7\]"),
     ("negative_padding", lambda f: f(X, W, padding=-1), RuntimeError,
      r"negative padding is not supported"),
     ("zero_stride", lambda f: f(X, W, stride=(1, 0, 1)), RuntimeError,
