@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import torchconv3d
-from torchconv3d.functional import resolve_padding
+from torchconv3d.functional import resolve_args
 
-from conftest import TOL, make_layout
+from conftest import TOL, make_layout, reference
 from exact_reference import assert_same_values, exact_conv3d
 
 NAN, INF = float("nan"), float("inf")
@@ -63,15 +63,14 @@ def check_nonfinite(cfg, mode, injection, dtype=torch.float64, layout="contiguou
                     device="cpu", conv=torchconv3d.conv3d, tol=None):
     name, xshape, cout, kernel, kwargs = cfg
     groups = kwargs.get("groups", 1)
-    triple = lambda v: [v] * 3 if isinstance(v, int) else list(v)  # noqa: E731
-    stride, dil = triple(kwargs.get("stride", 1)), triple(kwargs.get("dilation", 1))
-    pads = resolve_padding(kwargs.get("padding", 0), list(kernel), stride, dil, list(xshape[2:]))
     vals = {
         "x": torch.randn(xshape, dtype=torch.float64).to(dtype).double(),
         "w": torch.randn((cout, xshape[1] // groups) + kernel,
                          dtype=torch.float64).to(dtype).double(),
         "b": torch.randn(cout, dtype=torch.float64).to(dtype).double(),
     }
+    stride, pads, dil = resolve_args(vals["x"], vals["w"], kwargs.get("stride", 1),
+                                     kwargs.get("padding", 0), kwargs.get("dilation", 1))
     target, spots = INJECTIONS[injection]
     if target != "gy":
         vals[target] = _inject(vals[target], spots)
@@ -120,8 +119,9 @@ def test_half_types(cfg, injection, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_float64_agrees(mode, injection):
     """The judge is nn.Conv3d's own behaviour: torch's float64 module gives the same pattern."""
-    cfg = CONFIGS[0]
-    torch_conv = lambda x, w, b, padding_mode, **kw: F.conv3d(  # noqa: E731
-        F.pad(x, (1,) * 6, mode="constant" if padding_mode == "zeros" else padding_mode),
-        w, b) if padding_mode != "zeros" else F.conv3d(x, w, b, padding=1)
-    check_nonfinite(cfg, mode, injection, conv=torch_conv)
+    def torch_conv(x, w, b, padding_mode, padding):
+        if padding_mode == "zeros":  # nn.Conv3d pads zeros inside the convolution
+            return F.conv3d(x, w, b, padding=padding)
+        return reference(x, w, b, [1] * 3, [padding] * 6, [1] * 3, 1, padding_mode)
+
+    check_nonfinite(CONFIGS[0], mode, injection, conv=torch_conv)

@@ -17,6 +17,13 @@ inline std::array<int64_t, 3> spatial_strides(const at::Tensor& t) {
 
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
+// The input index that output index o reads through tap t along spatial dimension d, or -1
+// for a padding zero.
+inline int64_t tap_source(const Geometry& g, int d, int64_t o, int64_t t) {
+  return source_index(o * g.stride[d] + t * g.dilation[d] - g.pad_before[d], g.in[d],
+                      g.pad_before[d], g.pad_after[d], g.mode);
+}
+
 // A per-thread scratch buffer; at::empty gives 64-byte aligned memory.
 template <typename T>
 T* scratch(at::Tensor& holder, int64_t n) {

@@ -191,11 +191,6 @@ inline A load(T v) {
   return a;
 }
 
-int64_t depth_source(const Geometry& g, int64_t od, int64_t i) {
-  return source_index(od * g.stride[0] + i * g.dilation[0] - g.pad_before[0], g.in[0],
-                      g.pad_before[0], g.pad_after[0], g.mode);
-}
-
 int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
   const Geometry& g = L.g;
   return source_index((oh0 + t_row) * L.sh + rh - g.pad_before[1], g.in[1], g.pad_before[1],
@@ -617,7 +612,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
         const int64_t depths = std::min(L.td, g.out[0] - od0);
         bool any = false;
         for (int64_t od = od0; od < od0 + depths; ++od)
-          for (int64_t i = 0; i < kd; ++i) any |= owned(depth_source(g, od, i));
+          for (int64_t i = 0; i < kd; ++i) any |= owned(tap_source(g, 0, od, i));
         if (!any) continue;
         for (int64_t band = 0; band < bands; ++band) {
           const int64_t oh0 = band * L.th, prows = L.band_rows(oh0) + L.qh_max;
@@ -627,7 +622,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
             pack_grad_output(L, gyp + n * gysn + grp * cog * gysc, cog, gysc, gys, od, oh0, gyb,
                              ld, halo);
             for (int64_t i = 0; i < kd; ++i) {
-              const int64_t id = depth_source(g, od, i);
+              const int64_t id = tap_source(g, 0, od, i);
               if (!owned(id)) continue;
               const int64_t slot = (od - od0) * g.stride[0] + i * g.dilation[0];
               for (int64_t cb = 0; cb < cblocks.count; ++cb) {

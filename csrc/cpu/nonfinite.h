@@ -56,10 +56,6 @@ void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
   const T* gyp = grad_output.const_data_ptr<T>();
   T* gxp = grad_input.mutable_data_ptr<T>();
   const auto gys = spatial_strides(grad_output), gxs = spatial_strides(grad_input);
-  auto source = [&](int d, int64_t o, int64_t t) {
-    return source_index(o * g.stride[d] + t * g.dilation[d] - g.pad_before[d], g.in[d],
-                        g.pad_before[d], g.pad_after[d], g.mode);
-  };
   // A thread owns (sample, input channel) slabs, so no two add into one element.
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -69,13 +65,13 @@ void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
         if (term.ci != c % cig || term.co / cog != c / cig) continue;
         const T* gy = gyp + n * grad_output.stride(0) + term.co * grad_output.stride(1);
         for (int64_t od = 0; od < g.out[0]; ++od) {
-          const int64_t id = source(0, od, term.tap[0]);
+          const int64_t id = tap_source(g, 0, od, term.tap[0]);
           if (id < 0) continue;
           for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-            const int64_t ih = source(1, oh, term.tap[1]);
+            const int64_t ih = tap_source(g, 1, oh, term.tap[1]);
             if (ih < 0) continue;
             for (int64_t ow = 0; ow < g.out[2]; ++ow) {
-              const int64_t iw = source(2, ow, term.tap[2]);
+              const int64_t iw = tap_source(g, 2, ow, term.tap[2]);
               if (iw < 0) continue;
               T& dst = gx[id * gxs[0] + ih * gxs[1] + iw * gxs[2]];
               dst = static_cast<T>(static_cast<A>(dst) +
@@ -132,8 +128,7 @@ void add_input_terms(const Geometry& g, const at::Tensor& grad_output, const at:
     readers[d].resize(g.in[d]);
     for (int64_t t = 0; t < g.kernel[d]; ++t)
       for (int64_t o = 0; o < g.out[d]; ++o) {
-        const int64_t i = source_index(o * g.stride[d] + t * g.dilation[d] - g.pad_before[d],
-                                       g.in[d], g.pad_before[d], g.pad_after[d], g.mode);
+        const int64_t i = tap_source(g, d, o, t);
         if (i >= 0) readers[d][i].push_back({t, o});
       }
   }
