@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 
 namespace torchconv3d {
 
@@ -47,8 +48,11 @@ struct Geometry {
 // coordinate q (q = o * stride + tap * dilation - pad_before) along a dimension of size n,
 // or -1 for a padding zero. Coordinates past the padded extent [-pad_before, n + pad_after)
 // are never read by a real output position; they give -1 too.
-C10_HOST_DEVICE inline int64_t source_index(int64_t q, int64_t n, int64_t pad_before,
-                                            int64_t pad_after, PadMode mode) {
+// I = int serves the CUDA tensor-core kernels, whose per-dimension coordinates fit 32 bits.
+template <typename I = int64_t>
+C10_HOST_DEVICE inline I source_index(std::type_identity_t<I> q, std::type_identity_t<I> n,
+                                      std::type_identity_t<I> pad_before,
+                                      std::type_identity_t<I> pad_after, PadMode mode) {
   if (q >= 0 && q < n) return q;
   if (q < -pad_before || q >= n + pad_after) return -1;
   switch (mode) {

@@ -5,6 +5,7 @@
 // which a plain toolkit (and CI's compile check) may not have.
 #include "conv3d_kernels.cuh"
 
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -26,9 +27,21 @@ struct CudaEnv {
   int64_t max_grid_y = 65535;
   int64_t max_blocks;  // 1-D grids: enough resident blocks to fill the GPU several times
 
+  bool allow_tf32;
+
   template <typename... Params, typename... Args>
   void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... args) const {
     kernel<<<grid, block, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // Kernels with more than the default 48 KB of dynamic shared memory must opt in.
+  template <typename... Params, typename... Args>
+  void launch_dynamic(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes,
+                      const Args&... args) const {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        shared_bytes));
+    kernel<<<grid, block, shared_bytes, stream>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -50,6 +63,7 @@ CudaEnv env_for(const at::Tensor& t) {
   env.stream = c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
   env.sm_count = sm_count(t.device().index());
   env.max_blocks = env.sm_count * 32;
+  env.allow_tf32 = at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
   return env;
 }
 

@@ -24,6 +24,7 @@
 #pragma once
 
 #include "../conv3d.h"
+#include "tc_launch.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -697,8 +698,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------
-// Host side. Env supplies launch(kernel, grid, block, args...) and the grid caps:
-// max_grid_x, max_grid_y, max_blocks (for 1-D grids), sm_count.
+// Host side. Env supplies launch(kernel, grid, block, args...),
+// launch_dynamic(kernel, grid, block, shared_bytes, args...), the grid caps max_grid_x,
+// max_grid_y, max_blocks (for 1-D grids), sm_count, and allow_tf32 (torch's setting).
 // ---------------------------------------------------------------------------------------
 inline Conv make_conv(const Geometry& g) {
   Conv c;
@@ -754,6 +756,10 @@ void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
 template <typename Env>
 void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
                   const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
+  if (tc::forward_ok(g, x.scalar_type(), env.allow_tf32)) {
+    tc::forward(env, g, x, w, b, y);
+    return;
+  }
   const Conv c = make_conv(g);
   TC3D_CUDA_DISPATCH(x.scalar_type(), "torchconv3d_cuda_forward", [&] {
     const scalar_t* bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;

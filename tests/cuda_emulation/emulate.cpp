@@ -5,6 +5,7 @@
 // Grid caps are tiny on purpose so every grid-stride loop wraps, and sm_count = 2 makes
 // grad_weight split K on small shapes, so the split-K workspace and its reduction run too.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <torch/library.h>
 
 #include "../../csrc/conv3d.h"
@@ -22,10 +23,16 @@ struct EmuEnv {
   int64_t max_grid_x = 3;
   int64_t max_grid_y = 2;
   int64_t max_blocks = 3;
+  bool allow_tf32 = at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
 
   template <typename... Params, typename... Args>
   void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... args) const {
-    emu::run_grid(grid, block, [&] { kernel(args...); });
+    emu::run_grid(grid, block, 0, [&] { kernel(args...); });
+  }
+  template <typename... Params, typename... Args>
+  void launch_dynamic(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes,
+                      const Args&... args) const {
+    emu::run_grid(grid, block, shared_bytes, [&] { kernel(args...); });
   }
 };
 

@@ -1,0 +1,193 @@
+// The tensor-core GEMM shared by every pass: tile shapes, the pipelined main loop and the
+// epilogue walk. A pass supplies a Problem (see tc_iterators.cuh) with two operand
+// iterators, which own every address and every padding decision, and a store.
+//
+// Both operands sit in shared memory K-contiguous: row r of a stage holds 64 bytes of K
+// (32 halves or 16 floats: two mma k-steps) for GEMM row r (A) or column r (B). Rows are 80
+// bytes apart, so the 8 rows one ldmatrix matrix reads fall in 8 distinct 16-byte bank
+// groups, and every 16-byte cp.async destination stays aligned.
+//
+// Pipeline (Stages deep): the iterators' cp.async copies for K tile t go to stage t % Stages
+// as one commit group. Each iteration waits until tile t has landed (at most Stages - 2
+// younger groups in flight), passes one barrier (so every warp sees it, and every warp has
+// finished reading the stage refilled next), issues the loads of tile t + Stages - 1, then
+// multiplies tile t from shared memory with ldmatrix + mma.
+#pragma once
+
+#include "arch.cuh"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace torchconv3d::gpu::tc {
+
+template <typename T>
+struct MmaFor;
+template <>
+struct MmaFor<c10::Half> {
+  static constexpr arch::MmaKind kind = arch::MmaKind::F16;
+};
+template <>
+struct MmaFor<c10::BFloat16> {
+  static constexpr arch::MmaKind kind = arch::MmaKind::BF16;
+};
+template <>
+struct MmaFor<float> {  // only when TF32 is allowed (cudnn.allow_tf32)
+  static constexpr arch::MmaKind kind = arch::MmaKind::TF32;
+};
+
+constexpr int kKBytes = 64;              // bytes of K per stage row
+constexpr int kRowBytes = kKBytes + 16;  // padded row pitch in shared memory
+constexpr int kChunks = kKBytes / 16;    // 16-byte chunks per row
+constexpr int kMmaKBytes = 32;           // bytes of K per mma
+
+template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_>
+struct TileConfig {
+  static constexpr int BM = BM_, BN = BN_, WarpsM = WarpsM_, WarpsN = WarpsN_;
+  static constexpr int Stages = Stages_;
+  static constexpr int kThreads = 32 * WarpsM * WarpsN;
+  static constexpr int WM = BM / WarpsM, WN = BN / WarpsN;  // one warp's tile
+  static constexpr int MI = WM / 16, NI = WN / 8;            // mma tiles per warp
+  static constexpr int kStageBytes = (BM + BN) * kRowBytes;
+  static constexpr int kSmemBytes = Stages * kStageBytes;
+  static_assert(WM % 16 == 0 && WN % 16 == 0, "B fragments are loaded two n8 tiles at a time");
+  static_assert((BM * kChunks) % kThreads == 0 && (BN * kChunks) % kThreads == 0,
+                "every thread copies the same number of 16-byte chunks");
+  static_assert(Stages >= 2);
+};
+
+// 256 threads, 128x128 tiles, 4 stages: 80 KB of shared memory, two blocks per SM.
+using Tile128x128 = TileConfig<128, 128, 2, 4, 4>;
+// For GEMMs whose N (output channels) is at most 64.
+using Tile128x64 = TileConfig<128, 64, 4, 2, 4>;
+
+template <typename Cfg>
+using Accumulators = float[Cfg::MI][Cfg::NI][4];
+
+// Multiplies K tiles [0, k_tiles) of the iterators' operands into acc.
+// Iterator: load(stage) issues this thread's cp.async copies of the current K tile into a
+// stage ([rows][kRowBytes]); advance() moves to the next K tile.
+template <typename Cfg, arch::MmaKind Kind, typename IterA, typename IterB>
+__device__ __forceinline__ void mainloop(IterA& ia, IterB& ib, int64_t k_tiles,
+                                         unsigned char* smem, Accumulators<Cfg>& acc) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = (warp % Cfg::WarpsM) * Cfg::WM, wn = (warp / Cfg::WarpsM) * Cfg::WN;
+  // This lane's ldmatrix row addresses within a stage (see arch.cuh for the layouts).
+  const int a_row = wm + lane % 8 + 8 * ((lane / 8) % 2), a_col = 16 * (lane / 16);
+  const int b_row = wn + lane % 8 + 8 * (lane / 16), b_col = 16 * ((lane / 8) % 2);
+
+  auto stage = [&](int s) { return smem + s * Cfg::kStageBytes; };
+  auto load = [&](int s) {
+    ia.load(stage(s));
+    ib.load(stage(s) + Cfg::BM * kRowBytes);
+    ia.advance();
+    ib.advance();
+  };
+  for (int s = 0; s < Cfg::Stages - 1; ++s) {
+    if (s < k_tiles) load(s);
+    arch::cp_async_commit();  // empty groups keep the count uniform
+  }
+  int read = 0, write = Cfg::Stages - 1;
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    arch::cp_async_wait<Cfg::Stages - 2>();
+    __syncthreads();
+    if (kt + Cfg::Stages - 1 < k_tiles) load(write);
+    arch::cp_async_commit();
+
+    const unsigned char* a = stage(read);
+    const unsigned char* b = a + Cfg::BM * kRowBytes;
+#pragma unroll
+    for (int kk = 0; kk < kKBytes; kk += kMmaKBytes) {
+      uint32_t af[Cfg::MI][4], bf[Cfg::NI][2];
+#pragma unroll
+      for (int mi = 0; mi < Cfg::MI; ++mi)
+        arch::ldmatrix_x4(af[mi], a + (a_row + 16 * mi) * kRowBytes + kk + a_col);
+#pragma unroll
+      for (int nj = 0; nj < Cfg::NI / 2; ++nj) {
+        uint32_t r[4];
+        arch::ldmatrix_x4(r, b + (b_row + 16 * nj) * kRowBytes + kk + b_col);
+        bf[2 * nj][0] = r[0];
+        bf[2 * nj][1] = r[1];
+        bf[2 * nj + 1][0] = r[2];
+        bf[2 * nj + 1][1] = r[3];
+      }
+      if constexpr (Kind == arch::MmaKind::TF32) {
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) af[mi][r] = arch::to_tf32(af[mi][r]);
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) bf[ni][r] = arch::to_tf32(bf[ni][r]);
+      }
+#pragma unroll
+      for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni) arch::mma<Kind>(acc[mi][ni], af[mi], bf[ni]);
+    }
+    read = read + 1 == Cfg::Stages ? 0 : read + 1;
+    write = write + 1 == Cfg::Stages ? 0 : write + 1;
+  }
+  arch::cp_async_wait<0>();
+  __syncthreads();  // the next tile's first copies overwrite stages still being read
+}
+
+// Hands every accumulator of this thread to the store: row(m) once per GEMM row, then
+// store(row, n, value) for each column.
+template <typename Cfg, typename Store>
+__device__ __forceinline__ void epilogue(const Accumulators<Cfg>& acc, int64_t m0, int64_t n0,
+                                         int64_t M, int64_t N, const Store& st) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t wm = m0 + (warp % Cfg::WarpsM) * Cfg::WM + lane / 4;
+  const int64_t wn = n0 + (warp / Cfg::WarpsM) * Cfg::WN + 2 * (lane % 4);
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = wm + 16 * mi + 8 * h;
+      if (m >= M) continue;
+      const auto row = st.row(m);
+#pragma unroll
+      for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t n = wn + 8 * ni + e;
+          if (n < N) st.store(row, n, acc[mi][ni][2 * h + e]);
+        }
+    }
+}
+
+// One pass = one Problem: per group a GEMM of M x N, K in k_tiles tiles of kKBytes, cut
+// into splits of k_tiles_per_split (one per blockIdx.z). Problem supplies
+// a_iterator / b_iterator(group, m0 or n0, first K tile) and store(group, split).
+template <typename Cfg, typename Problem>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    tc_gemm_kernel(Problem p) {
+  unsigned char* smem = arch::dynamic_smem();
+  const int64_t m_tiles = (p.M + Cfg::BM - 1) / Cfg::BM;
+  const int64_t n_tiles = (p.N + Cfg::BN - 1) / Cfg::BN;
+  const int64_t k_first = static_cast<int64_t>(blockIdx.z) * p.k_tiles_per_split;
+  const int64_t k_tiles = std::min(p.k_tiles, k_first + p.k_tiles_per_split) - k_first;
+  for (int64_t tm = blockIdx.x; tm < m_tiles; tm += gridDim.x)
+    for (int64_t tn = blockIdx.y; tn < n_tiles * p.groups; tn += gridDim.y) {
+      const int64_t group = tn / n_tiles;
+      const int64_t m0 = tm * Cfg::BM, n0 = (tn - group * n_tiles) * Cfg::BN;
+      Accumulators<Cfg> acc;
+#pragma unroll
+      for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+      auto ia = p.template a_iterator<Cfg::BM, Cfg::kThreads>(group, m0, k_first);
+      auto ib = p.template b_iterator<Cfg::BN, Cfg::kThreads>(group, n0, k_first);
+      mainloop<Cfg, Problem::kMma>(ia, ib, k_tiles, smem, acc);
+      epilogue<Cfg>(acc, m0, n0, p.M, p.N, p.store(group, blockIdx.z));
+    }
+}
+
+}  // namespace torchconv3d::gpu::tc
