@@ -35,6 +35,14 @@ def rel_err(actual, expected):
     return (a - e).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
+def round_tf32(t):
+    """t rounded to TF32 (10 mantissa bits, nearest, ties away from zero) as float64: the
+    operand values of the CUDA kernels' TF32 tensor-core products."""
+    i = t.float().view(torch.int32)
+    special = (i & 0x7F800000) == 0x7F800000  # Inf and NaN stay
+    return torch.where(special, i, (i + 0x1000) & ~0x1FFF).view(torch.float32).double()
+
+
 def reference(x, w, b, stride, pads, dilation, groups, mode):
     """F.pad (explicit copy) followed by F.conv3d: the semantics our kernels must match.
 

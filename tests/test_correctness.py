@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import torchconv3d
 from torchconv3d.functional import resolve_padding
 
-from conftest import TOL, make_layout, reference, rel_err
+from conftest import TOL, make_layout, reference, rel_err, round_tf32
 
 # (name, input shape, C_out, kernel, kwargs). Small shapes with odd, anisotropic sizes;
 # every kernel path (implicit GEMM, depthwise) and every argument appears.
@@ -42,8 +42,11 @@ MODES = ["zeros", "reflect", "replicate", "circular"]
 
 
 def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous",
-         device="cpu", conv=torchconv3d.conv3d, tol=None):
-    """Output and gradients of conv (on device) against the float64 CPU reference."""
+         device="cpu", conv=torchconv3d.conv3d, tol=None, tf32=False):
+    """Output and gradients of conv (on device) against the float64 CPU reference.
+
+    tf32: float32 operands are rounded to TF32 first, as the tensor-core kernels do, so the
+    reference multiplies the same values and float32 tolerances apply."""
     name, xshape, cout, k, kwargs = cfg
     kwargs = dict(kwargs)
     groups = kwargs.get("groups", 1)
@@ -60,13 +63,14 @@ def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguou
     pads = resolve_padding(kwargs.get("padding", 0), list(kernel), stride3, dil3, list(xshape[2:]))
 
     # The reference sees the same (rounded) values as ours, in float64.
-    x64, w64 = x64.to(dtype).double(), w64.to(dtype).double()
+    rounded = round_tf32 if tf32 else (lambda t: t.to(dtype).double())
+    x64, w64 = rounded(x64), rounded(w64)
     b64 = b64.to(dtype).double() if b64 is not None else None
     xr = x64.clone().requires_grad_()
     wr = w64.clone().requires_grad_()
     br = b64.clone().requires_grad_() if b64 is not None else None
     ref = reference(xr, wr, br, stride3, pads, dil3, groups, mode)
-    gy64 = torch.randn_like(ref).to(dtype).double()  # rounded like the other inputs
+    gy64 = rounded(torch.randn_like(ref))  # rounded like the other inputs
     ref_grads = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy64)
 
     x = make_layout(x64.to(device, dtype), layout).requires_grad_()

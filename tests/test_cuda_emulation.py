@@ -40,6 +40,16 @@ def emulated_ops():
     return torch.ops.torchconv3d_emu
 
 
+@pytest.fixture(autouse=True)
+def _tf32(request):
+    """float32 runs exactly (TF32 off) unless a test is marked tf32: with it on, float32
+    layers with whole 16-byte channel chunks go to the TF32 tensor-core kernels."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = request.node.get_closest_marker("tf32") is not None
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
 class _Emulated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, pads, dilation, groups, mode):
@@ -166,3 +176,63 @@ def test_element_offsets_past_2_31(groups, emulated):
 def test_nan_inf_propagate(cfg, mode, injection):
     check_nonfinite(cfg, mode, injection, conv=emulated_conv3d)
     check_nonfinite(cfg, mode, injection, torch.float32, "channels_last", conv=emulated_conv3d)
+
+
+# Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so the
+# forward runs on the tensor-core kernels: K tails, both tile widths, several M and N tiles,
+# groups, stride, dilation, asymmetric padding.
+TC_CONFIGS = [
+    ("tc_pad1", (2, 16, 4, 5, 6), 24, 3, dict(padding=1)),
+    ("tc_channel_tail", (1, 40, 4, 5, 6), 72, 3, dict(padding=1)),
+    ("tc_groups_stride_dilation", (2, 32, 5, 5, 6), 16, (3, 2, 3),
+     dict(groups=2, stride=(2, 1, 2), dilation=(1, 2, 1), padding=((1, 2), (0, 1), (2, 1)))),
+    ("tc_k1", (2, 24, 3, 4, 5), 40, 1, {}),
+    ("tc_same_stride", (1, 16, 7, 6, 7), 16, (3, 4, 3), dict(padding="same", stride=2)),
+    ("tc_causal", (1, 8, 5, 4, 6), 8, 3, dict(padding="causal")),
+    ("tc_two_tiles", (1, 16, 6, 6, 6), 136, 3, dict(padding="same")),
+]
+TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}
+
+
+def _run_tensor_cores(cfg, dtype_name, **kw):
+    before = torch.ops.torchconv3d_emu.tensor_core_launches()
+    dtype = TC_DTYPES[dtype_name]
+    if dtype_name == "tf32":
+        _run(cfg, dtype, conv=emulated_conv3d, tf32=True, **kw)
+    else:
+        _run(cfg, dtype, conv=emulated_conv3d, **kw)
+    assert torch.ops.torchconv3d_emu.tensor_core_launches() > before, "no tensor-core kernel ran"
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("dtype_name", list(TC_DTYPES))
+@pytest.mark.parametrize("cfg", TC_CONFIGS, ids=lambda c: c[0])
+def test_tensor_cores(cfg, dtype_name):
+    _run_tensor_cores(cfg, dtype_name)
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("mode", MODES[1:])
+@pytest.mark.parametrize("dtype_name", ["float16", "tf32"])
+@pytest.mark.parametrize("cfg", [c for c in TC_CONFIGS if c[0] in
+                                 ("tc_pad1", "tc_groups_stride_dilation", "tc_same_stride")],
+                         ids=lambda c: c[0])
+def test_tensor_cores_padding_modes(cfg, dtype_name, mode):
+    _run_tensor_cores(cfg, dtype_name, mode=mode)
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("cfg", [c for c in TC_CONFIGS if c[0] in ("tc_pad1", "tc_channel_tail")],
+                         ids=lambda c: c[0])
+def test_tensor_cores_layouts(cfg, layout):
+    _run_tensor_cores(cfg, "bfloat16", layout=layout, weight_layout="strided")
+
+
+@pytest.mark.tf32
+def test_tensor_cores_off_without_tf32():
+    """float32 with TF32 off takes the exact kernels."""
+    torch.backends.cudnn.allow_tf32 = False
+    before = torch.ops.torchconv3d_emu.tensor_core_launches()
+    _run(TC_CONFIGS[0], torch.float32, conv=emulated_conv3d)
+    assert torch.ops.torchconv3d_emu.tensor_core_launches() == before

@@ -1,16 +1,23 @@
 """Compiles csrc/ as a CUDA build would, without a CUDA torch: every csrc/cuda/*.cu with nvcc
-and every .cpp with -DWITH_CUDA, objects only (nothing to link against here).
+and torch's own nvcc flags (COMMON_NVCC_FLAGS), every .cpp with -DWITH_CUDA, objects only
+(nothing to link against here).
 
 The CPU torch wheel ships the c10/cuda headers but not the generated
 c10/cuda/impl/cuda_cmake_macros.h; a shim directory supplies it. Arches come from
 TORCH_CUDA_ARCH_LIST like a real build ("9.0" -> sm_90, "9.0a" -> sm_90a), default 9.0.
+
+It also writes DIR/resources.json: per kernel, what ptxas reported (registers, stack frame,
+spill bytes) and how many HMMA instructions its SASS holds (cuobjdump, from PATH or the
+nvidia-cuda-cuobjdump PyPI package), and prints the tensor-core kernels' lines.
 
     python tools/cuda_compile_check.py [--out DIR]
 """
 import argparse
 import concurrent.futures
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +47,67 @@ def include_flags(shim):
     return [f"-I{d}" for d in dirs]
 
 
+def torch_nvcc_flags():
+    """The flags torch's BuildExtension adds to every nvcc call (no half operators, ...)."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    return list(COMMON_NVCC_FLAGS)
+
+
+def cuobjdump():
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        for path in glob.glob(os.path.join(root, "*", "bin", "cuobjdump")):
+            return path
+    return None
+
+
+def demangle(names):
+    r = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    return r.stdout.splitlines() if r.returncode == 0 else list(names)
+
+
+def resources(ptxas_log, obj):
+    """{kernel: {registers, stack, spill_stores, spill_loads, hmma}} from ptxas -v and SASS."""
+    kernels, name = {}, None
+    for line in ptxas_log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+            kernels[name] = {}
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      line)
+        if m and name:
+            kernels[name].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                                 spill_loads=int(m.group(3)))
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            kernels[name]["registers"] = int(m.group(1))
+    tool = cuobjdump()
+    if tool:
+        sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True).stdout
+        name = None
+        for line in sass.splitlines():
+            m = re.search(r"Function : (\S+)", line)
+            if m:
+                name = m.group(1)
+                kernels.setdefault(name, {})["hmma"] = 0
+            elif name and re.search(r"\bHMMA\b", line):
+                kernels[name]["hmma"] += 1
+    names = list(kernels)
+    return {pretty: kernels[n] for n, pretty in zip(names, demangle(names))}
+
+
 def write_shim(root):
+
     path = os.path.join(root, "c10", "cuda", "impl")
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "cuda_cmake_macros.h"), "w") as f:
@@ -52,8 +119,9 @@ def commands(out, shim):
     cmds = []
     for src in sorted(glob.glob(os.path.join(_build.CSRC, "cuda", "*.cu"))):
         obj = os.path.join(out, os.path.basename(src) + ".o")
-        cmds.append(["nvcc", "-std=c++20", "-Xcompiler", "-fPIC", *_build.nvcc_flags(),
-                     *arch_flags(), *inc, "-c", src, "-o", obj])
+        cmds.append(["nvcc", "-std=c++20", "-Xcompiler", "-fPIC", *torch_nvcc_flags(),
+                     *_build.nvcc_flags(), *arch_flags(), "-Xptxas", "-v", *inc, "-c", src,
+                     "-o", obj])
     for src in _build.sources(with_cuda=True):
         if src.endswith(".cpp"):
             obj = os.path.join(out, os.path.relpath(src, _build.CSRC).replace(os.sep, "_") + ".o")
@@ -82,6 +150,7 @@ def main():
         return cmd, r, time.time() - t0
 
     failed = False
+    report = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for cmd, r, secs in pool.map(run, cmds):
             name = os.path.relpath(cmd[cmd.index("-c") + 1], ROOT)
@@ -89,6 +158,14 @@ def main():
             if r.returncode != 0:
                 failed = True
                 print(" ".join(cmd), r.stdout, r.stderr, sep="\n")
+            elif cmd[0] == "nvcc":
+                report.update(resources(r.stdout + r.stderr, cmd[cmd.index("-o") + 1]))
+    with open(os.path.join(out, "resources.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    for kernel, res in sorted(report.items()):
+        if "tc::" in kernel:
+            short = re.sub(r"torchconv3d::gpu::(tc::)?", "", kernel.split("(")[0])
+            print(f"  {short}: {res}")
     sys.exit(1 if failed else 0)
 
 

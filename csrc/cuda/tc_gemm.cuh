@@ -44,10 +44,11 @@ constexpr int kRowBytes = kKBytes + 16;  // padded row pitch in shared memory
 constexpr int kChunks = kKBytes / 16;    // 16-byte chunks per row
 constexpr int kMmaKBytes = 32;           // bytes of K per mma
 
-template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_>
+template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_, int MinBlocks_>
 struct TileConfig {
   static constexpr int BM = BM_, BN = BN_, WarpsM = WarpsM_, WarpsN = WarpsN_;
   static constexpr int Stages = Stages_;
+  static constexpr int MinBlocks = MinBlocks_;  // resident blocks per SM: caps registers
   static constexpr int kThreads = 32 * WarpsM * WarpsN;
   static constexpr int WM = BM / WarpsM, WN = BN / WarpsN;  // one warp's tile
   static constexpr int MI = WM / 16, NI = WN / 8;            // mma tiles per warp
@@ -59,10 +60,11 @@ struct TileConfig {
   static_assert(Stages >= 2);
 };
 
-// 256 threads, 128x128 tiles, 4 stages: 80 KB of shared memory, two blocks per SM.
-using Tile128x128 = TileConfig<128, 128, 2, 4, 4>;
-// For GEMMs whose N (output channels) is at most 64.
-using Tile128x64 = TileConfig<128, 64, 4, 2, 4>;
+// 256 threads, 128x128 tiles, 4 stages: 80 KB of shared memory; two blocks per SM hold
+// 16 warps and cap registers at 128 a thread.
+using Tile128x128 = TileConfig<128, 128, 2, 4, 4, 2>;
+// For GEMMs whose N (output channels) is at most 64: 60 KB, three blocks per SM.
+using Tile128x64 = TileConfig<128, 64, 4, 2, 4, 3>;
 
 template <typename Cfg>
 using Accumulators = float[Cfg::MI][Cfg::NI][4];
@@ -165,7 +167,7 @@ __device__ __forceinline__ void epilogue(const Accumulators<Cfg>& acc, int64_t m
 // into splits of k_tiles_per_split (one per blockIdx.z). Problem supplies
 // a_iterator / b_iterator(group, m0 or n0, first K tile) and store(group, split).
 template <typename Cfg, typename Problem>
-__global__ void __launch_bounds__(Cfg::kThreads)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::MinBlocks)
     tc_gemm_kernel(Problem p) {
   unsigned char* smem = arch::dynamic_smem();
   const int64_t m_tiles = (p.M + Cfg::BM - 1) / Cfg::BM;

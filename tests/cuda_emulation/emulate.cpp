@@ -18,6 +18,10 @@ namespace {
 
 using namespace torchconv3d;
 
+// Launches of tensor-core kernels (the only ones with dynamic shared memory), so tests can
+// tell which path a call took.
+int64_t tensor_core_launches = 0;
+
 struct EmuEnv {
   int64_t sm_count = 2;
   int64_t max_grid_x = 3;
@@ -32,6 +36,7 @@ struct EmuEnv {
   template <typename... Params, typename... Args>
   void launch_dynamic(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes,
                       const Args&... args) const {
+    ++tensor_core_launches;
     emu::run_grid(grid, block, shared_bytes, [&] { kernel(args...); });
   }
 };
@@ -80,4 +85,5 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
+  m.def("tensor_core_launches() -> int", [] { return tensor_core_launches; });
 }
