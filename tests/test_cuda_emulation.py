@@ -178,9 +178,9 @@ def test_nan_inf_propagate(cfg, mode, injection):
     check_nonfinite(cfg, mode, injection, torch.float32, "channels_last", conv=emulated_conv3d)
 
 
-# Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so the
-# forward runs on the tensor-core kernels: K tails, both tile widths, several M and N tiles,
-# groups, stride, dilation, asymmetric padding.
+# Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so they
+# run on the tensor-core kernels: K tails, both tile widths, several M and N tiles, groups,
+# stride, dilation, asymmetric padding.
 TC_CONFIGS = [
     ("tc_pad1", (2, 16, 4, 5, 6), 24, 3, dict(padding=1)),
     ("tc_channel_tail", (1, 40, 4, 5, 6), 72, 3, dict(padding=1)),
@@ -190,18 +190,27 @@ TC_CONFIGS = [
     ("tc_same_stride", (1, 16, 7, 6, 7), 16, (3, 4, 3), dict(padding="same", stride=2)),
     ("tc_causal", (1, 8, 5, 4, 6), 8, 3, dict(padding="causal")),
     ("tc_two_tiles", (1, 16, 6, 6, 6), 136, 3, dict(padding="same")),
+    # grad_input residue classes that no tap reaches (stride > kernel), and stride and
+    # dilation sharing a factor
+    ("tc_stride_over_kernel", (1, 8, 7, 8, 9), 8, (1, 2, 1), dict(stride=(3, 3, 2))),
+    ("tc_stride2_dilation2", (1, 8, 9, 8, 7), 16, 3, dict(stride=2, dilation=2, padding=2)),
 ]
 TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}
 
 
-def _run_tensor_cores(cfg, dtype_name, **kw):
-    before = torch.ops.torchconv3d_emu.tensor_core_launches()
+def _launches():
+    return {p: torch.ops.torchconv3d_emu.tensor_core_launches(p)
+            for p in ("forward", "grad_input")}
+
+
+def _run_tensor_cores(cfg, dtype_name, mode="zeros", **kw):
+    """_run on the emulated kernels; checks that each pass that should ran on tensor cores."""
+    before = _launches()
     dtype = TC_DTYPES[dtype_name]
-    if dtype_name == "tf32":
-        _run(cfg, dtype, conv=emulated_conv3d, tf32=True, **kw)
-    else:
-        _run(cfg, dtype, conv=emulated_conv3d, **kw)
-    assert torch.ops.torchconv3d_emu.tensor_core_launches() > before, "no tensor-core kernel ran"
+    _run(cfg, dtype, mode=mode, conv=emulated_conv3d, tf32=dtype_name == "tf32", **kw)
+    ran = {p: n - before[p] for p, n in _launches().items()}
+    expected = {"forward": True, "grad_input": mode == "zeros"}
+    assert {p: n > 0 for p, n in ran.items()} == expected, ran
 
 
 @pytest.mark.tf32
@@ -233,6 +242,6 @@ def test_tensor_cores_layouts(cfg, layout):
 def test_tensor_cores_off_without_tf32():
     """float32 with TF32 off takes the exact kernels."""
     torch.backends.cudnn.allow_tf32 = False
-    before = torch.ops.torchconv3d_emu.tensor_core_launches()
+    before = _launches()
     _run(TC_CONFIGS[0], torch.float32, conv=emulated_conv3d)
-    assert torch.ops.torchconv3d_emu.tensor_core_launches() == before
+    assert _launches() == before

@@ -783,6 +783,10 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
 template <typename Env>
 void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                      const at::Tensor& w, at::Tensor& gx) {
+  if (tc::grad_input_ok(g, gy.scalar_type(), env.allow_tf32)) {
+    tc::grad_input(env, g, gy, w, gx);
+    return;
+  }
   const Conv c = make_conv(g);
   TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_input", [&] {
     if (one_input_channel_per_group(g)) {

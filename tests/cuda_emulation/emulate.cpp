@@ -8,6 +8,10 @@
 #include <ATen/Context.h>
 #include <torch/library.h>
 
+#include <map>
+#include <string>
+#include <tuple>
+
 #include "../../csrc/conv3d.h"
 
 #include "emulation.h"
@@ -18,9 +22,9 @@ namespace {
 
 using namespace torchconv3d;
 
-// Launches of tensor-core kernels (the only ones with dynamic shared memory), so tests can
-// tell which path a call took.
-int64_t tensor_core_launches = 0;
+// Launches of tensor-core kernels (the only ones with dynamic shared memory) per pass, so
+// tests can tell which path a call took.
+std::map<std::string, int64_t> tensor_core_launches;
 
 struct EmuEnv {
   int64_t sm_count = 2;
@@ -36,7 +40,8 @@ struct EmuEnv {
   template <typename... Params, typename... Args>
   void launch_dynamic(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes,
                       const Args&... args) const {
-    ++tensor_core_launches;
+    using Problem = std::tuple_element_t<0, std::tuple<Params...>>;
+    ++tensor_core_launches[Problem::kPass];
     emu::run_grid(grid, block, shared_bytes, [&] { kernel(args...); });
   }
 };
@@ -85,5 +90,7 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
-  m.def("tensor_core_launches() -> int", [] { return tensor_core_launches; });
+  m.def("tensor_core_launches(str pass_name) -> int", [](c10::string_view pass) {
+    return tensor_core_launches[std::string(pass)];
+  });
 }
