@@ -194,13 +194,15 @@ TC_CONFIGS = [
     # dilation sharing a factor
     ("tc_stride_over_kernel", (1, 8, 7, 8, 9), 8, (1, 2, 1), dict(stride=(3, 3, 2))),
     ("tc_stride2_dilation2", (1, 8, 9, 8, 7), 16, 3, dict(stride=2, dilation=2, padding=2)),
+    # enough positions that grad_weight splits K on the emulated 2-SM GPU
+    ("tc_split_k", (2, 8, 8, 8, 8), 8, 3, dict(padding=1)),
 ]
 TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}
 
 
 def _launches():
     return {p: torch.ops.torchconv3d_emu.tensor_core_launches(p)
-            for p in ("forward", "grad_input")}
+            for p in ("forward", "grad_input", "grad_weight")}
 
 
 def _run_tensor_cores(cfg, dtype_name, mode="zeros", **kw):
@@ -209,7 +211,7 @@ def _run_tensor_cores(cfg, dtype_name, mode="zeros", **kw):
     dtype = TC_DTYPES[dtype_name]
     _run(cfg, dtype, mode=mode, conv=emulated_conv3d, tf32=dtype_name == "tf32", **kw)
     ran = {p: n - before[p] for p, n in _launches().items()}
-    expected = {"forward": True, "grad_input": mode == "zeros"}
+    expected = {"forward": True, "grad_input": mode == "zeros", "grad_weight": True}
     assert {p: n > 0 for p, n in ran.items()} == expected, ran
 
 
@@ -245,3 +247,22 @@ def test_tensor_cores_off_without_tf32():
     before = _launches()
     _run(TC_CONFIGS[0], torch.float32, conv=emulated_conv3d)
     assert _launches() == before
+
+
+TC_NONFINITE_CONFIGS = [
+    ("tc_pad1", (2, 8, 4, 5, 6), 8, (3, 3, 3), dict(padding=1)),
+    ("tc_stride_groups", (1, 16, 7, 6, 7), 16, (3, 2, 3), dict(stride=(2, 1, 2), padding=1,
+                                                            groups=2)),
+]
+
+
+@pytest.mark.parametrize("injection", list(NONFINITE_INJECTIONS))
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("cfg", TC_NONFINITE_CONFIGS, ids=lambda c: c[0])
+def test_tensor_cores_nan_inf_propagate(cfg, mode, injection):
+    """The NaN/Inf rule on the tensor-core kernels (grad_input reruns exactly when a weight
+    is NaN or Inf)."""
+    before = _launches()
+    check_nonfinite(cfg, mode, injection, torch.float16, "channels_last", conv=emulated_conv3d)
+    assert all(n > before[p] for p, n in _launches().items() if p != "grad_input" or
+               mode == "zeros")

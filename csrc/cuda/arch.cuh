@@ -73,6 +73,14 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
                : "r"(smem_address(row)));
 }
 
+// The same, each matrix transposed: lane l receives rows 2 (l % 4) and 2 (l % 4) + 1 of
+// column l / 4, as the low and high halves.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(row)));
+}
+
 // float -> tf32, round to nearest with ties away from zero (what cuDNN and CUTLASS use).
 __device__ __forceinline__ uint32_t to_tf32(uint32_t f) {
   uint32_t r;
@@ -129,6 +137,21 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
                              std::memcpy(&rowp, in[8 * m + lane / 4], sizeof(rowp));
                              std::memcpy(out[lane] + 4 * m, rowp + 4 * (lane % 4), 4);
                            }
+                       });
+}
+
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(row) % 16 == 0,
+              "emulated ldmatrix: row address not 16-byte aligned");
+  emu::warp_collective("ldmatrix.x4.trans", &row, sizeof(row), r, sizeof(r),
+                       [](const unsigned char (*in)[64], unsigned char (*out)[64]) {
+                         for (int lane = 0; lane < emu::kWarp; ++lane)
+                           for (int m = 0; m < 4; ++m)
+                             for (int h = 0; h < 2; ++h) {
+                               const unsigned char* rowp;
+                               std::memcpy(&rowp, in[8 * m + 2 * (lane % 4) + h], sizeof(rowp));
+                               std::memcpy(out[lane] + 4 * m + 2 * h, rowp + 2 * (lane / 4), 2);
+                             }
                        });
 }
 

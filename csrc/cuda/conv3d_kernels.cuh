@@ -29,6 +29,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -193,6 +194,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
   __shared__ acc_t a_tile[kBK][kBM];
   __shared__ acc_t b_tile[kBK][kBN];
 
+  if (p.only_if != nullptr && *p.only_if == 0) return;  // the whole grid alike
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
   const int lk = tid % kBK, lr = tid / kBK;
@@ -298,6 +300,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(Problem p) {
 struct GemmShape {
   Conv c;
   int64_t groups, M, N, K, k_per_split;
+  const int* only_if = nullptr;  // when set, the kernel runs only if *only_if != 0
 };
 
 // Forward: m = output channel in the group, k = (input channel, tap), n = output position.
@@ -697,6 +700,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Sets *flag when any of n contiguous values is NaN or Inf (every thread that finds one
+// writes the same 1).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) nonfinite_kernel(const T* v, int64_t n, int* flag) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  bool found = false;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += step)
+    found |= !is_finite(static_cast<acc_t>(v[e]));
+  if (found) *flag = 1;
+}
+
 // ---------------------------------------------------------------------------------------
 // Host side. Env supplies launch(kernel, grid, block, args...),
 // launch_dynamic(kernel, grid, block, shared_bytes, args...), the grid caps max_grid_x,
@@ -783,9 +798,20 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
 template <typename Env>
 void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                      const at::Tensor& w, at::Tensor& gx) {
+  // The tensor-core kernels multiply the zero-filled grad_output past the output's border
+  // (no term of nn.Conv3d's definition) by every weight: a NaN or Inf weight would give NaN
+  // there. Such weights are rare, so a flag found on the device (no host sync) reruns the
+  // pass below with the exact-terms kernel only when there is one.
+  at::Tensor nonfinite;
   if (tc::grad_input_ok(g, gy.scalar_type(), env.allow_tf32)) {
     tc::grad_input(env, g, gy, w, gx);
-    return;
+    nonfinite = at::zeros({1}, w.options().dtype(at::kInt));
+    const at::Tensor wc = w.contiguous();
+    TC3D_CUDA_DISPATCH(w.scalar_type(), "torchconv3d_cuda_nonfinite", [&] {
+      env.launch(nonfinite_kernel<scalar_t>, grid_1d(env, ceil_div(wc.numel(), kThreads)),
+                 dim3(kThreads), wc.const_data_ptr<scalar_t>(), wc.numel(),
+                 nonfinite.mutable_data_ptr<int>());
+    });
   }
   const Conv c = make_conv(g);
   TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_input", [&] {
@@ -797,30 +823,26 @@ void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                  strides_of(w), gx.mutable_data_ptr<scalar_t>(), strides_of(gx));
       return;
     }
-    const GradInputProblem<scalar_t> p{
+    GradInputProblem<scalar_t> p{
         gemm_shape(c, c.cin_g, c.batch * c.in_vol, c.cout_g * c.kvol),
         gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
         gx.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(w), strides_of(gx)};
+    if (nonfinite.defined()) p.only_if = nonfinite.const_data_ptr<int>();
     launch_gemm(env, p, 1);
   });
 }
 
-// How many K splits grad_weight uses: enough blocks for two waves over the GPU, each split
-// at least 8 K steps long, and the partials within kMaxSplitBytes. A function of the shapes
-// and the SM count only, so the summation order never changes between runs.
-constexpr int64_t kMaxSplitBytes = int64_t(64) << 20;
-inline int64_t grad_weight_splits(int64_t tiles, int64_t k, int64_t weight_numel,
-                                  int64_t acc_bytes, int64_t sm_count) {
-  const int64_t want = ceil_div(2 * sm_count, tiles);
-  const int64_t by_length = std::max<int64_t>(1, ceil_div(k, kBK) / 8);
-  const int64_t by_memory = std::max<int64_t>(1, kMaxSplitBytes / (weight_numel * acc_bytes));
-  return std::max<int64_t>(1, std::min({want, by_length, by_memory, int64_t(65535)}));
-}
+// v1's GEMM kernel: 256 threads, ~128 registers, so two blocks per SM.
+constexpr int64_t kV1BlocksPerSM = 2;
 
 template <typename Env>
 void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                       const at::Tensor& x, at::Tensor& gw) {
   if (gw.numel() == 0) return;
+  if (tc::grad_weight_ok(g, gy.scalar_type(), env.allow_tf32)) {
+    tc::grad_weight(env, g, gy, x, gw);
+    return;
+  }
   const Conv c = make_conv(g);
   TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_weight", [&] {
     using acc_t = typename Acc<scalar_t>::type;
@@ -837,7 +859,9 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
         gw.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(x), strides_of(gw),
         nullptr};
     const int64_t tiles = ceil_div(p.M, kBM) * ceil_div(p.N, kBN) * p.groups;
-    int64_t splits = grad_weight_splits(tiles, p.K, gw.numel(), sizeof(acc_t), env.sm_count);
+    int64_t splits = tc::grad_weight_splits(tiles, ceil_div(p.K, kBK),
+                                            gw.numel() * static_cast<int64_t>(sizeof(acc_t)),
+                                            env.sm_count * kV1BlocksPerSM);
     p.k_per_split = ceil_div(ceil_div(p.K, kBK), splits) * kBK;
     splits = ceil_div(p.K, p.k_per_split);  // no empty split
     at::Tensor workspace;

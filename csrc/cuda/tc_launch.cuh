@@ -6,12 +6,14 @@
 #include "tc_iterators.cuh"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 
 namespace torchconv3d::gpu::tc {
 
@@ -51,6 +53,8 @@ inline Dims32 dims32(const Geometry& g) {
   return d;
 }
 
+inline int tiles_for(int n, int per_tile) { return (n + per_tile - 1) / per_tile; }
+
 inline int64_t chunk_elems(at::ScalarType t) {
   return 16 / static_cast<int64_t>(c10::elementSize(t));
 }
@@ -62,11 +66,46 @@ inline bool forward_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
          g.in_per_group() % chunk_elems(t) == 0 && g.out_per_group() > 0;
 }
 
-// grad_input: output channels per group (its K) in whole chunks, zero padding. The other
-// padding modes fold border gradients back onto several inputs (v1's preimage gather).
+// grad_input: output channels per group (its K) in whole chunks, zero padding, kernel
+// extents up to 10 (masked gathers). The other padding modes fold border gradients back
+// onto several inputs (v1's preimage gather).
+inline bool masked_gather(const Geometry& g);
 inline bool grad_input_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
   return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.mode == PadMode::Zeros &&
-         g.in_per_group() > 1 && g.out_per_group() % chunk_elems(t) == 0;
+         masked_gather(g) && g.in_per_group() > 1 && g.out_per_group() % chunk_elems(t) == 0;
+}
+
+// grad_weight: both channel counts per group in whole chunks (its M and its N chunks).
+inline bool grad_weight_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
+  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.in_per_group() > 1 &&
+         g.in_per_group() % chunk_elems(t) == 0 && g.out_per_group() % chunk_elems(t) == 0;
+}
+
+// How many K splits grad_weight uses (tensor-core and v1 kernels): a function of the shapes
+// and the SM count only, so the summation order never changes between runs. Fewest splits
+// whose blocks fill whole waves to at least 90% (a last wave mostly empty costs as much as
+// a full one), each split at least 8 K tiles long and the partials (split_bytes each)
+// within kMaxSplitBytes.
+constexpr int64_t kMaxSplitBytes = int64_t(64) << 20;
+inline int64_t grad_weight_splits(int64_t tiles, int64_t k_tiles, int64_t split_bytes,
+                                  int64_t blocks_per_wave) {
+  const int64_t most = std::max<int64_t>(
+      1, std::min({k_tiles / 8, kMaxSplitBytes / std::max<int64_t>(1, split_bytes),
+                   int64_t(65535)}));
+  int64_t best = 1;
+  double best_fill = 0;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t blocks = tiles * s;
+    const int64_t waves = (blocks + blocks_per_wave - 1) / blocks_per_wave;
+    const double fill = static_cast<double>(blocks) / static_cast<double>(waves * blocks_per_wave);
+    if (fill >= 0.9) return s;
+    if (fill > best_fill + 1e-9) {
+      best = s;
+      best_fill = fill;
+    }
+    if (waves > 4) break;  // enough parallelism; more splits only add partials
+  }
+  return best;
 }
 
 // A channels-last copy of t unless it already is one, with a 16-byte aligned start.
@@ -90,7 +129,7 @@ inline at::Tensor pack_grad_input_weight(const at::Tensor& w, int64_t groups) {
 
 template <typename T>
 Gather<T> gather_of(const at::Tensor& t) {
-  Gather<T> g;
+  Gather<T> g{};
   g.data = t.const_data_ptr<T>();
   for (int i = 0; i < 5; ++i) g.stride[i] = t.stride(i);
   return g;
@@ -142,16 +181,68 @@ void launch(const Env& env, const Problem& p, int64_t splits) {
   const dim3 grid(static_cast<unsigned>(std::min(m_tiles, env.max_grid_x)),
                   static_cast<unsigned>(std::min(n_tiles, env.max_grid_y)),
                   static_cast<unsigned>(splits));
-  env.launch_dynamic(tc_gemm_kernel<Cfg, Problem>, grid, dim3(Cfg::kThreads), Cfg::kSmemBytes,
+  using Pipe = Pipeline<Cfg, typename Problem::Element, Problem::kAKMajor, Problem::kBKMajor>;
+  env.launch_dynamic(tc_gemm_kernel<Cfg, Problem>, grid, dim3(Cfg::kThreads), Pipe::kSmemBytes,
                      p);
 }
 
-template <typename Cfg64, typename Cfg128, typename Env, typename Problem>
+// 128-wide N tiles unless N is at most 64, or the operands are TF32: at two blocks per SM
+// (128 registers) the 128x128 tile has no room left for the TF32 rounding, and spills.
+template <typename Env, typename Problem>
 void launch_by_width(const Env& env, const Problem& p) {
-  if (p.N <= 64)
-    launch<Cfg64>(env, p, 1);
-  else
-    launch<Cfg128>(env, p, 1);
+  if constexpr (std::is_same_v<typename Problem::Element, float>) {
+    launch<Tile128x64>(env, p, 1);
+  } else {
+    if (p.N <= 64)
+      launch<Tile128x64>(env, p, 1);
+    else
+      launch<Tile128x128>(env, p, 1);
+  }
+}
+
+// Masked gathers need zero padding (any mode reads the same without padding) and kernel
+// extents that fit the 10 mask bits per dimension.
+inline bool masked_gather(const Geometry& g) {
+  bool padded = false;
+  for (int i = 0; i < 3; ++i) {
+    if (g.kernel[i] > 10) return false;
+    padded |= g.pad_before[i] != 0 || g.pad_after[i] != 0;
+  }
+  return g.mode == PadMode::Zeros || !padded;
+}
+
+template <bool Masked, typename T, typename Env>
+void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
+                  const at::Tensor& wp, const at::Tensor& b, at::Tensor& y) {
+  const Dims32 d = dims32(g);
+  ForwardTc<T, Masked> p;
+  p.walk = KWalk<T>{};
+  p.walk.channels = static_cast<int>(g.in_per_group());
+  p.walk.c_tiles = tiles_for(p.walk.channels, KWalk<T>::kTileElems);
+  p.gather = gather_of<T>(xc);
+  p.gather.mode = g.mode;
+  for (int i = 0; i < 3; ++i) {
+    p.gather.extent[i] = d.in[i];
+    p.gather.pad_before[i] = d.pad_before[i];
+    p.gather.pad_after[i] = d.pad_after[i];
+    p.gather.coef[i] = d.dil[i];
+    p.walk.gstep[i] = d.dil[i] * p.gather.stride[2 + i];
+    p.walk.taps[i] = p.walk.kernel[i] = d.k[i];
+    p.walk.t0[i] = 0;
+    p.walk.step[i] = 1;
+    p.out[i] = d.out[i];
+    p.stride[i] = d.stride[i];
+  }
+  p.packed = wp.const_data_ptr<T>();
+  p.M = g.batch * g.out[0] * g.out[1] * g.out[2];
+  p.N = g.out_per_group();
+  p.groups = g.groups;
+  p.k_tiles = p.k_tiles_per_split = p.walk.k_tiles();
+  p.bias = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  p.bias_stride = b.defined() ? b.stride(0) : 0;
+  p.y = y.mutable_data_ptr<T>();
+  for (int i = 0; i < 5; ++i) p.ys[i] = y.stride(i);
+  launch_by_width(env, p);
 }
 
 template <typename Env>
@@ -161,32 +252,10 @@ void forward(const Env& env, const Geometry& g, const at::Tensor& x, const at::T
   const at::Tensor wp = pack_forward_weight(w);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const Dims32 d = dims32(g);
-    ForwardTc<T> p;
-    p.walk = KWalk<T>(static_cast<int>(g.in_per_group()), d.k);
-    p.gather = gather_of<T>(xc);
-    for (int i = 0; i < 3; ++i) {
-      p.gather.extent[i] = d.in[i];
-      p.gather.pad_before[i] = d.pad_before[i];
-      p.gather.pad_after[i] = d.pad_after[i];
-      p.gather.coef[i] = d.dil[i];
-      p.packed.kernel[i] = d.k[i];
-      p.packed.t0[i] = 0;
-      p.packed.step[i] = 1;
-      p.out[i] = d.out[i];
-      p.stride[i] = d.stride[i];
-    }
-    p.gather.mode = g.mode;
-    p.packed.data = wp.const_data_ptr<T>();
-    p.M = g.batch * g.out[0] * g.out[1] * g.out[2];
-    p.N = g.out_per_group();
-    p.groups = g.groups;
-    p.k_tiles = p.k_tiles_per_split = p.walk.k_tiles();
-    p.bias = b.defined() ? b.const_data_ptr<T>() : nullptr;
-    p.bias_stride = b.defined() ? b.stride(0) : 0;
-    p.y = y.mutable_data_ptr<T>();
-    for (int i = 0; i < 5; ++i) p.ys[i] = y.stride(i);
-    launch_by_width<Tile128x64, Tile128x128>(env, p);
+    if (masked_gather(g))
+      forward_with<true, T>(env, g, xc, wp, b, y);
+    else
+      forward_with<false, T>(env, g, xc, wp, b, y);
   });
 }
 
@@ -203,7 +272,9 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
     GradInputTc<T> p;
     p.gather = gather_of<T>(gyc);
     p.gather.mode = PadMode::Zeros;
-    p.packed.data = wp.const_data_ptr<T>();
+    p.packed = wp.const_data_ptr<T>();
+    p.walk.channels = static_cast<int>(g.out_per_group());
+    p.walk.c_tiles = tiles_for(p.walk.channels, KWalk<T>::kTileElems);
     p.N = g.in_per_group();
     p.groups = g.groups;
     p.gx = gx.mutable_data_ptr<T>();
@@ -211,14 +282,13 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
     for (int i = 0; i < 3; ++i) {
       p.gather.extent[i] = d.out[i];
       p.gather.pad_before[i] = p.gather.pad_after[i] = 0;
-      p.packed.kernel[i] = d.k[i];
+      p.walk.kernel[i] = d.k[i];
       p.stride[i] = d.stride[i];
     }
     for (int rd = 0; rd < d.stride[0]; ++rd)
       for (int rh = 0; rh < d.stride[1]; ++rh)
         for (int rw = 0; rw < d.stride[2]; ++rw) {
           const int r[3] = {rd, rh, rw};
-          int taps[3];
           for (int i = 0; i < 3; ++i) {
             const DgradClass c =
                 dgrad_class(r[i], d.in[i], d.k[i], d.stride[i], d.dil[i], d.pad_before[i]);
@@ -226,15 +296,81 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
             p.first[i] = c.first;
             p.o_first[i] = c.o_first;
             p.gather.coef[i] = -c.o_step;
-            p.packed.t0[i] = c.t0;
-            p.packed.step[i] = c.step;
-            taps[i] = c.taps;
+            p.walk.gstep[i] = -int64_t(c.o_step) * p.gather.stride[2 + i];
+            p.walk.t0[i] = c.t0;
+            p.walk.step[i] = c.step;
+            p.walk.taps[i] = c.taps;
           }
-          p.walk = KWalk<T>(static_cast<int>(g.out_per_group()), taps);
           p.M = g.batch * int64_t(p.count[0]) * p.count[1] * p.count[2];
           p.k_tiles = p.k_tiles_per_split = p.walk.k_tiles();
-          launch_by_width<Tile128x64, Tile128x128>(env, p);
+          launch_by_width(env, p);
         }
+  });
+}
+
+template <typename Cfg, typename Env, typename T>
+void grad_weight_with(const Env& env, GradWeightTc<T> p, const at::Tensor& like) {
+  const int64_t tiles = (p.M + Cfg::BM - 1) / Cfg::BM * ((p.N + Cfg::BN - 1) / Cfg::BN) * p.groups;
+  const int64_t per_split = p.groups * p.M * p.N;
+  int64_t splits = grad_weight_splits(tiles, p.k_tiles, per_split * int64_t(sizeof(float)),
+                                      env.sm_count * Cfg::MinBlocks);
+  p.k_tiles_per_split = (p.k_tiles + splits - 1) / splits;
+  splits = (p.k_tiles + p.k_tiles_per_split - 1) / p.k_tiles_per_split;  // no empty split
+  at::Tensor workspace;
+  if (splits > 1) {
+    workspace = at::empty({splits * per_split}, like.options().dtype(at::kFloat));
+    p.partial = workspace.mutable_data_ptr<float>();
+  }
+  launch<Cfg>(env, p, splits);
+  if (splits > 1)
+    env.launch(reduce_splits_kernel<T>,
+               dim3(static_cast<unsigned>(
+                   std::max<int64_t>(1, std::min((per_split + 255) / 256, env.max_blocks)))),
+               dim3(256), p, splits);
+}
+
+template <typename Env>
+void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
+                 at::Tensor& gw) {
+  const at::Tensor gyc = channels_last(gy);
+  const at::Tensor xc = channels_last(x);
+  dispatch(gy.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const Dims32 d = dims32(g);
+    GradWeightTc<T> p;
+    p.M = g.out_per_group();
+    p.N = g.kernel_volume() * g.in_per_group();
+    p.groups = g.groups;
+    const int vol = d.out[0] * d.out[1] * d.out[2];
+    const int rows = kKBytes / static_cast<int>(sizeof(T));
+    p.walk = PositionWalk{vol, tiles_for(vol, rows), rows};
+    p.k_tiles = g.batch * p.walk.tiles_per_sample;
+    p.div_hw = FastDiv(static_cast<uint32_t>(d.out[1] * d.out[2]));
+    p.div_w = FastDiv(static_cast<uint32_t>(d.out[2]));
+    p.cin_g = static_cast<int>(g.in_per_group());
+    p.khw = d.k[1] * d.k[2];
+    p.kw = d.k[2];
+    for (int i = 0; i < 3; ++i) {
+      p.stride[i] = d.stride[i];
+      p.dil[i] = d.dil[i];
+      p.in[i] = d.in[i];
+      p.pad_before[i] = d.pad_before[i];
+      p.pad_after[i] = d.pad_after[i];
+    }
+    p.mode = g.mode;
+    p.gy = gyc.const_data_ptr<T>();
+    p.x = xc.const_data_ptr<T>();
+    p.gw = gw.mutable_data_ptr<T>();
+    for (int i = 0; i < 5; ++i) {
+      p.gys[i] = gyc.stride(i);
+      p.xs[i] = xc.stride(i);
+      p.gws[i] = gw.stride(i);
+    }
+    p.partial = nullptr;
+    if (p.M <= 64)
+      grad_weight_with<Tile64x128>(env, p, gy);
+    else
+      grad_weight_with<Tile128x128>(env, p, gy);
   });
 }
 
