@@ -4,7 +4,13 @@
     python benchmarks/run.py --dtype float32 float64 --layout contiguous channels_last \\
         --markdown benchmarks/results/cpu.md --chart benchmarks/results/cpu.png
     python benchmarks/run.py --padding-mode reflect --pass fwdbwd
-    python benchmarks/run.py --device cuda --tf32 off         # torch side is cuDNN
+    python benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 --tf32 on off
+
+On a GPU: batch x --batch-scale (default 16), CUDA-event timing, float32 with TF32 on
+(torch's default, and ours follows it: tensor cores) and off (both exact), depthwise layers
+also against torch's own kernel (cuDNN disabled), and each layer as % of the roofline
+(max of FLOPs at the dtype's tensor-core or SIMT peak, minimum bytes at HBM bandwidth;
+datasheet peaks by GPU name, --peak-tflops / --peak-tbs to override).
 
 Torch and ours run in the same process, interleaved, median of --reps runs (or more, for
 fast layers) after a warm-up. On the CPU torch is timed twice: as it runs by default
@@ -14,6 +20,7 @@ The chart needs matplotlib (pip install matplotlib).
 """
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -45,9 +52,8 @@ def machine_name(cpu):
                 capture_output=True, text=True).stdout.split()[0]
         except (OSError, IndexError):
             driver = "unknown"
-        tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
         return (f"{torch.cuda.get_device_name()}, driver {driver}, CUDA {torch.version.cuda}, "
-                f"cuDNN {torch.backends.cudnn.version()} (TF32 {tf32}; ours never uses TF32)")
+                f"cuDNN {torch.backends.cudnn.version()}")
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -56,6 +62,19 @@ def machine_name(cpu):
         pass
     return f"{model}, {torch.get_num_threads()} threads, CPU capability " \
            f"{torch.backends.cpu.get_cpu_capability()}"
+
+
+# Dense datasheet peaks (TFLOP/s by precision, TB/s): H100 SXM / H200 share the compute.
+PEAKS = {"H100": ({"float16": 989, "bfloat16": 989, "tf32": 495, "float32": 67,
+                   "float64": 67}, 3.35),
+         "H200": ({"float16": 989, "bfloat16": 989, "tf32": 495, "float32": 67,
+                   "float64": 67}, 4.8)}
+
+
+def peaks(args):
+    name = torch.cuda.get_device_name()
+    table, tbs = next((v for k, v in PEAKS.items() if k in name), ({}, None))
+    return (lambda prec: args.peak_tflops or table.get(prec)), args.peak_tbs or tbs
 
 
 def write_chart(path, rows, torch_label, title):
@@ -88,8 +107,12 @@ def main(argv=None):
     ap.add_argument("--layout", nargs="+", default=["contiguous"], choices=LAYOUTS)
     ap.add_argument("--padding-mode", nargs="+", default=["zeros"],
                     choices=["zeros", "reflect", "replicate", "circular"])
-    ap.add_argument("--tf32", choices=["on", "off"],
-                    help="CUDA: let cuDNN use TF32 for float32 (torch's default is on)")
+    ap.add_argument("--tf32", nargs="+", choices=["on", "off"],
+                    help="CUDA, float32: torch.backends.cudnn.allow_tf32 (default on, as torch)")
+    ap.add_argument("--batch-scale", type=int,
+                    help="multiply every layer's batch (default 1 on the CPU, 16 on a GPU)")
+    ap.add_argument("--peak-tflops", type=float, help="CUDA: the roofline's compute peak")
+    ap.add_argument("--peak-tbs", type=float, help="CUDA: the roofline's memory bandwidth")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="layer names to run")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
@@ -98,17 +121,22 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cpu = torch.device(args.device).type == "cpu"
-    if args.tf32:
-        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     passes = ["fwd", "fwdbwd"] if args.passes == "both" else [args.passes]
-    layers = [l for l in SUITE if not args.only or l.name in args.only]
+    scale = args.batch_scale or (1 if cpu else 16)
+    layers = [dataclasses.replace(l, batch=l.batch * scale) for l in SUITE
+              if not args.only or l.name in args.only]
     tl = "oneDNN" if cpu else "cuDNN"
+    # float32 on a GPU runs once per TF32 setting; other dtypes once.
+    tf32s = [None] if cpu else (args.tf32 or ["on"])
+    precisions = [(d, t) for d in args.dtype for t in (tf32s if d == "float32" else [None])]
+    if not cpu:
+        peak_tflops, peak_tbs = peaks(args)
     memory = not args.no_memory and (not cpu or os.access("/proc/self/clear_refs", os.W_OK))
 
     header = ["layer", "pass", "dtype", "layout", "mode", "GFLOP", "ours ms", f"{tl} ms"]
-    header += ["vol2col ms"] if cpu else []
+    header += ["vol2col ms"] if cpu else ["native ms"]
     header += ["ours GFLOP/s", f"{tl} GFLOP/s", f"vs {tl}"]
-    header += ["vs vol2col"] if cpu else []
+    header += ["vs vol2col"] if cpu else ["vs native", "% roofline"]
     header += ["ours MB", f"{tl} MB"] if memory else []
     title = (f"torchconv3d ({_loader.BACKEND}, {_loader.cpu_isa()} kernels) vs torch "
              f"{torch.__version__} on {machine_name(cpu)}, {date.today()}")
@@ -118,8 +146,11 @@ def main(argv=None):
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     print(fmt(header))
     rows = []
-    for dname in args.dtype:
+    for dname, tf32 in precisions:
         dtype = DTYPES[dname]
+        if tf32:
+            torch.backends.cudnn.allow_tf32 = tf32 == "on"
+            dname = "tf32" if tf32 == "on" else "float32"
         for lname, cl in ((n, LAYOUTS[n]) for n in args.layout):
             for mode in args.padding_mode:
                 for p in passes:
@@ -134,6 +165,9 @@ def main(argv=None):
                         if cpu:
                             impls["vol2col"] = (torch_conv(layer, mode),
                                                 lambda: torch.backends.mkldnn.flags(enabled=False))
+                        elif "depthwise" in layer.tags:  # torch's DepthwiseConv3d.cu
+                            impls["native"] = (torch_conv(layer, mode),
+                                               lambda: torch.backends.cudnn.flags(enabled=False))
                         t = time_impls(impls, layer, backward=back, dtype=dtype,
                                        device=args.device, channels_last=cl, reps=args.reps)
                         flop = layer.flops() * (3 if back else 1)
@@ -142,10 +176,18 @@ def main(argv=None):
                              "vs_vol2col": t["vol2col"] / t["ours"] if cpu else None}
                         cells = [layer.name, p, dname, lname, mode, f"{flop / 1e9:.2f}",
                                  f"{t['ours'] * 1e3:.2f}", f"{t['torch'] * 1e3:.2f}"]
-                        cells += [f"{t['vol2col'] * 1e3:.2f}"] if cpu else []
+                        side = "vol2col" if cpu else "native"
+                        cells += [f"{t[side] * 1e3:.2f}" if side in t else "-"]
                         cells += [f"{flop / t['ours'] / 1e9:.1f}", f"{flop / t['torch'] / 1e9:.1f}",
                                   f"{r['vs_torch']:.2f}x"]
-                        cells += [f"{r['vs_vol2col']:.2f}x"] if cpu else []
+                        cells += [f"{t[side] / t['ours']:.2f}x" if side in t else "-"]
+                        r["vs_native"] = t["native"] / t["ours"] if "native" in t else None
+                        if not cpu:
+                            tflops = peak_tflops("float32" if dname == "float32" else dname)
+                            floor = max(flop / (tflops * 1e12) if tflops else 0,
+                                        layer.bytes(dtype.itemsize, back) / (peak_tbs * 1e12)
+                                        if peak_tbs else 0)
+                            cells += [f"{100 * floor / t['ours']:.0f}%" if floor else "-"]
                         if memory:
                             r["mem"] = (mem["ours"][layer.name], mem["torch"][layer.name])
                             cells += [f"{r['mem'][0]:.1f}", f"{r['mem'][1]:.1f}"]
@@ -154,7 +196,8 @@ def main(argv=None):
                         print(fmt(cells), flush=True)
 
     summary = []
-    for p, dname, lname, mode in ((p, d, l, m) for p in passes for d in args.dtype
+    names = list(dict.fromkeys(r["dtype"] for r in rows))
+    for p, dname, lname, mode in ((p, d, l, m) for p in passes for d in names
                                   for l in args.layout for m in args.padding_mode):
         sel = [r for r in rows if r["pass"] == p and r["dtype"] == dname
                and r["layout"] == lname and r["mode"] == mode]
@@ -165,6 +208,9 @@ def main(argv=None):
                 parts.append(f"{tag} {geomean(tagged):.2f}x")
         if cpu:
             parts.append(f"(all vs vol2col {geomean([r['vs_vol2col'] for r in sel]):.2f}x)")
+        elif any(r["vs_native"] for r in sel):
+            parts.append("(depthwise vs torch's native kernel "
+                         f"{geomean([r['vs_native'] for r in sel if r['vs_native']]):.2f}x)")
         summary.append(f"geometric mean speedup vs {tl}, {p}, {dname}, {lname}, {mode}: "
                        + ", ".join(parts))
     if memory:

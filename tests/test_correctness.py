@@ -40,6 +40,29 @@ CONFIGS = [
 ]
 MODES = ["zeros", "reflect", "replicate", "circular"]
 
+# Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so they
+# run on the tensor-core kernels: K tails, both tile widths, several M and N tiles, groups,
+# stride, dilation, asymmetric padding.
+TC_CONFIGS = [
+    ("tc_pad1", (2, 16, 4, 5, 6), 24, 3, dict(padding=1)),
+    ("tc_channel_tail", (1, 40, 4, 5, 6), 72, 3, dict(padding=1)),
+    ("tc_groups_stride_dilation", (2, 32, 5, 5, 6), 16, (3, 2, 3),
+     dict(groups=2, stride=(2, 1, 2), dilation=(1, 2, 1), padding=((1, 2), (0, 1), (2, 1)))),
+    ("tc_k1", (2, 24, 3, 4, 5), 40, 1, {}),
+    ("tc_same_stride", (1, 16, 7, 6, 7), 16, (3, 4, 3), dict(padding="same", stride=2)),
+    ("tc_causal", (1, 8, 5, 4, 6), 8, 3, dict(padding="causal")),
+    ("tc_two_tiles", (1, 16, 6, 6, 6), 136, 3, dict(padding="same")),
+    # grad_input residue classes that no tap reaches (stride > kernel), and stride and
+    # dilation sharing a factor
+    ("tc_stride_over_kernel", (1, 8, 7, 8, 9), 8, (1, 2, 1), dict(stride=(3, 3, 2))),
+    ("tc_stride2_dilation2", (1, 8, 9, 8, 7), 16, 3, dict(stride=2, dilation=2, padding=2)),
+    # enough positions that grad_weight splits K on the emulated 2-SM GPU
+    ("tc_split_k", (2, 8, 8, 8, 8), 8, 3, dict(padding=1)),
+]
+# The element types of the CUDA tensor-core kernels; "tf32" is float32 with
+# torch.backends.cudnn.allow_tf32 on, checked against TF32-rounded operands.
+TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}
+
 
 def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous",
          device="cpu", conv=torchconv3d.conv3d, tol=None, tf32=False):

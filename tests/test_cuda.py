@@ -10,7 +10,7 @@ from torch.library import opcheck
 import torchconv3d
 from conftest import rel_err
 from test_autograd import GRAD_CASES, _op_samples, check_torch_compile
-from test_correctness import CONFIGS, MODES, _run
+from test_correctness import CONFIGS, MODES, TC_CONFIGS, TC_DTYPES, _run
 from test_nonfinite import CONFIGS as NONFINITE_CONFIGS
 from test_nonfinite import INJECTIONS as NONFINITE_INJECTIONS
 from test_nonfinite import check_nonfinite
@@ -19,10 +19,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(autouse=True)
-def _exact_float32_reference():
-    # References are float64 on the CPU; this keeps any torch-side float32 comparison exact.
+def _exact_float32_reference(request):
+    # float32 runs exactly (our kernels and any torch-side comparison) unless the test is
+    # marked tf32: then float32 layers with whole channel chunks take the TF32 tensor cores.
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = request.node.get_closest_marker("tf32") is not None
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
@@ -148,3 +150,75 @@ def test_input_past_2_31_elements(groups):
         for d in range(0, 1024, 128))
     # float32 sums over 2^30 positions per weight: sqrt(terms) x eps is ~1e-4 already.
     assert rel_err(gw, gw_ref) <= 1e-3
+
+
+# The tensor-core kernels. Their float32 sums run in the tensor cores' own order, so TF32
+# (operands rounded exactly as the reference's) gets a float32-accumulation tolerance.
+TC_TOL = {"float16": 5e-3, "bfloat16": 2e-2, "tf32": 1e-4}
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype_name", list(TC_DTYPES))
+@pytest.mark.parametrize("cfg", TC_CONFIGS, ids=lambda c: c[0])
+def test_tensor_cores(cfg, dtype_name, layout):
+    _run(cfg, TC_DTYPES[dtype_name], layout=layout, device="cuda", tol=TC_TOL[dtype_name],
+         tf32=dtype_name == "tf32")
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("mode", MODES[1:])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "tf32"])
+def test_tensor_cores_padding_modes(dtype_name, mode):
+    for cfg in TC_CONFIGS[:3]:
+        _run(cfg, TC_DTYPES[dtype_name], mode=mode, device="cuda", tol=TC_TOL[dtype_name],
+             tf32=dtype_name == "tf32")
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_tensor_core_gradients_are_bitwise_deterministic(dtype, groups):
+    """Split-K grad_weight (partials summed in split order) and the per-class grad_input
+    GEMMs give the same bits on every run."""
+    x = torch.randn(4, 64, 12, 40, 40, device="cuda", dtype=dtype).contiguous(
+        memory_format=torch.channels_last_3d)
+    w = torch.randn(64, 64 // groups, 3, 3, 3, device="cuda", dtype=dtype) * 0.05
+    b = torch.randn(64, device="cuda", dtype=dtype)
+
+    def grads():
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = torchconv3d.conv3d(xs, ws, bs, stride=(1, 2, 2), padding=1, groups=groups)
+        y.backward(torch.cos(torch.arange(y.numel(), device="cuda")).to(dtype).view_as(y))
+        return xs.grad, ws.grad, bs.grad
+
+    first, second = grads(), grads()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+
+
+def test_tensor_cores_past_2_31_elements():
+    """bfloat16, 8 channels (the tensor-core path): 1 x 8 x 512 x 512 x 1025 = 2^31 + 2^22
+    elements; checked against torch on the last depth planes, as test_input_past_2_31."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 512, 512, 1025, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    assert x.numel() > 2**31
+    w = torch.randn(8, 8, 1, 3, 3, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    conv = dict(padding=(0, 1, 1))
+    y = torchconv3d.conv3d(x, w, **conv)
+    tail = slice(508, 512)
+    ref = F.conv3d(x.detach()[:, :, tail].double(), w.detach().double(), **conv)
+    assert rel_err(y[:, :, tail], ref) <= 1e-2
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    xr = x.detach()[:, :, tail].double().requires_grad_()
+    (gxr,) = torch.autograd.grad(F.conv3d(xr, w.detach().double(), **conv), xr,
+                                 gy[:, :, tail].double())
+    assert rel_err(gx[:, :, tail], gxr) <= 1e-2
+    del gx
+    gw_ref = sum(
+        torch.nn.grad.conv3d_weight(x.detach()[:, :, d:d + 64].double(), w.shape,
+                                    gy[:, :, d:d + 64].double(), **conv)
+        for d in range(0, 512, 64))
+    assert rel_err(gw, gw_ref) <= 2e-2

@@ -43,6 +43,16 @@ class Layer:
     def out_size(self):
         return tuple(output_size(self.size, self.kernel, self.stride, self.pads(), self.dilation))
 
+    def bytes(self, element_size, backward=False):
+        """Fewest bytes a pass moves: input, weight and output once each (forward); backward
+        reads grad_output, input and weight twice over and writes both gradients."""
+        out = self.out_size()
+        x = self.batch * self.in_channels * self.size[0] * self.size[1] * self.size[2]
+        w = self.out_channels * (self.in_channels // self.groups) * (
+            self.kernel[0] * self.kernel[1] * self.kernel[2])
+        y = self.batch * self.out_channels * out[0] * out[1] * out[2]
+        return element_size * (x + w + y) * (3 if backward else 1)
+
     def flops(self):
         """Multiply-adds x 2 of one forward pass; backward (input + weight) is twice this."""
         kvol = self.kernel[0] * self.kernel[1] * self.kernel[2]
@@ -144,15 +154,22 @@ def time_impls(impls, layer, backward, dtype=torch.float32, device="cpu", channe
         b.requires_grad_()
     times = {k: [] for k in impls}
 
+    cuda = torch.device(device).type == "cuda"
+
     def once(fn, ctx):
         with ctx():
             _sync(device)
+            if cuda:  # device time between two events on the stream
+                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                start.record()
             t0 = time.perf_counter()
             y = fn(x, w, b)
             if backward:
                 y.backward(torch.ones_like(y))
+            if cuda:
+                end.record()
             _sync(device)
-            elapsed = time.perf_counter() - t0
+            elapsed = start.elapsed_time(end) / 1e3 if cuda else time.perf_counter() - t0
         x.grad = w.grad = b.grad = None
         return elapsed
 
