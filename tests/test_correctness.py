@@ -59,6 +59,17 @@ TC_CONFIGS = [
     # enough positions that grad_weight splits K on the emulated 2-SM GPU
     ("tc_split_k", (2, 8, 8, 8, 8), 8, 3, dict(padding=1)),
 ]
+# Depthwise layers whose channels fill 16-byte vectors: the CUDA stencil (forward, and
+# grad_input at stride 1 with zero padding). W not a multiple of the stencil's 4-output run.
+DW_CONFIGS = [
+    ("dw_pad1", (2, 16, 5, 6, 7), 16, 3, dict(groups=16, padding=1)),
+    ("dw_stride", (1, 8, 7, 9, 8), 8, 3, dict(groups=8, stride=(1, 2, 2), padding=1)),
+    ("dw_dilation_same", (1, 8, 7, 6, 9), 8, (3, 1, 3),
+     dict(groups=8, padding="same", dilation=(2, 1, 1))),
+    ("dw_k5_asym", (1, 16, 6, 7, 10), 16, 5, dict(groups=16, padding=((2, 1), (0, 2), (2, 2)))),
+    ("dw_valid", (2, 8, 5, 5, 6), 8, (2, 3, 3), dict(groups=8)),
+]
+
 # The element types of the CUDA tensor-core kernels; "tf32" is float32 with
 # torch.backends.cudnn.allow_tf32 on, checked against TF32-rounded operands.
 TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}

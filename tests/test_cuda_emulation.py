@@ -14,7 +14,7 @@ import torch
 from torchconv3d.functional import resolve_args
 
 from conftest import reference, rel_err
-from test_correctness import CONFIGS, MODES, TC_CONFIGS, TC_DTYPES, _run
+from test_correctness import CONFIGS, DW_CONFIGS, MODES, TC_CONFIGS, TC_DTYPES, _run
 from test_nonfinite import CONFIGS as NONFINITE_CONFIGS
 from test_nonfinite import INJECTIONS as NONFINITE_INJECTIONS
 from test_nonfinite import check_nonfinite
@@ -179,7 +179,7 @@ def test_nan_inf_propagate(cfg, mode, injection):
 
 
 def _launches():
-    return {p: torch.ops.torchconv3d_emu.tensor_core_launches(p)
+    return {p: torch.ops.torchconv3d_emu.v2_launches(p)
             for p in ("forward", "grad_input", "grad_weight")}
 
 
@@ -227,8 +227,23 @@ def test_tensor_cores_off_without_tf32():
     assert _launches() == before
 
 
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cfg", DW_CONFIGS, ids=lambda c: c[0])
+def test_depthwise_stencil(cfg, dtype, mode):
+    """Depthwise layers run the channels-last stencil: forward always, grad_input when the
+    layer is stride 1 with zero padding (the flipped-kernel stencil over grad_output)."""
+    before = torch.ops.torchconv3d_emu.v2_launches("depthwise")
+    _run(cfg, dtype, mode=mode, conv=emulated_conv3d)
+    stride1 = cfg[4].get("stride", 1) == 1
+    padded = cfg[4].get("padding", 0) not in (0, "valid")
+    expected = 2 if stride1 and (mode == "zeros" or not padded) else 1
+    assert torch.ops.torchconv3d_emu.v2_launches("depthwise") - before == expected
+
+
 TC_NONFINITE_CONFIGS = [
     ("tc_pad1", (2, 8, 4, 5, 6), 8, (3, 3, 3), dict(padding=1)),
+    ("dw_pad1", (2, 8, 4, 5, 6), 8, (3, 3, 3), dict(padding=1, groups=8)),
     ("tc_stride_groups", (1, 16, 7, 6, 7), 16, (3, 2, 3), dict(stride=(2, 1, 2), padding=1,
                                                             groups=2)),
 ]
@@ -237,10 +252,10 @@ TC_NONFINITE_CONFIGS = [
 @pytest.mark.parametrize("injection", list(NONFINITE_INJECTIONS))
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize("cfg", TC_NONFINITE_CONFIGS, ids=lambda c: c[0])
-def test_tensor_cores_nan_inf_propagate(cfg, mode, injection):
-    """The NaN/Inf rule on the tensor-core kernels (grad_input reruns exactly when a weight
-    is NaN or Inf)."""
-    before = _launches()
+def test_v2_nan_inf_propagate(cfg, mode, injection):
+    """The NaN/Inf rule on the v2 kernels (grad_input reruns exactly when a weight is NaN or
+    Inf)."""
+    kernels = ("depthwise",) if cfg[0].startswith("dw") else ("forward", "grad_weight")
+    before = {k: torch.ops.torchconv3d_emu.v2_launches(k) for k in kernels}
     check_nonfinite(cfg, mode, injection, torch.float16, "channels_last", conv=emulated_conv3d)
-    assert all(n > before[p] for p, n in _launches().items() if p != "grad_input" or
-               mode == "zeros")
+    assert all(torch.ops.torchconv3d_emu.v2_launches(k) > n for k, n in before.items())

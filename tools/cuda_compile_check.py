@@ -163,8 +163,8 @@ def main():
     with open(os.path.join(out, "resources.json"), "w") as f:
         json.dump(report, f, indent=1)
     for kernel, res in sorted(report.items()):
-        if "tc::" in kernel:
-            short = re.sub(r"torchconv3d::gpu::(tc::)?", "", kernel.split("(")[0])
+        if "::tc::" in kernel or "::dw::" in kernel:
+            short = re.sub(r"torchconv3d::gpu::(tc::|dw::)?", "", kernel.split("(")[0])
             print(f"  {short}: {res}")
     sys.exit(1 if failed else 0)
 

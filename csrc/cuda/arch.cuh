@@ -51,6 +51,21 @@ __device__ __forceinline__ unsigned smem_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+// 16 bytes, read and written by one instruction each (load16 through the read-only path).
+struct alignas(16) Vec16 {
+  uint32_t u[4];
+};
+__device__ __forceinline__ Vec16 load16(const void* p) {
+  const uint4 r = __ldg(reinterpret_cast<const uint4*>(p));
+  return {{r.x, r.y, r.z, r.w}};
+}
+__device__ __forceinline__ void store16(void* p, const Vec16& v) {
+  *reinterpret_cast<uint4*>(p) = make_uint4(v.u[0], v.u[1], v.u[2], v.u[3]);
+}
+
+__device__ __forceinline__ float bits_to_float(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ uint32_t float_to_bits(float f) { return __float_as_uint(f); }
+
 // 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src is then not read).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
   const int src_bytes = valid ? 16 : 0;
@@ -114,6 +129,31 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const
 
 #else
 // ---- emulator bodies --------------------------------------------------------------------
+struct alignas(16) Vec16 {
+  uint32_t u[4];
+};
+inline Vec16 load16(const void* p) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "emulated 16-byte load: unaligned");
+  Vec16 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+inline void store16(void* p, const Vec16& v) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "emulated 16-byte store: unaligned");
+  std::memcpy(p, &v, 16);
+}
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
 inline void cp_async_16(void* smem, const void* gmem, bool valid) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(smem) % 16 == 0 &&
                   (!valid || reinterpret_cast<uintptr_t>(gmem) % 16 == 0),
@@ -165,11 +205,6 @@ inline float element(uint32_t reg, int half, MmaKind k) {
   if (k == MmaKind::F16) return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
   return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
 }
-inline float as_float(uint32_t reg) {
-  float f;
-  std::memcpy(&f, &reg, 4);
-  return f;
-}
 
 // The tensor cores read only a tf32 operand's sign, exponent and top 10 mantissa bits.
 constexpr uint32_t kTf32Bits = 0xffffe000u;
@@ -200,7 +235,7 @@ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
           const int g = lane / 4, t = lane % 4;
           for (int r = 0; r < 4; ++r) {
             if (K == MmaKind::TF32) {
-              A[g + 8 * (r % 2)][t + 4 * (r / 2)] = as_float(o.a[r] & kTf32Bits);
+              A[g + 8 * (r % 2)][t + 4 * (r / 2)] = bits_to_float(o.a[r] & kTf32Bits);
             } else {
               for (int h = 0; h < 2; ++h)
                 A[g + 8 * (r % 2)][2 * t + 8 * (r / 2) + h] = element(o.a[r], h, K);
@@ -208,7 +243,7 @@ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
           }
           for (int r = 0; r < 2; ++r) {
             if (K == MmaKind::TF32) {
-              B[t + 4 * r][g] = as_float(o.b[r] & kTf32Bits);
+              B[t + 4 * r][g] = bits_to_float(o.b[r] & kTf32Bits);
             } else {
               for (int h = 0; h < 2; ++h) B[2 * t + 8 * r + h][g] = element(o.b[r], h, K);
             }

@@ -24,7 +24,7 @@
 #pragma once
 
 #include "../conv3d.h"
-#include "tc_launch.cuh"
+#include "launch.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -582,8 +582,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_grad_input_kernel(Conv c, const T* gy, Strides gys, const T* w, Strides ws,
-                                T* gx, Strides gxs) {
+                                T* gx, Strides gxs, const int* only_if) {
   using acc_t = typename Acc<T>::type;
+  if (only_if != nullptr && *only_if == 0) return;  // see grad_input_pass
   const int64_t cin = c.groups;
   const int64_t total = c.batch * cin * c.in_vol;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -771,6 +772,10 @@ void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
 template <typename Env>
 void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
                   const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
+  if (dw::ok(g, x.scalar_type())) {
+    dw::forward(env, g, x, w, b, y);
+    return;
+  }
   if (tc::forward_ok(g, x.scalar_type(), env.allow_tf32)) {
     tc::forward(env, g, x, w, b, y);
     return;
@@ -798,13 +803,17 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
 template <typename Env>
 void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                      const at::Tensor& w, at::Tensor& gx) {
-  // The tensor-core kernels multiply the zero-filled grad_output past the output's border
-  // (no term of nn.Conv3d's definition) by every weight: a NaN or Inf weight would give NaN
-  // there. Such weights are rare, so a flag found on the device (no host sync) reruns the
-  // pass below with the exact-terms kernel only when there is one.
+  // The v2 kernels multiply the zero-filled grad_output past the output's border (no term
+  // of nn.Conv3d's definition) by every weight: a NaN or Inf weight would give NaN there.
+  // Such weights are rare, so a flag found on the device (no host sync) reruns the pass
+  // below with v1's exact-terms kernels only when there is one.
   at::Tensor nonfinite;
-  if (tc::grad_input_ok(g, gy.scalar_type(), env.allow_tf32)) {
-    tc::grad_input(env, g, gy, w, gx);
+  const bool stencil = dw::grad_input_ok(g, gy.scalar_type());
+  if (stencil || tc::grad_input_ok(g, gy.scalar_type(), env.allow_tf32)) {
+    if (stencil)
+      dw::grad_input(env, g, gy, w, gx);
+    else
+      tc::grad_input(env, g, gy, w, gx);
     nonfinite = at::zeros({1}, w.options().dtype(at::kInt));
     const at::Tensor wc = w.contiguous();
     TC3D_CUDA_DISPATCH(w.scalar_type(), "torchconv3d_cuda_nonfinite", [&] {
@@ -820,7 +829,8 @@ void grad_input_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
       env.launch(depthwise_grad_input_kernel<scalar_t>,
                  grid_1d(env, ceil_div(total, kThreads)), dim3(kThreads), c,
                  gy.const_data_ptr<scalar_t>(), strides_of(gy), w.const_data_ptr<scalar_t>(),
-                 strides_of(w), gx.mutable_data_ptr<scalar_t>(), strides_of(gx));
+                 strides_of(w), gx.mutable_data_ptr<scalar_t>(), strides_of(gx),
+                 nonfinite.defined() ? nonfinite.const_data_ptr<int>() : nullptr);
       return;
     }
     GradInputProblem<scalar_t> p{

@@ -22,11 +22,19 @@ namespace {
 
 using namespace torchconv3d;
 
-// Launches of tensor-core kernels (the only ones with dynamic shared memory) per pass, so
-// tests can tell which path a call took.
-std::map<std::string, int64_t> tensor_core_launches;
+// Launches of v2 kernels (tensor-core GEMMs, depthwise stencil) per pass, so tests can
+// tell which path a call took.
+std::map<std::string, int64_t> v2_launches;
 
 struct EmuEnv {
+  // Kernels whose parameter is a v2 problem (with a kPass name) are counted.
+  template <typename First, typename... Rest>
+  static void count() {
+    if constexpr (requires { First::kPass; }) ++v2_launches[First::kPass];
+  }
+  template <typename... None>
+  static void count() requires(sizeof...(None) == 0) {}
+
   int64_t sm_count = 2;
   int64_t max_grid_x = 3;
   int64_t max_grid_y = 2;
@@ -35,13 +43,13 @@ struct EmuEnv {
 
   template <typename... Params, typename... Args>
   void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... args) const {
+    count<Params...>();
     emu::run_grid(grid, block, 0, [&] { kernel(args...); });
   }
   template <typename... Params, typename... Args>
   void launch_dynamic(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes,
                       const Args&... args) const {
-    using Problem = std::tuple_element_t<0, std::tuple<Params...>>;
-    ++tensor_core_launches[Problem::kPass];
+    count<Params...>();
     emu::run_grid(grid, block, shared_bytes, [&] { kernel(args...); });
   }
 };
@@ -90,7 +98,7 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
-  m.def("tensor_core_launches(str pass_name) -> int", [](c10::string_view pass) {
-    return tensor_core_launches[std::string(pass)];
+  m.def("v2_launches(str pass_name) -> int", [](c10::string_view pass) {
+    return v2_launches[std::string(pass)];
   });
 }

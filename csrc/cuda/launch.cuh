@@ -1,12 +1,17 @@
-// Host side of the tensor-core kernels: which layers take them (planning), and the launch.
-// Decisions depend on shapes, dtype and torch's TF32 setting only, never on timing, so the
-// same call always runs the same kernels (and sums in the same order).
+// Host side of the v2 kernels (tensor-core GEMMs, depthwise stencil): which layers take
+// them (planning), operand packing, and the launches. Decisions depend on shapes, dtype and
+// torch's TF32 setting only, never on timing, so the same call always runs the same
+// kernels (and sums in the same order). Layers no v2 kernel takes stay on v1
+// (conv3d_kernels.cuh).
 #pragma once
 
+#include "depthwise.cuh"
 #include "tc_iterators.cuh"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/flip.h>
 #include <c10/core/ScalarType.h>
 
 #include <algorithm>
@@ -14,6 +19,7 @@
 #include <limits>
 #include <numeric>
 #include <type_traits>
+#include <utility>
 
 namespace torchconv3d::gpu::tc {
 
@@ -66,10 +72,20 @@ inline bool forward_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
          g.in_per_group() % chunk_elems(t) == 0 && g.out_per_group() > 0;
 }
 
+// Masked gathers need zero padding (any mode reads the same without padding) and kernel
+// extents that fit the 10 mask bits per dimension.
+inline bool masked_gather(const Geometry& g) {
+  bool padded = false;
+  for (int i = 0; i < 3; ++i) {
+    if (g.kernel[i] > 10) return false;
+    padded |= g.pad_before[i] != 0 || g.pad_after[i] != 0;
+  }
+  return g.mode == PadMode::Zeros || !padded;
+}
+
 // grad_input: output channels per group (its K) in whole chunks, zero padding, kernel
 // extents up to 10 (masked gathers). The other padding modes fold border gradients back
 // onto several inputs (v1's preimage gather).
-inline bool masked_gather(const Geometry& g);
 inline bool grad_input_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
   return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.mode == PadMode::Zeros &&
          masked_gather(g) && g.in_per_group() > 1 && g.out_per_group() % chunk_elems(t) == 0;
@@ -198,17 +214,6 @@ void launch_by_width(const Env& env, const Problem& p) {
     else
       launch<Tile128x128>(env, p, 1);
   }
-}
-
-// Masked gathers need zero padding (any mode reads the same without padding) and kernel
-// extents that fit the 10 mask bits per dimension.
-inline bool masked_gather(const Geometry& g) {
-  bool padded = false;
-  for (int i = 0; i < 3; ++i) {
-    if (g.kernel[i] > 10) return false;
-    padded |= g.pad_before[i] != 0 || g.pad_after[i] != 0;
-  }
-  return g.mode == PadMode::Zeros || !padded;
 }
 
 template <bool Masked, typename T, typename Env>
@@ -375,3 +380,91 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
 }
 
 }  // namespace torchconv3d::gpu::tc
+
+namespace torchconv3d::gpu::dw {
+
+// One channel per group, multiplier 1, channels in whole 16-byte vectors; float16,
+// bfloat16 and float32 (plain FMAs, so TF32 does not apply).
+inline bool ok(const Geometry& g, at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16 || t == at::kFloat) && tc::fits_32_bits(g) &&
+         g.in_per_group() == 1 && g.out_per_group() == 1 &&
+         g.in_channels % tc::chunk_elems(t) == 0;
+}
+
+// grad_input as a forward stencil (stride 1, zero padding: the adjoint is a correlation
+// with the flipped kernel).
+inline bool grad_input_ok(const Geometry& g, at::ScalarType t) {
+  return ok(g, t) && tc::masked_gather(g) && g.stride[0] == 1 && g.stride[1] == 1 &&
+         g.stride[2] == 1;
+}
+
+// Depthwise weights [C][1][kd][kh][kw] as [kd][kh][kw][C].
+inline at::Tensor pack_weight(const at::Tensor& w) {
+  return w.reshape({w.size(0), -1}).t().contiguous();
+}
+
+// Runs the stencil reading `in` (channels-last) into `out`; a non-channels-last `out`
+// receives a copy.
+template <typename Env>
+void run(const Env& env, const tc::Dims32& d, PadMode mode, const at::Tensor& in,
+         const at::Tensor& wp, const at::Tensor& bias, at::Tensor& out) {
+  const at::Tensor x = tc::channels_last(in);
+  at::Tensor y = out.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
+                         reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0
+                     ? out
+                     : at::empty_like(out, at::MemoryFormat::ChannelsLast3d);
+  at::Tensor b = bias;
+  if (b.defined() && (!b.is_contiguous() || reinterpret_cast<uintptr_t>(b.const_data_ptr()) % 16))
+    b = b.clone(at::MemoryFormat::Contiguous);
+  tc::dispatch(in.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    Stencil<T> p;
+    for (int i = 0; i < 3; ++i) {
+      p.in[i] = d.in[i];
+      p.out[i] = d.out[i];
+      p.k[i] = d.k[i];
+      p.stride[i] = d.stride[i];
+      p.dil[i] = d.dil[i];
+      p.pad_before[i] = d.pad_before[i];
+      p.pad_after[i] = d.pad_after[i];
+    }
+    p.mode = mode;
+    p.vecs = static_cast<int>(x.size(1) / Lanes<T>::kCount);
+    p.runs = tc::tiles_for(d.out[2], kRun);
+    p.items = x.size(0) * int64_t(d.out[0]) * d.out[1] * p.runs * p.vecs;
+    p.x = x.const_data_ptr<T>();
+    p.w = wp.const_data_ptr<T>();
+    p.bias = b.defined() ? b.const_data_ptr<T>() : nullptr;
+    p.y = y.mutable_data_ptr<T>();
+    for (int i = 0; i < 5; ++i) {
+      p.xs[i] = x.stride(i);
+      p.ys[i] = y.stride(i);
+    }
+    if (p.items == 0) return;
+    env.launch(stencil_kernel<T>,
+               dim3(static_cast<unsigned>(std::min((p.items + kThreads - 1) / kThreads,
+                                                   env.max_blocks))),
+               dim3(kThreads), p);
+  });
+  if (!y.is_same(out)) out.copy_(y);
+}
+
+template <typename Env>
+void forward(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
+             const at::Tensor& b, at::Tensor& y) {
+  run(env, tc::dims32(g), g.mode, x, pack_weight(w), b, y);
+}
+
+template <typename Env>
+void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& w,
+                at::Tensor& gx) {
+  tc::Dims32 d = tc::dims32(g);
+  for (int i = 0; i < 3; ++i) {
+    std::swap(d.in[i], d.out[i]);
+    d.pad_before[i] = (d.k[i] - 1) * d.dil[i] - d.pad_before[i];
+    d.pad_after[i] = 0;  // only zeros: coordinates past grad_output read nothing
+  }
+  run(env, d, PadMode::Zeros, gy, pack_weight(w.flip({2, 3, 4})), at::Tensor(), gx);
+}
+
+}  // namespace torchconv3d::gpu::dw
