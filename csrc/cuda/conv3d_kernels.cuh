@@ -681,23 +681,54 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block per channel; summed in double like the CPU side, so the result does not
-// depend on how many terms there are.
+// grad_bias in two deterministic steps, summed in double like the CPU side (so the result
+// does not depend on how the terms are grouped, to within double rounding):
+// partial[chunk][co] = sum of grad_output over the chunk's positions, one thread per
+// (chunk, channel) with channels fastest (coalesced for channels-last grad_output), enough
+// chunks for at least 4 x SMs blocks; then one thread per channel adds its chunks in order.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    grad_bias_kernel(Conv c, const T* gy, Strides gys, T* gb, int64_t gb_stride) {
-  __shared__ double smem[kThreads];
+    grad_bias_partial_kernel(Conv c, const T* gy, Strides gys, int64_t chunk_len,
+                             int64_t chunks, double* partial) {
   const int64_t cout = c.groups * c.cout_g;
   const int64_t positions = c.batch * c.out_vol;
-  for (int64_t co = blockIdx.x; co < cout; co += gridDim.x) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < chunks * cout; e += step) {
+    const int64_t chunk = e / cout, co = e - chunk * cout;
+    const int64_t first = chunk * chunk_len;
+    const int64_t count = std::min(chunk_len, positions - first);
+    Pos o = decode_pos(first, c.out_vol, c.out_hw, c.dim[2].out);
+    const T* base = gy + co * gys.v[1];
     double sum = 0;
-    for (int64_t q = threadIdx.x; q < positions; q += kThreads) {
-      const Pos o = decode_pos(q, c.out_vol, c.out_hw, c.dim[2].out);
-      sum += static_cast<double>(gy[o.n * gys.v[0] + co * gys.v[1] + o.d * gys.v[2] +
-                                    o.h * gys.v[3] + o.w * gys.v[4]]);
+    for (int64_t q = 0; q < count; ++q) {
+      sum += static_cast<double>(
+          base[o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4]]);
+      if (++o.w == c.dim[2].out) {  // next position without a division
+        o.w = 0;
+        if (++o.h == c.dim[1].out) {
+          o.h = 0;
+          if (++o.d == c.dim[0].out) {
+            o.d = 0;
+            ++o.n;
+          }
+        }
+      }
     }
-    sum = block_sum(sum, smem);
-    if (threadIdx.x == 0) gb[co * gb_stride] = static_cast<T>(sum);
+    partial[e] = sum;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_bias_finish_kernel(const double* partial, int64_t chunks, int64_t cout, T* gb,
+                            int64_t gb_stride) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t co = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; co < cout;
+       co += step) {
+    double sum = 0;
+    for (int64_t k = 0; k < chunks; ++k) sum += partial[k * cout + co];
+    gb[co * gb_stride] = static_cast<T>(sum);
   }
 }
 
@@ -890,10 +921,21 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
 template <typename Env>
 void grad_bias_pass(const Env& env, const Geometry& g, const at::Tensor& gy, at::Tensor& gb) {
   const Conv c = make_conv(g);
+  const int64_t cout = g.out_channels, positions = g.batch * c.out_vol;
+  if (cout == 0) return;
+  // A function of the shapes and SM count only: the summation order never changes.
+  const int64_t want = ceil_div(4 * env.sm_count * kThreads, cout);
+  const int64_t chunks = std::max<int64_t>(1, std::min(want, ceil_div(positions, 16)));
+  const int64_t chunk_len = std::max<int64_t>(1, ceil_div(positions, chunks));
+  const at::Tensor partial = at::empty({chunks * cout}, gy.options().dtype(at::kDouble));
   TC3D_CUDA_DISPATCH(gy.scalar_type(), "torchconv3d_cuda_grad_bias", [&] {
-    env.launch(grad_bias_kernel<scalar_t>, grid_1d(env, g.out_channels), dim3(kThreads), c,
-               gy.const_data_ptr<scalar_t>(), strides_of(gy), gb.mutable_data_ptr<scalar_t>(),
-               gb.stride(0));
+    env.launch(grad_bias_partial_kernel<scalar_t>,
+               grid_1d(env, ceil_div(chunks * cout, kThreads)), dim3(kThreads), c,
+               gy.const_data_ptr<scalar_t>(), strides_of(gy), chunk_len, chunks,
+               partial.mutable_data_ptr<double>());
+    env.launch(grad_bias_finish_kernel<scalar_t>, grid_1d(env, ceil_div(cout, kThreads)),
+               dim3(kThreads), partial.const_data_ptr<double>(), chunks, cout,
+               gb.mutable_data_ptr<scalar_t>(), gb.stride(0));
   });
 }
 
