@@ -231,13 +231,14 @@ def test_tensor_cores_off_without_tf32():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("cfg", DW_CONFIGS, ids=lambda c: c[0])
 def test_depthwise_stencil(cfg, dtype, mode):
-    """Depthwise layers run the channels-last stencil: forward always, grad_input when the
-    layer is stride 1 with zero padding (the flipped-kernel stencil over grad_output)."""
+    """Depthwise layers run the channels-last kernels: the stencil forward, grad_input when
+    the layer is stride 1 with zero padding (the flipped-kernel stencil over grad_output),
+    and grad_weight's two reduction steps."""
     before = torch.ops.torchconv3d_emu.v2_launches("depthwise")
     _run(cfg, dtype, mode=mode, conv=emulated_conv3d)
     stride1 = cfg[4].get("stride", 1) == 1
     padded = cfg[4].get("padding", 0) not in (0, "valid")
-    expected = 2 if stride1 and (mode == "zeros" or not padded) else 1
+    expected = 1 + (stride1 and (mode == "zeros" or not padded)) + 2
     assert torch.ops.torchconv3d_emu.v2_launches("depthwise") - before == expected
 
 

@@ -880,6 +880,10 @@ template <typename Env>
 void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                       const at::Tensor& x, at::Tensor& gw) {
   if (gw.numel() == 0) return;
+  if (dw::ok(g, gy.scalar_type())) {
+    dw::grad_weight(env, g, gy, x, gw);
+    return;
+  }
   if (tc::grad_weight_ok(g, gy.scalar_type(), env.allow_tf32)) {
     tc::grad_weight(env, g, gy, x, gw);
     return;

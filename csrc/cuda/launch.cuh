@@ -467,4 +467,55 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
   run(env, d, PadMode::Zeros, gy, pack_weight(w.flip({2, 3, 4})), at::Tensor(), gx);
 }
 
+// Chunks of positions for grad_weight: enough threads for 4 blocks per SM, chunks of at
+// least 64 positions, float partials within tc::kMaxSplitBytes. Shapes and SM count only.
+template <typename Env>
+void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
+                 at::Tensor& gw) {
+  const at::Tensor gyc = tc::channels_last(gy);
+  const at::Tensor xc = tc::channels_last(x);
+  const tc::Dims32 d = tc::dims32(g);
+  tc::dispatch(gy.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    WeightGrad<T> p;
+    for (int i = 0; i < 3; ++i) {
+      p.in[i] = d.in[i];
+      p.out[i] = d.out[i];
+      p.k[i] = d.k[i];
+      p.stride[i] = d.stride[i];
+      p.dil[i] = d.dil[i];
+      p.pad_before[i] = d.pad_before[i];
+      p.pad_after[i] = d.pad_after[i];
+    }
+    p.mode = g.mode;
+    p.vecs = static_cast<int>(g.in_channels / Lanes<T>::kCount);
+    p.kvol = static_cast<int>(g.kernel_volume());
+    p.positions = g.batch * int64_t(d.out[0]) * d.out[1] * d.out[2];
+    const int64_t per_chunk = int64_t(p.kvol) * p.vecs;  // threads per chunk
+    const int64_t by_threads = (4 * env.sm_count * kThreads + per_chunk - 1) / per_chunk;
+    const int64_t by_length = std::max<int64_t>(1, (p.positions + 63) / 64);
+    const int64_t by_memory = std::max<int64_t>(
+        1, tc::kMaxSplitBytes / (per_chunk * Lanes<T>::kCount * int64_t(sizeof(float))));
+    p.chunks = std::max<int64_t>(1, std::min({by_threads, by_length, by_memory}));
+    p.chunk_len = std::max<int64_t>(1, (p.positions + p.chunks - 1) / p.chunks);
+    p.gy = gyc.const_data_ptr<T>();
+    p.x = xc.const_data_ptr<T>();
+    for (int i = 0; i < 5; ++i) {
+      p.gys[i] = gyc.stride(i);
+      p.xs[i] = xc.stride(i);
+    }
+    const at::Tensor partial =
+        at::empty({p.chunks * per_chunk * Lanes<T>::kCount}, gy.options().dtype(at::kFloat));
+    p.partial = partial.mutable_data_ptr<float>();
+    auto blocks = [&](int64_t items) {
+      return dim3(static_cast<unsigned>(
+          std::max<int64_t>(1, std::min((items + kThreads - 1) / kThreads, env.max_blocks))));
+    };
+    env.launch(weight_partial_kernel<T>, blocks(p.chunks * per_chunk), dim3(kThreads), p);
+    env.launch(weight_finish_kernel<T>, blocks(per_chunk * Lanes<T>::kCount), dim3(kThreads), p,
+               gw.mutable_data_ptr<T>(), gw.stride(0), gw.stride(2), gw.stride(3),
+               gw.stride(4));
+  });
+}
+
 }  // namespace torchconv3d::gpu::dw
