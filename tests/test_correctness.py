@@ -58,6 +58,9 @@ TC_CONFIGS = [
     ("tc_stride2_dilation2", (1, 8, 9, 8, 7), 16, 3, dict(stride=2, dilation=2, padding=2)),
     # enough positions that grad_weight splits K on the emulated 2-SM GPU
     ("tc_split_k", (2, 8, 8, 8, 8), 8, 3, dict(padding=1)),
+    # input channels zero-padded to a whole chunk: an RGB stem, a single-channel volume
+    ("tc_stem_rgb", (1, 3, 7, 8, 9), 16, (3, 5, 5), dict(stride=(1, 2, 2), padding=(1, 2, 2))),
+    ("tc_one_channel", (2, 1, 5, 6, 7), 8, 3, dict(padding=1)),
 ]
 # Depthwise layers whose channels fill 16-byte vectors: the CUDA stencil (forward, and
 # grad_input at stride 1 with zero padding). W not a multiple of the stencil's 4-output run.

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace torchconv3d::gpu::tc {
 
@@ -65,11 +66,22 @@ inline int64_t chunk_elems(at::ScalarType t) {
   return 16 / static_cast<int64_t>(c10::elementSize(t));
 }
 
-// The forward pass runs on tensor cores when input channels per group fill whole 16-byte
-// chunks (8 halves, 4 floats); others (C_in = 3 stems, depthwise) stay on the v1 kernels.
+// Input channels per group the tensor-core kernels see: whole 16-byte chunks (8 halves,
+// 4 floats). An ungrouped layer with fewer (C_in = 3 stems, single-channel volumes) gets
+// its input and weights zero-padded to the next chunk in the channels-last copies; zero
+// times zero adds nothing, so the padded channels change no result, NaN/Inf included.
+inline int64_t padded_in_channels(const Geometry& g, at::ScalarType t) {
+  const int64_t chunk = chunk_elems(t), cin = g.in_per_group();
+  if (cin % chunk == 0 || g.groups != 1) return cin;
+  return (cin + chunk - 1) / chunk * chunk;
+}
+
+// Forward on tensor cores: channels in whole chunks (after padding); grouped layers with
+// a channel tail and depthwise layers stay elsewhere.
 inline bool forward_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
-  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.in_per_group() > 1 &&
-         g.in_per_group() % chunk_elems(t) == 0 && g.out_per_group() > 0;
+  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.out_per_group() > 0 &&
+         padded_in_channels(g, t) % chunk_elems(t) == 0 &&
+         (g.in_per_group() > 1 || g.groups == 1);
 }
 
 // Masked gathers need zero padding (any mode reads the same without padding) and kernel
@@ -93,8 +105,10 @@ inline bool grad_input_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) 
 
 // grad_weight: both channel counts per group in whole chunks (its M and its N chunks).
 inline bool grad_weight_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
-  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.in_per_group() > 1 &&
-         g.in_per_group() % chunk_elems(t) == 0 && g.out_per_group() % chunk_elems(t) == 0;
+  return dtype_ok(t, allow_tf32) && fits_32_bits(g) &&
+         (g.in_per_group() > 1 || g.groups == 1) &&
+         padded_in_channels(g, t) % chunk_elems(t) == 0 &&
+         g.out_per_group() % chunk_elems(t) == 0;
 }
 
 // How many K splits grad_weight uses (tensor-core and v1 kernels): a function of the shapes
@@ -124,16 +138,27 @@ inline int64_t grad_weight_splits(int64_t tiles, int64_t k_tiles, int64_t split_
   return best;
 }
 
-// A channels-last copy of t unless it already is one, with a 16-byte aligned start.
-inline at::Tensor channels_last(const at::Tensor& t) {
+// A channels-last copy of t unless it already is one, with a 16-byte aligned start; with
+// `channels` above t's, the extra channels are zeros.
+inline at::Tensor channels_last(const at::Tensor& t, int64_t channels = -1) {
+  if (channels > t.size(1)) {
+    std::vector<int64_t> sizes(t.sizes().begin(), t.sizes().end());
+    sizes[1] = channels;
+    at::Tensor c = at::empty(sizes, t.options(), at::MemoryFormat::ChannelsLast3d).zero_();
+    c.narrow(1, 0, t.size(1)).copy_(t);
+    return c;
+  }
   at::Tensor c = t.contiguous(at::MemoryFormat::ChannelsLast3d);
   if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0)
     c = c.clone(at::MemoryFormat::ChannelsLast3d);
   return c;
 }
 
-// Forward weights: [C_out][kd][kh][kw][C_in/groups], a weight tensor's channels-last layout.
-inline at::Tensor pack_forward_weight(const at::Tensor& w) { return channels_last(w); }
+// Forward weights: [C_out][kd][kh][kw][C_in/groups], a weight tensor's channels-last layout
+// (padded to `channels` input channels).
+inline at::Tensor pack_forward_weight(const at::Tensor& w, int64_t channels) {
+  return channels_last(w, channels);
+}
 
 // grad_input weights: [C_in][kd][kh][kw][C_out/groups], output channels of a group innermost.
 inline at::Tensor pack_grad_input_weight(const at::Tensor& w, int64_t groups) {
@@ -222,7 +247,7 @@ void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
   const Dims32 d = dims32(g);
   ForwardTc<T, Masked> p;
   p.walk = KWalk<T>{};
-  p.walk.channels = static_cast<int>(g.in_per_group());
+  p.walk.channels = static_cast<int>(xc.size(1) / g.groups);
   p.walk.c_tiles = tiles_for(p.walk.channels, KWalk<T>::kTileElems);
   p.gather = gather_of<T>(xc);
   p.gather.mode = g.mode;
@@ -253,8 +278,9 @@ void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
 template <typename Env>
 void forward(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
              const at::Tensor& b, at::Tensor& y) {
-  const at::Tensor xc = channels_last(x);
-  const at::Tensor wp = pack_forward_weight(w);
+  const int64_t channels = padded_in_channels(g, x.scalar_type());
+  const at::Tensor xc = channels_last(x, channels);
+  const at::Tensor wp = pack_forward_weight(w, channels);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     if (masked_gather(g))
@@ -338,13 +364,15 @@ template <typename Env>
 void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
                  at::Tensor& gw) {
   const at::Tensor gyc = channels_last(gy);
-  const at::Tensor xc = channels_last(x);
+  const at::Tensor xc = channels_last(x, padded_in_channels(g, x.scalar_type()));
   dispatch(gy.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const Dims32 d = dims32(g);
     GradWeightTc<T> p;
     p.M = g.out_per_group();
-    p.N = g.kernel_volume() * g.in_per_group();
+    p.cin_g = static_cast<int>(xc.size(1) / g.groups);
+    p.cin_real = static_cast<int>(g.in_per_group());
+    p.N = g.kernel_volume() * p.cin_g;
     p.groups = g.groups;
     const int vol = d.out[0] * d.out[1] * d.out[2];
     const int rows = kKBytes / static_cast<int>(sizeof(T));
@@ -352,7 +380,6 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     p.k_tiles = g.batch * p.walk.tiles_per_sample;
     p.div_hw = FastDiv(static_cast<uint32_t>(d.out[1] * d.out[2]));
     p.div_w = FastDiv(static_cast<uint32_t>(d.out[2]));
-    p.cin_g = static_cast<int>(g.in_per_group());
     p.khw = d.k[1] * d.k[2];
     p.kw = d.k[2];
     for (int i = 0; i < 3; ++i) {

@@ -409,7 +409,7 @@ struct GradWeightTc {
   int64_t M, N, groups, k_tiles, k_tiles_per_split;
   PositionWalk walk;
   FastDiv div_hw, div_w;  // by out H * W and out W
-  int cin_g, khw, kw;
+  int cin_g, cin_real, khw, kw;  // cin_g: padded (GEMM) input channels, cin_real: the layer's
   int stride[3], dil[3], in[3], pad_before[3], pad_after[3];
   PadMode mode;
   const T* gy;  // channels-last: position s of sample n at n * gys[0] + s * gys[4]
@@ -486,10 +486,11 @@ struct GradWeightTc {
     return it;
   }
 
-  // grad_weight element (output channel co, GEMM column n).
+  // grad_weight element (output channel co, GEMM column n); padding channels are dropped.
   __device__ void store_weight(int64_t co, int64_t n, float v) const {
     const int t = static_cast<int>(n / cin_g);
     const int64_t ci = n - int64_t(t) * cin_g;
+    if (ci >= cin_real) return;
     gw[co * gws[0] + ci * gws[1] + (t / khw) * gws[2] + (t % khw / kw) * gws[3] +
        (t % kw) * gws[4]] = static_cast<T>(v);
   }
