@@ -17,6 +17,7 @@
 
 #include "../conv3d.h"
 #include "arch.cuh"
+#include "dims32.cuh"
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -60,10 +61,8 @@ struct Lanes {
 };
 
 template <typename T>
-struct Stencil {
+struct Stencil : Dims32 {
   static constexpr const char* kPass = "depthwise";
-  int in[3], out[3], k[3], stride[3], dil[3], pad_before[3], pad_after[3];
-  PadMode mode;
   int vecs;       // channel vectors per position
   int runs;       // kRun-long runs per output row
   int64_t items;  // batch * out D * out H * runs * vecs
@@ -73,10 +72,6 @@ struct Stencil {
   const T* bias;  // null without bias; contiguous
   T* y;           // channels-last
   int64_t ys[5];
-
-  __device__ int source(int dim, int q) const {
-    return source_index<int>(q, in[dim], pad_before[dim], pad_after[dim], mode);
-  }
 };
 
 template <typename T>
@@ -151,10 +146,8 @@ __global__ void __launch_bounds__(kThreads) stencil_kernel(Stencil<T> p) {
 // vector) with the channel vector fastest, so a block's threads read the same positions
 // (their re-reads hit L1).
 template <typename T>
-struct WeightGrad {
+struct WeightGrad : Dims32 {
   static constexpr const char* kPass = "depthwise";
-  int in[3], out[3], k[3], stride[3], dil[3], pad_before[3], pad_after[3];
-  PadMode mode;
   int vecs, kvol;
   int64_t positions, chunk_len, chunks;
   const T* gy;  // channels-last
@@ -195,8 +188,7 @@ __global__ void __launch_bounds__(kThreads) weight_partial_kernel(WeightGrad<T> 
       int at[3];
 #pragma unroll
       for (int d = 0; d < 3; ++d)
-        at[d] = source_index<int>(o[d] * p.stride[d] + t[d] * p.dil[d] - p.pad_before[d],
-                                  p.in[d], p.pad_before[d], p.pad_after[d], p.mode);
+        at[d] = p.source(d, o[d] * p.stride[d] + t[d] * p.dil[d] - p.pad_before[d]);
       float g[V], xv[V];
       L::unpack(arch::load16(p.gy + n * p.gys[0] + o[0] * p.gys[2] + o[1] * p.gys[3] +
                              o[2] * p.gys[4] + cv * V),

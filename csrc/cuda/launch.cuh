@@ -41,25 +41,6 @@ inline bool fits_32_bits(const Geometry& g) {
          g.kernel_volume() * std::max(g.in_per_group(), g.out_per_group()) < kLimit;
 }
 
-// Spatial geometry in 32 bits (fits_32_bits checked), (D, H, W) order.
-struct Dims32 {
-  int in[3], out[3], k[3], stride[3], dil[3], pad_before[3], pad_after[3];
-};
-
-inline Dims32 dims32(const Geometry& g) {
-  Dims32 d;
-  for (int i = 0; i < 3; ++i) {
-    d.in[i] = static_cast<int>(g.in[i]);
-    d.out[i] = static_cast<int>(g.out[i]);
-    d.k[i] = static_cast<int>(g.kernel[i]);
-    d.stride[i] = static_cast<int>(g.stride[i]);
-    d.dil[i] = static_cast<int>(g.dilation[i]);
-    d.pad_before[i] = static_cast<int>(g.pad_before[i]);
-    d.pad_after[i] = static_cast<int>(g.pad_after[i]);
-  }
-  return d;
-}
-
 inline int tiles_for(int n, int per_tile) { return (n + per_tile - 1) / per_tile; }
 
 inline int64_t chunk_elems(at::ScalarType t) {
@@ -382,14 +363,7 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     p.div_w = FastDiv(static_cast<uint32_t>(d.out[2]));
     p.khw = d.k[1] * d.k[2];
     p.kw = d.k[2];
-    for (int i = 0; i < 3; ++i) {
-      p.stride[i] = d.stride[i];
-      p.dil[i] = d.dil[i];
-      p.in[i] = d.in[i];
-      p.pad_before[i] = d.pad_before[i];
-      p.pad_after[i] = d.pad_after[i];
-    }
-    p.mode = g.mode;
+    static_cast<Dims32&>(p) = d;
     p.gy = gyc.const_data_ptr<T>();
     p.x = xc.const_data_ptr<T>();
     p.gw = gw.mutable_data_ptr<T>();
@@ -433,8 +407,8 @@ inline at::Tensor pack_weight(const at::Tensor& w) {
 // Runs the stencil reading `in` (channels-last) into `out`; a non-channels-last `out`
 // receives a copy.
 template <typename Env>
-void run(const Env& env, const tc::Dims32& d, PadMode mode, const at::Tensor& in,
-         const at::Tensor& wp, const at::Tensor& bias, at::Tensor& out) {
+void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor& wp,
+         const at::Tensor& bias, at::Tensor& out) {
   const at::Tensor x = tc::channels_last(in);
   at::Tensor y = out.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
                          reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0
@@ -446,16 +420,7 @@ void run(const Env& env, const tc::Dims32& d, PadMode mode, const at::Tensor& in
   tc::dispatch(in.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     Stencil<T> p;
-    for (int i = 0; i < 3; ++i) {
-      p.in[i] = d.in[i];
-      p.out[i] = d.out[i];
-      p.k[i] = d.k[i];
-      p.stride[i] = d.stride[i];
-      p.dil[i] = d.dil[i];
-      p.pad_before[i] = d.pad_before[i];
-      p.pad_after[i] = d.pad_after[i];
-    }
-    p.mode = mode;
+    static_cast<Dims32&>(p) = d;
     p.vecs = static_cast<int>(x.size(1) / Lanes<T>::kCount);
     p.runs = tc::tiles_for(d.out[2], kRun);
     p.items = x.size(0) * int64_t(d.out[0]) * d.out[1] * p.runs * p.vecs;
@@ -479,19 +444,20 @@ void run(const Env& env, const tc::Dims32& d, PadMode mode, const at::Tensor& in
 template <typename Env>
 void forward(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
              const at::Tensor& b, at::Tensor& y) {
-  run(env, tc::dims32(g), g.mode, x, pack_weight(w), b, y);
+  run(env, dims32(g), x, pack_weight(w), b, y);
 }
 
 template <typename Env>
 void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const at::Tensor& w,
                 at::Tensor& gx) {
-  tc::Dims32 d = tc::dims32(g);
+  Dims32 d = dims32(g);
   for (int i = 0; i < 3; ++i) {
     std::swap(d.in[i], d.out[i]);
     d.pad_before[i] = (d.k[i] - 1) * d.dil[i] - d.pad_before[i];
     d.pad_after[i] = 0;  // only zeros: coordinates past grad_output read nothing
   }
-  run(env, d, PadMode::Zeros, gy, pack_weight(w.flip({2, 3, 4})), at::Tensor(), gx);
+  d.mode = PadMode::Zeros;
+  run(env, d, gy, pack_weight(w.flip({2, 3, 4})), at::Tensor(), gx);
 }
 
 // Chunks of positions for grad_weight: enough threads for 4 blocks per SM, chunks of at
@@ -501,20 +467,11 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
                  at::Tensor& gw) {
   const at::Tensor gyc = tc::channels_last(gy);
   const at::Tensor xc = tc::channels_last(x);
-  const tc::Dims32 d = tc::dims32(g);
+  const Dims32 d = dims32(g);
   tc::dispatch(gy.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     WeightGrad<T> p;
-    for (int i = 0; i < 3; ++i) {
-      p.in[i] = d.in[i];
-      p.out[i] = d.out[i];
-      p.k[i] = d.k[i];
-      p.stride[i] = d.stride[i];
-      p.dil[i] = d.dil[i];
-      p.pad_before[i] = d.pad_before[i];
-      p.pad_after[i] = d.pad_after[i];
-    }
-    p.mode = g.mode;
+    static_cast<Dims32&>(p) = d;
     p.vecs = static_cast<int>(g.in_channels / Lanes<T>::kCount);
     p.kvol = static_cast<int>(g.kernel_volume());
     p.positions = g.batch * int64_t(d.out[0]) * d.out[1] * d.out[2];

@@ -21,6 +21,7 @@
 #pragma once
 
 #include "../conv3d.h"
+#include "dims32.cuh"
 #include "tc_gemm.cuh"
 
 #include <cstdint>
@@ -227,8 +228,8 @@ __device__ inline BoxIndex box_index(int64_t m, const int (&box)[3]) {
   return r;
 }
 
-// Members shared by the K-contiguous passes.
-template <typename T>
+// Members shared by the K-contiguous passes; Pass supplies kMasked and row_origin.
+template <typename T, typename Pass>
 struct TcProblem {
   using Element = T;
   static constexpr bool kAKMajor = true, kBKMajor = true;
@@ -236,13 +237,22 @@ struct TcProblem {
   KWalk<T> walk;
   Gather<T> gather;
   const T* packed;  // B: packed weights
+
+  template <int Rows, int Threads>
+  __device__ auto a_iterator(int64_t group, int64_t m0) const {
+    return gather_iterator<Pass, Rows, Threads, T>(static_cast<const Pass&>(*this), group, m0);
+  }
+  template <int Rows, int Threads>
+  __device__ auto b_iterator(int64_t group, int64_t n0) const {
+    return packed_iterator<Pass, Rows, Threads, T>(static_cast<const Pass&>(*this), group, n0);
+  }
 };
 
 // Forward: GEMM row m = output position over the batch, column n = output channel in the
 // group, K = (kernel tap, input channel in the group). Packed = weights as
 // [C_out][kd][kh][kw][C_in/groups].
 template <typename T, bool Masked>
-struct ForwardTc : TcProblem<T> {
+struct ForwardTc : TcProblem<T, ForwardTc<T, Masked>> {
   static constexpr const char* kPass = "forward";
   static constexpr bool kMasked = Masked;  // zero padding (or none), kernel extents <= 10
   int out[3], stride[3];
@@ -257,14 +267,6 @@ struct ForwardTc : TcProblem<T> {
            group * this->walk.channels * this->gather.stride[1];
 #pragma unroll
     for (int i = 0; i < 3; ++i) j[i] = o.v[i] * stride[i] - this->gather.pad_before[i];
-  }
-  template <int Rows, int Threads>
-  __device__ auto a_iterator(int64_t group, int64_t m0) const {
-    return gather_iterator<ForwardTc, Rows, Threads, T>(*this, group, m0);
-  }
-  template <int Rows, int Threads>
-  __device__ auto b_iterator(int64_t group, int64_t n0) const {
-    return packed_iterator<ForwardTc, Rows, Threads, T>(*this, group, n0);
   }
 
   struct Store {
@@ -291,7 +293,7 @@ struct ForwardTc : TcProblem<T> {
 // channel in the group, K = (box tap, output channel in the group). Gather = grad_output,
 // Packed = weights as [C_in][kd][kh][kw][C_out/groups].
 template <typename T>
-struct GradInputTc : TcProblem<T> {
+struct GradInputTc : TcProblem<T, GradInputTc<T>> {
   static constexpr const char* kPass = "grad_input";
   static constexpr bool kMasked = true;  // zeros outside grad_output
   int count[3], first[3], stride[3], o_first[3];
@@ -304,14 +306,6 @@ struct GradInputTc : TcProblem<T> {
            group * this->walk.channels * this->gather.stride[1];
 #pragma unroll
     for (int i = 0; i < 3; ++i) j[i] = o_first[i] + r.v[i];
-  }
-  template <int Rows, int Threads>
-  __device__ auto a_iterator(int64_t group, int64_t m0) const {
-    return gather_iterator<GradInputTc, Rows, Threads, T>(*this, group, m0);
-  }
-  template <int Rows, int Threads>
-  __device__ auto b_iterator(int64_t group, int64_t n0) const {
-    return packed_iterator<GradInputTc, Rows, Threads, T>(*this, group, n0);
   }
 
   struct Store {
@@ -402,7 +396,7 @@ struct PositionWalk {
 // both tiles are MN-major. With split K each split writes its partial tile to `partial`
 // ([split][group][m][n]) and reduce_splits_kernel sums them in split order.
 template <typename T>
-struct GradWeightTc {
+struct GradWeightTc : Dims32 {
   static constexpr const char* kPass = "grad_weight";
   using Element = T;
   static constexpr bool kAKMajor = false, kBKMajor = false;
@@ -410,8 +404,6 @@ struct GradWeightTc {
   PositionWalk walk;
   FastDiv div_hw, div_w;  // by out H * W and out W
   int cin_g, cin_real, khw, kw;  // cin_g: padded (GEMM) input channels, cin_real: the layer's
-  int stride[3], dil[3], in[3], pad_before[3], pad_after[3];
-  PadMode mode;
   const T* gy;  // channels-last: position s of sample n at n * gys[0] + s * gys[4]
   int64_t gys[5];
   const T* x;  // channels-last
@@ -455,8 +447,7 @@ struct GradWeightTc {
         int at[3];
 #pragma unroll
         for (int d = 0; d < 3; ++d)
-          at[d] = source_index<int>(o[d] * p.stride[d] - p.pad_before[d] + tap[d], p.in[d],
-                                    p.pad_before[d], p.pad_after[d], p.mode);
+          at[d] = p.source(d, o[d] * p.stride[d] - p.pad_before[d] + tap[d]);
         const bool ok = col != nullptr && s < p.walk.vol && (at[0] | at[1] | at[2]) >= 0;
         const T* src = ok ? col + k.n * p.xs[0] + at[0] * p.xs[2] + at[1] * p.xs[3] +
                                 at[2] * p.xs[4]
