@@ -22,6 +22,10 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
+// torch's own cap on padding. Beyond it, every size sum and product below is checked for
+// int64 overflow where it is formed (stride only ever divides).
+constexpr int64_t kMaxPadding = (int64_t(1) << 62) - 1;
+
 }  // namespace
 
 PadMode parse_padding_mode(std::string_view mode) {
@@ -58,6 +62,8 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                 dilation);
     TORCH_CHECK(padding[2 * i] >= 0 && padding[2 * i + 1] >= 0,
                 "negative padding is not supported, got padding=", padding);
+    TORCH_CHECK_VALUE(padding[2 * i] <= kMaxPadding && padding[2 * i + 1] <= kMaxPadding,
+                      "padding must be at most 2^62 - 1, got padding=", padding);
     g.stride[i] = stride[i];
     g.dilation[i] = dilation[i];
     g.pad_before[i] = padding[2 * i];
@@ -124,15 +130,34 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
     g.kernel[i] = weight.size(2 + i);
     TORCH_CHECK(g.kernel[i] > 0, "kernel size must be positive, but got weight of size ",
                 weight.sizes());
-    padded[i] = g.in[i] + g.pad_before[i] + g.pad_after[i];
-    dilated_kernel[i] = g.dilation[i] * (g.kernel[i] - 1) + 1;
+    TORCH_CHECK_VALUE(!__builtin_add_overflow(g.in[i], g.pad_before[i], &padded[i]) &&
+                          !__builtin_add_overflow(padded[i], g.pad_after[i], &padded[i]),
+                      "padding=", padding, " with input of size ", input.sizes(),
+                      " gives a padded size past 2^63 - 1");
+    TORCH_CHECK_VALUE(
+        !__builtin_mul_overflow(g.dilation[i], g.kernel[i] - 1, &dilated_kernel[i]) &&
+            !__builtin_add_overflow(dilated_kernel[i], 1, &dilated_kernel[i]),
+        "dilation=", dilation, " with kernel of size ", weight.sizes(),
+        " gives a dilated kernel past 2^63 - 1");
   }
   for (int i = 0; i < 3; ++i) {
     TORCH_CHECK(padded[i] >= dilated_kernel[i], "Calculated padded input size per channel: ",
                 dims_str(padded), ". Kernel size: ", dims_str(dilated_kernel),
                 ". Kernel size can't be greater than actual input size");
-    g.out[i] = conv_out_size(g.in[i], g.kernel[i], g.stride[i], g.dilation[i], g.pad_before[i],
-                             g.pad_after[i]);
+    g.out[i] = (padded[i] - dilated_kernel[i]) / g.stride[i] + 1;
+  }
+  // The output must be addressable: its element count fits int64.
+  int64_t out_numel = g.batch;
+  for (int64_t n : {g.out_channels, g.out[0], g.out[1], g.out[2]})
+    TORCH_CHECK_VALUE(!__builtin_mul_overflow(out_numel, n, &out_numel),
+                      "the output of size (", g.batch, ", ", g.out_channels, ", ", g.out[0],
+                      ", ", g.out[1], ", ", g.out[2], ") has more than 2^63 - 1 elements");
+  // Arguments that cannot change the result are normalised, so their size never reaches a
+  // kernel's tile or workspace arithmetic: an output extent of 1 reads only o = 0 (any
+  // stride), a kernel extent of 1 only tap 0 (any dilation).
+  for (int i = 0; i < 3; ++i) {
+    if (g.out[i] == 1) g.stride[i] = 1;
+    if (g.kernel[i] == 1) g.dilation[i] = 1;
   }
 
   // nn.Conv3d's rule: an empty input is fine only through its batch or channels (with

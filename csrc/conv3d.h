@@ -69,12 +69,6 @@ C10_HOST_DEVICE inline I source_index(std::type_identity_t<I> q, std::type_ident
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Output size of one spatial dimension.
-inline int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dilation,
-                             int64_t pad_before, int64_t pad_after) {
-  return (in + pad_before + pad_after - dilation * (k - 1) - 1) / stride + 1;
-}
-
 PadMode parse_padding_mode(std::string_view mode);
 
 // Validates every argument of a forward or backward call and returns the geometry.

@@ -113,6 +113,10 @@ def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguou
     x = make_layout(x64.to(device, dtype), layout).requires_grad_()
     w = make_layout(w64.to(device, dtype), weight_layout).requires_grad_()
     b = b64.to(device, dtype).requires_grad_() if b64 is not None else None
+    if kwargs.get("padding") == "causal" and mode in ("reflect", "circular"):
+        with pytest.raises(ValueError, match="future"):  # would read future frames
+            conv(x, w, b, padding_mode=mode, **kwargs)
+        return None
     out = conv(x, w, b, padding_mode=mode, **kwargs)
     grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None],
                                 gy64.to(device, dtype))

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from torchconv3d.functional import resolve_args
+from torchconv3d.functional import check_causal, resolve_args
 
 from conftest import reference, rel_err
 from test_correctness import CONFIGS, DW_CONFIGS, MODES, TC_CONFIGS, TC_DTYPES, _run
@@ -69,6 +69,7 @@ class _Emulated(torch.autograd.Function):
 
 def emulated_conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
                     padding_mode="zeros"):
+    check_causal(padding, padding_mode)
     stride, pads, dilation = resolve_args(x, w, stride, padding, dilation)
     return _Emulated.apply(x, w, b, stride, pads, dilation, groups, padding_mode)
 

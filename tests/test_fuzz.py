@@ -46,7 +46,8 @@ def configs(draw):
         st.tuples(*[st.tuples(st.integers(0, 3), st.integers(0, 3))] * 3),
         st.sampled_from(["same", "valid", "causal"]),
     ))
-    mode = draw(st.sampled_from(MODES))
+    # 'causal' refuses the modes that would read future frames (tests/test_hostile.py)
+    mode = draw(st.sampled_from(["zeros", "replicate"] if padding == "causal" else MODES))
     batch = draw(st.integers(0 if mode == "zeros" else 1, 3))
     size = tuple(draw(st.integers(1, 9)) for _ in range(3))
     kwargs = dict(stride=stride, dilation=dilation, padding=padding, groups=groups,

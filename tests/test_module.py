@@ -59,15 +59,17 @@ def test_extension_paddings_in_module():
     assert m(torch.randn(1, 3, 6, 5, 5)).shape == (1, 4, 6, 5, 5)
 
 
-def test_causal_output_ignores_future_frames():
-    m = torchconv3d.Conv3d(2, 2, 3, padding="causal", padding_mode="replicate")
-    x = torch.randn(1, 2, 6, 5, 5)
+@pytest.mark.parametrize("mode", ["zeros", "replicate"])  # the others are refused
+def test_causal_output_ignores_future_frames(mode):
+    m = torchconv3d.Conv3d(2, 2, 3, padding="causal", padding_mode=mode, dilation=(2, 1, 1))
+    x = torch.randn(1, 2, 7, 5, 5)
     y = m(x)
-    x2 = x.clone()
-    x2[:, :, 4:] = torch.randn(1, 2, 2, 5, 5)  # change frames 4 and 5 only
-    y2 = m(x2)
-    assert torch.equal(y[:, :, :4], y2[:, :, :4])
-    assert not torch.equal(y[:, :, 4:], y2[:, :, 4:])
+    for t in range(x.shape[2] - 1):
+        x2 = x.clone()
+        x2[:, :, t + 1:] = torch.randn_like(x2[:, :, t + 1:])  # every frame after t
+        y2 = m(x2)
+        assert torch.equal(y[:, :, :t + 1], y2[:, :, :t + 1]), f"frame <= {t} saw the future"
+        assert not torch.equal(y[:, :, t + 1:], y2[:, :, t + 1:])
 
 
 class Net(nn.Module):

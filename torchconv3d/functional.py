@@ -17,6 +17,19 @@ def _same_pads(in_size, k, s, d):
     return [total // 2, total - total // 2]
 
 
+# Padding modes that read real input elements in place of 'causal' padding before the
+# first frame: replicate repeats frame 0 (the present). reflect would read frames 1, 2, ...
+# and circular the last frames: the future.
+CAUSAL_MODES = ("zeros", "replicate")
+
+
+def check_causal(padding, padding_mode):
+    if isinstance(padding, str) and padding == "causal" and padding_mode not in CAUSAL_MODES:
+        raise ValueError(
+            f"padding='causal' with padding_mode={padding_mode!r} would let the first output "
+            f"frames read future input frames; use padding_mode 'zeros' or 'replicate'")
+
+
 def resolve_padding(padding, kernel, stride, dilation, in_size):
     """Turns a padding spec into (d_before, d_after, h_before, h_after, w_before, w_after).
 
@@ -85,6 +98,7 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
+    check_causal(padding, padding_mode)
     weight, bias = megengine_to_torch(weight, bias, groups)
     if conv_mode == "convolution":
         weight = weight.flip(-3, -2, -1)

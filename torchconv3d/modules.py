@@ -1,7 +1,8 @@
 """Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
 import torch.nn as nn
 
-from .functional import CONV_MODES, DATA_FORMATS, PADDING_STRINGS, conv3d, megengine_to_torch
+from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
+                         megengine_to_torch)
 
 
 def _torch_accepts(padding, stride):
@@ -39,6 +40,7 @@ class Conv3d(nn.Conv3d):
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
         if conv_mode not in CONV_MODES:
             raise ValueError(f"conv_mode must be one of {CONV_MODES}, but got {conv_mode!r}")
+        check_causal(padding, padding_mode)
         # nn.Conv3d rejects our extensions; it gets a stand-in and the real spec is kept.
         super().__init__(
             in_channels, out_channels, kernel_size, stride,
@@ -86,11 +88,9 @@ def convert(module):
     """
     if type(module) is nn.Conv3d:
         new = Conv3d.__new__(Conv3d)
-        # Same attributes as nn.Conv3d; containers are copied so the two modules do not
-        # share bookkeeping dicts.
-        new.__dict__.update(
-            {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
-        )
+        # The same attribute objects: the module is replaced, not copied, so a hook handle
+        # taken before convert still removes its hook (handles hold the hook dicts).
+        new.__dict__.update(module.__dict__)
         new.data_format, new.conv_mode = "NCDHW", "cross_correlation"
         return new
     for name, child in module.named_children():

@@ -3,6 +3,9 @@
 // plain loops over kLanes-wide arrays the compiler vectorises for the baseline ISA.
 #include "microkernel.h"
 
+#include <c10/util/Exception.h>
+
+#include <cctype>
 #include <cstdlib>
 #include <string>
 
@@ -59,13 +62,20 @@ void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
   }
 }
 
-// TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons); a value the
-// CPU cannot run falls back to what it can.
+// TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512, avx2 or
+// generic, in any case; unset or empty means the widest. A value the CPU cannot run falls
+// back to what it can; an unknown value is warned about and ignored.
 template <typename A>
 const MicroKernels<A>& choose() {
   static const MicroKernels<A>& k = [] () -> const MicroKernels<A>& {
     const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
-    const std::string cap = v ? v : "avx512";
+    std::string cap = v ? v : "";
+    for (char& c : cap) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (cap != "avx512" && cap != "avx2" && cap != "generic") {
+      if (!cap.empty())
+        TORCH_WARN("TORCHCONV3D_CPU_ISA='", v, "' is not avx512, avx2 or generic; ignored");
+      cap = "avx512";
+    }
     if (cap == "avx512" && have_avx512_kernels()) return avx512_kernels(A{});
     if ((cap == "avx512" || cap == "avx2") && have_avx2_kernels()) return avx2_kernels(A{});
     return generic_kernels(A{});
