@@ -119,6 +119,12 @@ inline int64_t grad_weight_splits(int64_t tiles, int64_t k_tiles, int64_t split_
   return best;
 }
 
+// t itself when its data starts on a 16-byte boundary (cp.async and 16-byte loads need
+// it), else a copy. A fresh allocation always does; a view with an offset may not.
+inline at::Tensor aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
 // A channels-last copy of t unless it already is one, with a 16-byte aligned start; with
 // `channels` above t's, the extra channels are zeros.
 inline at::Tensor channels_last(const at::Tensor& t, int64_t channels = -1) {
@@ -129,10 +135,7 @@ inline at::Tensor channels_last(const at::Tensor& t, int64_t channels = -1) {
     c.narrow(1, 0, t.size(1)).copy_(t);
     return c;
   }
-  at::Tensor c = t.contiguous(at::MemoryFormat::ChannelsLast3d);
-  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0)
-    c = c.clone(at::MemoryFormat::ChannelsLast3d);
-  return c;
+  return aligned(t.contiguous(at::MemoryFormat::ChannelsLast3d));
 }
 
 // Forward weights: [C_out][kd][kh][kw][C_in/groups], a weight tensor's channels-last layout
@@ -144,9 +147,9 @@ inline at::Tensor pack_forward_weight(const at::Tensor& w, int64_t channels) {
 // grad_input weights: [C_in][kd][kh][kw][C_out/groups], output channels of a group innermost.
 inline at::Tensor pack_grad_input_weight(const at::Tensor& w, int64_t groups) {
   const int64_t cout_g = w.size(0) / groups;
-  return w.reshape({groups, cout_g, w.size(1), w.size(2), w.size(3), w.size(4)})
-      .permute({0, 2, 3, 4, 5, 1})
-      .contiguous();
+  return aligned(w.reshape({groups, cout_g, w.size(1), w.size(2), w.size(3), w.size(4)})
+                     .permute({0, 2, 3, 4, 5, 1})
+                     .contiguous());
 }
 
 template <typename T>
@@ -401,7 +404,7 @@ inline bool grad_input_ok(const Geometry& g, at::ScalarType t) {
 
 // Depthwise weights [C][1][kd][kh][kw] as [kd][kh][kw][C].
 inline at::Tensor pack_weight(const at::Tensor& w) {
-  return w.reshape({w.size(0), -1}).t().contiguous();
+  return tc::aligned(w.reshape({w.size(0), -1}).t().contiguous());
 }
 
 // Runs the stencil reading `in` (channels-last) into `out`; a non-channels-last `out`
@@ -414,9 +417,7 @@ void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor
                          reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0
                      ? out
                      : at::empty_like(out, at::MemoryFormat::ChannelsLast3d);
-  at::Tensor b = bias;
-  if (b.defined() && (!b.is_contiguous() || reinterpret_cast<uintptr_t>(b.const_data_ptr()) % 16))
-    b = b.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor b = bias.defined() ? tc::aligned(bias.contiguous()) : bias;
   tc::dispatch(in.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     Stencil<T> p;

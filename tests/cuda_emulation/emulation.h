@@ -27,7 +27,9 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <functional>
+#include <utility>
 #include <vector>
 
 struct dim3 {
@@ -135,18 +137,27 @@ inline void cp_async_wait(int pending) {
 }
 
 // ---- the scheduler ----------------------------------------------------------------------
+// An exception cannot unwind through the scheduler's context switch: a fiber's is kept
+// here and rethrown by the scheduler (the block's other fibers are abandoned).
+inline std::exception_ptr error;
+
 inline void fiber_main() {
-  (*body)();
-  Fiber& f = fibers[current];
-  TORCH_CHECK(f.committed.empty() && f.open_group.empty(),
-              "emulated kernel: a thread returned with cp.async copies it never waited for");
-  f.done = true;  // returning resumes uc_link, the scheduler
+  try {
+    (*body)();
+    Fiber& f = fibers[current];
+    TORCH_CHECK(f.committed.empty() && f.open_group.empty(),
+                "emulated kernel: a thread returned with cp.async copies it never waited for");
+  } catch (...) {
+    error = std::current_exception();
+  }
+  fibers[current].done = true;  // returning resumes uc_link, the scheduler
 }
 
 // After a round in which every fiber ran until it waits or returns: releases the warps
 // whose 32 lanes wait at one collective; if none, the block barrier. Returns false when
 // every fiber has returned.
 inline bool release(int threads, dim3 b) {
+  if (error) std::rethrow_exception(std::exchange(error, nullptr));
   bool released = false;
   for (int w = 0; w * kWarp < threads; ++w) {
     int at_warp = 0, done = 0;
