@@ -127,3 +127,24 @@ def test_cpu_isa_variable(value, expected, warns):
     widest = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else "generic"
     assert isa == (expected or widest), out
     assert ("is not avx512, avx2 or generic" in out) == warns, out
+
+
+@pytest.mark.parametrize("shape,dtype", [((1, 1, 80000, 1, 1), "float16"),
+                                         ((1, 4, 40000, 2, 2), "bfloat16")])
+def test_deep_half_precision_grad_input_stays_linear(shape, dtype):
+    """float16/bfloat16 grad_input once scanned every output depth for every input depth
+    (97.7 s at 80,000 depths); a runaway now fails the subprocess's time limit."""
+    code = f"""
+        import torch, torchconv3d, torch.nn.functional as F
+        x = torch.randn({shape}, dtype=torch.{dtype}, requires_grad=True)
+        w = torch.randn({shape[1]}, {shape[1]}, 3, 1, 1, dtype=torch.{dtype})
+        y = torchconv3d.conv3d(x, w)
+        gy = torch.randn_like(y)
+        y.backward(gy)
+        xr = x.detach().double().requires_grad_()
+        F.conv3d(xr, w.double()).backward(gy.double())
+        err = (x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()
+        assert err < 2e-2, err
+    """
+    rc, out = _run_isolated(code, timeout=60)
+    assert rc == 0, out

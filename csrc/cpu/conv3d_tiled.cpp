@@ -548,13 +548,20 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
           phases.push_back(std::move(p));
         }
 
-  // Threads own blocks of input depths; a block is fed by the (od, i) pairs that read it.
+  // Threads own blocks of input depths; a block is fed by the (od, i) pairs that read it
+  // (each task scans the output depths once, so few large blocks keep that linear). The
+  // half types' float slab holds the block: as many depths as kTileBytes allows, at least
+  // one, at most what the direct types take.
   const int64_t units = g.batch * g.groups;
   const int64_t want = 4 * at::get_num_threads();
-  const int64_t dblock = direct ? ceil_div(g.in[0], std::max<int64_t>(1, ceil_div(want, units)))
-                                : 1;
-  const int64_t dblocks = ceil_div(g.in[0], dblock);
   const int64_t slab_depth = g.in[1] * g.in[2];
+  const int64_t by_threads = ceil_div(g.in[0], std::max<int64_t>(1, ceil_div(want, units)));
+  const int64_t dblock =
+      direct ? by_threads
+             : std::clamp<int64_t>(
+                   kTileBytes / std::max<int64_t>(1, cig * slab_depth * int64_t(sizeof(A))), 1,
+                   std::max<int64_t>(1, by_threads));
+  const int64_t dblocks = ceil_div(g.in[0], dblock);
 
   const T* gyp = grad_output.const_data_ptr<T>();
   T* gxp = grad_input.mutable_data_ptr<T>();
