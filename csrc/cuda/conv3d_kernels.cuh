@@ -1,12 +1,17 @@
-// CUDA kernels for every pass, and the host code that launches them.
+// The CUDA passes' entry points (forward_pass, grad_input_pass, grad_weight_pass,
+// grad_bias_pass), which hand each layer to the v2 kernels (launch.cuh: tensor-core GEMMs,
+// depthwise stencil) when they take it, and the v1 CUDA-core kernels that run the rest
+// (float64, float32 with TF32 off, grouped channel tails, depthwise multipliers, grad_input
+// with non-zero padding modes), plus grad_bias.
 //
 // The same source also compiles as plain C++ under tests/cuda_emulation, which runs every
 // thread of a block as a fiber on the CPU: that is how CI executes these kernels without a
-// GPU. Hence the rules here: no warp intrinsics or __ldg, shared memory only as fixed-size
-// __shared__ arrays, every thread of a block reaches every __syncthreads, and launches go
-// through the Env parameter (CUDA's <<<>>> in conv3d_cuda.cu, the emulator in the tests).
+// GPU. Hence the rules here: warp-level operations only through arch.cuh, shared memory as
+// fixed-size __shared__ arrays or arch::dynamic_smem(), every thread of a block reaches
+// every __syncthreads, and launches go through the Env parameter (CUDA's <<<>>> in
+// conv3d_cuda.cu, the emulator in the tests).
 //
-// Design (first version; tensor cores come next and replace the inner product of gemm_kernel):
+// v1 design:
 // - layers with several input channels per group: implicit GEMM per group. A block of 256
 //   threads owns a 64x64 output tile (4x4 per thread) and walks K in steps of 16 through
 //   shared memory. The three passes differ only in where an operand element lives: the
