@@ -54,45 +54,59 @@ at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& we
                  dilation, groups, padding_mode);
 }
 
-}  // namespace
-
-TORCH_LIBRARY(torchconv3d, m) {
-  m.def(
+// Registers the operators, once per process. Two copies of this library can meet in one
+// process (the JIT build and the installed extension, or a second torch.ops.load_library);
+// the second finds the namespace taken and registers nothing, where TORCH_LIBRARY's static
+// registration would abort the process. Its PyInit then raises ImportError.
+bool register_operators() {
+  if (c10::Dispatcher::singleton().findSchema({"torchconv3d::conv3d_forward", ""}).has_value())
+    return false;
+  using torch::Library;
+  static Library def(Library::DEF, "torchconv3d", std::nullopt, __FILE__, __LINE__);
+  def.def(
       "conv3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor");
-  m.def(
+  def.def(
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
   // Which build of the CPU micro-kernels this process runs ("avx512" or "generic").
-  m.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
-}
+  def.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
 
-TORCH_LIBRARY_IMPL(torchconv3d, CPU, m) {
-  m.impl("conv3d_forward", &conv3d_forward);
-  m.impl("conv3d_backward", &conv3d_backward);
-}
-
+  static Library cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::CPU, __FILE__, __LINE__);
+  cpu.impl("conv3d_forward", &conv3d_forward);
+  cpu.impl("conv3d_backward", &conv3d_backward);
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(torchconv3d, CUDA, m) {
-  m.impl("conv3d_forward", &conv3d_forward);
-  m.impl("conv3d_backward", &conv3d_backward);
-}
+  static Library cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::CUDA, __FILE__,
+                      __LINE__);
+  cuda.impl("conv3d_forward", &conv3d_forward);
+  cuda.impl("conv3d_backward", &conv3d_backward);
 #endif
-
-TORCH_LIBRARY_IMPL(torchconv3d, AutocastCPU, m) {
-  m.impl("conv3d_forward", &conv3d_forward_autocast);
+  static Library autocast_cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCPU,
+                              __FILE__, __LINE__);
+  autocast_cpu.impl("conv3d_forward", &conv3d_forward_autocast);
+  static Library autocast_cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCUDA,
+                               __FILE__, __LINE__);
+  autocast_cuda.impl("conv3d_forward", &conv3d_forward_autocast);
+  return true;
 }
 
-TORCH_LIBRARY_IMPL(torchconv3d, AutocastCUDA, m) {
-  m.impl("conv3d_forward", &conv3d_forward_autocast);
-}
+// Runs when the library is loaded, as TORCH_LIBRARY's registration did.
+const bool registered = register_operators();
 
+}  // namespace
 }  // namespace torchconv3d
 
 // Lets `import torchconv3d._C` load the library (and with it the registrations above)
 // when it is built by setup.py. The JIT build loads it with torch.ops.load_library.
 extern "C" PyObject* PyInit__C(void) {
+  if (!torchconv3d::registered) {
+    PyErr_SetString(PyExc_ImportError,
+                    "torchconv3d: its operators are already registered by another copy of "
+                    "the library in this process (the JIT build and the installed extension "
+                    "cannot both be loaded)");
+    return nullptr;
+  }
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
