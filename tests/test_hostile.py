@@ -63,6 +63,7 @@ def test_irrelevant_huge_stride_or_dilation(xshape, wshape, kwargs, dtype):
     (dict(dilation=(1, 1, 2**62)), "dilation"),
     (dict(padding=(0, 0, (2**63 - 1, 2**63 - 1))), "padding"),
     (dict(padding=2**62), "padding"),
+    (dict(stride=2**63), "stride"),  # past int64: named here, not by the dispatcher
 ])
 def test_overflowing_arguments_are_refused_by_name(kwargs, argument):
     code = f"""

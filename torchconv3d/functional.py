@@ -143,10 +143,23 @@ def megengine_to_torch(weight, bias, groups):
     return weight, bias
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_int64(name, values):
+    """The operator takes int64 lists: a value past them gets a message naming it here
+    (the dispatcher's own says only 'Expected a value of type List[int]')."""
+    for v in values:
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise ValueError(f"{name} values must fit in 64 bits, but got {name}={values}")
+    return values
+
+
 def resolve_args(input, weight, stride, padding, dilation):
     """The operator's (stride[3], padding[6], dilation[3]) from conv3d's arguments."""
-    stride = _triple(stride)
-    dilation = _triple(dilation)
+    stride = _check_int64("stride", _triple(stride))
+    dilation = _check_int64("dilation", _triple(dilation))
     spatial = list(input.shape[-3:]) if input.dim() in (4, 5) else []
     kernel = list(weight.shape[2:]) if weight.dim() == 5 else []
-    return stride, resolve_padding(padding, kernel, stride, dilation, spatial), dilation
+    pads = _check_int64("padding", resolve_padding(padding, kernel, stride, dilation, spatial))
+    return stride, pads, dilation
