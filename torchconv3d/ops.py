@@ -23,7 +23,7 @@ backward_op = torch.ops.torchconv3d.conv3d_backward
 
 
 def output_size(in_size, kernel, stride, padding, dilation):
-    """Spatial output size, as csrc/conv3d.h's conv_out_size."""
+    """Spatial output size, as csrc/check.cpp computes it."""
     return [
         (in_size[i] + padding[2 * i] + padding[2 * i + 1] - dilation[i] * (kernel[i] - 1) - 1)
         // stride[i]

@@ -789,11 +789,6 @@ inline GemmShape gemm_shape(const Conv& c, int64_t M, int64_t N, int64_t K) {
 // Depthwise kernels also serve C_in = 1 convolutions: one input channel per group.
 inline bool one_input_channel_per_group(const Geometry& g) { return g.in_per_group() == 1; }
 
-template <typename Env>
-dim3 grid_1d(const Env& env, int64_t work_items) {
-  return dim3(static_cast<unsigned>(std::max<int64_t>(1, std::min(work_items, env.max_blocks))));
-}
-
 template <typename Env, typename Problem>
 void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
   const int64_t n_tiles = ceil_div(p.N, kBN);

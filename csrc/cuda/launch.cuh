@@ -16,11 +16,20 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+namespace torchconv3d::gpu {
+
+// A 1-D grid of work_items blocks, capped (kernels on 1-D grids loop grid-stride).
+template <typename Env>
+dim3 grid_1d(const Env& env, int64_t work_items) {
+  return dim3(static_cast<unsigned>(std::max<int64_t>(1, std::min(work_items, env.max_blocks))));
+}
+
+}  // namespace torchconv3d::gpu
 
 namespace torchconv3d::gpu::tc {
 
@@ -41,8 +50,6 @@ inline bool fits_32_bits(const Geometry& g) {
          g.kernel_volume() * std::max(g.in_per_group(), g.out_per_group()) < kLimit;
 }
 
-inline int tiles_for(int n, int per_tile) { return (n + per_tile - 1) / per_tile; }
-
 inline int64_t chunk_elems(at::ScalarType t) {
   return 16 / static_cast<int64_t>(c10::elementSize(t));
 }
@@ -54,7 +61,7 @@ inline int64_t chunk_elems(at::ScalarType t) {
 inline int64_t padded_in_channels(const Geometry& g, at::ScalarType t) {
   const int64_t chunk = chunk_elems(t), cin = g.in_per_group();
   if (cin % chunk == 0 || g.groups != 1) return cin;
-  return (cin + chunk - 1) / chunk * chunk;
+  return ceil_div(cin, chunk) * chunk;
 }
 
 // Forward on tensor cores: channels in whole chunks (after padding); grouped layers with
@@ -107,7 +114,7 @@ inline int64_t grad_weight_splits(int64_t tiles, int64_t k_tiles, int64_t split_
   double best_fill = 0;
   for (int64_t s = 1; s <= most; ++s) {
     const int64_t blocks = tiles * s;
-    const int64_t waves = (blocks + blocks_per_wave - 1) / blocks_per_wave;
+    const int64_t waves = ceil_div(blocks, blocks_per_wave);
     const double fill = static_cast<double>(blocks) / static_cast<double>(waves * blocks_per_wave);
     if (fill >= 0.9) return s;
     if (fill > best_fill + 1e-9) {
@@ -168,7 +175,7 @@ struct DgradClass {
 inline DgradClass dgrad_class(int r, int in, int k, int stride, int dil, int pad_before) {
   DgradClass c{};
   c.first = ((r - pad_before) % stride + stride) % stride;
-  c.count = c.first < in ? (in - c.first + stride - 1) / stride : 0;
+  c.count = c.first < in ? static_cast<int>(ceil_div(in - c.first, stride)) : 0;
   c.step = stride / std::gcd(stride, dil);
   c.o_step = c.step * dil / stride;
   c.t0 = -1;
@@ -200,8 +207,8 @@ void dispatch(at::ScalarType t, F&& f) {
 
 template <typename Cfg, typename Env, typename Problem>
 void launch(const Env& env, const Problem& p, int64_t splits) {
-  const int64_t m_tiles = (p.M + Cfg::BM - 1) / Cfg::BM;
-  const int64_t n_tiles = (p.N + Cfg::BN - 1) / Cfg::BN * p.groups;
+  const int64_t m_tiles = ceil_div(p.M, Cfg::BM);
+  const int64_t n_tiles = ceil_div(p.N, Cfg::BN) * p.groups;
   if (m_tiles == 0 || n_tiles == 0) return;  // k_tiles == 0 writes zeros
   const dim3 grid(static_cast<unsigned>(std::min(m_tiles, env.max_grid_x)),
                   static_cast<unsigned>(std::min(n_tiles, env.max_grid_y)),
@@ -232,7 +239,7 @@ void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
   ForwardTc<T, Masked> p;
   p.walk = KWalk<T>{};
   p.walk.channels = static_cast<int>(xc.size(1) / g.groups);
-  p.walk.c_tiles = tiles_for(p.walk.channels, KWalk<T>::kTileElems);
+  p.walk.c_tiles = static_cast<int>(ceil_div(p.walk.channels, KWalk<T>::kTileElems));
   p.gather = gather_of<T>(xc);
   p.gather.mode = g.mode;
   for (int i = 0; i < 3; ++i) {
@@ -289,7 +296,7 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
     p.gather.mode = PadMode::Zeros;
     p.packed = wp.const_data_ptr<T>();
     p.walk.channels = static_cast<int>(g.out_per_group());
-    p.walk.c_tiles = tiles_for(p.walk.channels, KWalk<T>::kTileElems);
+    p.walk.c_tiles = static_cast<int>(ceil_div(p.walk.channels, KWalk<T>::kTileElems));
     p.N = g.in_per_group();
     p.groups = g.groups;
     p.gx = gx.mutable_data_ptr<T>();
@@ -325,12 +332,12 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
 
 template <typename Cfg, typename Env, typename T>
 void grad_weight_with(const Env& env, GradWeightTc<T> p, const at::Tensor& like) {
-  const int64_t tiles = (p.M + Cfg::BM - 1) / Cfg::BM * ((p.N + Cfg::BN - 1) / Cfg::BN) * p.groups;
+  const int64_t tiles = ceil_div(p.M, Cfg::BM) * ceil_div(p.N, Cfg::BN) * p.groups;
   const int64_t per_split = p.groups * p.M * p.N;
   int64_t splits = grad_weight_splits(tiles, p.k_tiles, per_split * int64_t(sizeof(float)),
                                       env.sm_count * Cfg::MinBlocks);
-  p.k_tiles_per_split = (p.k_tiles + splits - 1) / splits;
-  splits = (p.k_tiles + p.k_tiles_per_split - 1) / p.k_tiles_per_split;  // no empty split
+  p.k_tiles_per_split = ceil_div(p.k_tiles, splits);
+  splits = ceil_div(p.k_tiles, p.k_tiles_per_split);  // no empty split
   at::Tensor workspace;
   if (splits > 1) {
     workspace = at::empty({splits * per_split}, like.options().dtype(at::kFloat));
@@ -338,10 +345,8 @@ void grad_weight_with(const Env& env, GradWeightTc<T> p, const at::Tensor& like)
   }
   launch<Cfg>(env, p, splits);
   if (splits > 1)
-    env.launch(reduce_splits_kernel<T>,
-               dim3(static_cast<unsigned>(
-                   std::max<int64_t>(1, std::min((per_split + 255) / 256, env.max_blocks)))),
-               dim3(256), p, splits);
+    env.launch(reduce_splits_kernel<T>, grid_1d(env, ceil_div(per_split, 256)), dim3(256), p,
+               splits);
 }
 
 template <typename Env>
@@ -360,7 +365,7 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     p.groups = g.groups;
     const int vol = d.out[0] * d.out[1] * d.out[2];
     const int rows = kKBytes / static_cast<int>(sizeof(T));
-    p.walk = PositionWalk{vol, tiles_for(vol, rows), rows};
+    p.walk = PositionWalk{vol, static_cast<int>(ceil_div(vol, rows)), rows};
     p.k_tiles = g.batch * p.walk.tiles_per_sample;
     p.div_hw = FastDiv(static_cast<uint32_t>(d.out[1] * d.out[2]));
     p.div_w = FastDiv(static_cast<uint32_t>(d.out[2]));
@@ -423,7 +428,7 @@ void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor
     Stencil<T> p;
     static_cast<Dims32&>(p) = d;
     p.vecs = static_cast<int>(x.size(1) / Lanes<T>::kCount);
-    p.runs = tc::tiles_for(d.out[2], kRun);
+    p.runs = static_cast<int>(ceil_div(d.out[2], kRun));
     p.items = x.size(0) * int64_t(d.out[0]) * d.out[1] * p.runs * p.vecs;
     p.x = x.const_data_ptr<T>();
     p.w = wp.const_data_ptr<T>();
@@ -434,10 +439,7 @@ void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor
       p.ys[i] = y.stride(i);
     }
     if (p.items == 0) return;
-    env.launch(stencil_kernel<T>,
-               dim3(static_cast<unsigned>(std::min((p.items + kThreads - 1) / kThreads,
-                                                   env.max_blocks))),
-               dim3(kThreads), p);
+    env.launch(stencil_kernel<T>, grid_1d(env, ceil_div(p.items, kThreads)), dim3(kThreads), p);
   });
   if (!y.is_same(out)) out.copy_(y);
 }
@@ -477,12 +479,12 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     p.kvol = static_cast<int>(g.kernel_volume());
     p.positions = g.batch * int64_t(d.out[0]) * d.out[1] * d.out[2];
     const int64_t per_chunk = int64_t(p.kvol) * p.vecs;  // threads per chunk
-    const int64_t by_threads = (4 * env.sm_count * kThreads + per_chunk - 1) / per_chunk;
-    const int64_t by_length = std::max<int64_t>(1, (p.positions + 63) / 64);
+    const int64_t by_threads = ceil_div(4 * env.sm_count * kThreads, per_chunk);
+    const int64_t by_length = std::max<int64_t>(1, ceil_div(p.positions, 64));
     const int64_t by_memory = std::max<int64_t>(
         1, tc::kMaxSplitBytes / (per_chunk * Lanes<T>::kCount * int64_t(sizeof(float))));
     p.chunks = std::max<int64_t>(1, std::min({by_threads, by_length, by_memory}));
-    p.chunk_len = std::max<int64_t>(1, (p.positions + p.chunks - 1) / p.chunks);
+    p.chunk_len = std::max<int64_t>(1, ceil_div(p.positions, p.chunks));
     p.gy = gyc.const_data_ptr<T>();
     p.x = xc.const_data_ptr<T>();
     for (int i = 0; i < 5; ++i) {
@@ -492,12 +494,10 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     const at::Tensor partial =
         at::empty({p.chunks * per_chunk * Lanes<T>::kCount}, gy.options().dtype(at::kFloat));
     p.partial = partial.mutable_data_ptr<float>();
-    auto blocks = [&](int64_t items) {
-      return dim3(static_cast<unsigned>(
-          std::max<int64_t>(1, std::min((items + kThreads - 1) / kThreads, env.max_blocks))));
-    };
-    env.launch(weight_partial_kernel<T>, blocks(p.chunks * per_chunk), dim3(kThreads), p);
-    env.launch(weight_finish_kernel<T>, blocks(per_chunk * Lanes<T>::kCount), dim3(kThreads), p,
+    env.launch(weight_partial_kernel<T>, grid_1d(env, ceil_div(p.chunks * per_chunk, kThreads)),
+               dim3(kThreads), p);
+    env.launch(weight_finish_kernel<T>,
+               grid_1d(env, ceil_div(per_chunk * Lanes<T>::kCount, kThreads)), dim3(kThreads), p,
                gw.mutable_data_ptr<T>(), gw.stride(0), gw.stride(2), gw.stride(3),
                gw.stride(4));
   });

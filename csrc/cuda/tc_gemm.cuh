@@ -12,6 +12,7 @@
 // multiplies tile t from shared memory with ldmatrix + mma.
 #pragma once
 
+#include "../conv3d.h"
 #include "arch.cuh"
 
 #include <c10/util/BFloat16.h>
@@ -227,8 +228,8 @@ template <typename Cfg, typename Problem>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::MinBlocks)
     tc_gemm_kernel(Problem p) {
   unsigned char* smem = arch::dynamic_smem();
-  const int64_t m_tiles = (p.M + Cfg::BM - 1) / Cfg::BM;
-  const int64_t n_tiles = (p.N + Cfg::BN - 1) / Cfg::BN;
+  const int64_t m_tiles = ceil_div(p.M, Cfg::BM);
+  const int64_t n_tiles = ceil_div(p.N, Cfg::BN);
   const int64_t k_first = static_cast<int64_t>(blockIdx.z) * p.k_tiles_per_split;
   const int64_t k_tiles = std::min(p.k_tiles, k_first + p.k_tiles_per_split) - k_first;
   for (int64_t tm = blockIdx.x; tm < m_tiles; tm += gridDim.x)
