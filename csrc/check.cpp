@@ -38,6 +38,18 @@ PadMode parse_padding_mode(std::string_view mode) {
                     "but got padding_mode='", std::string(mode), "'");
 }
 
+std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask) {
+  if (output_mask.size() != 3) {
+    std::ostringstream seen;  // printed as the Python list the caller passed
+    for (size_t i = 0; i < output_mask.size(); ++i)
+      seen << (i ? ", " : "") << (output_mask[i] ? "True" : "False");
+    TORCH_CHECK(false,
+                "expected output_mask to have 3 values (grad_input, grad_weight, grad_bias), "
+                "but got output_mask=[", seen.str(), "]");
+  }
+  return {output_mask[0], output_mask[1], output_mask[2]};
+}
+
 Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& grad_output,

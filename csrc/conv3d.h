@@ -7,6 +7,7 @@
 // every kernel reads. check_conv3d_args is the one place arguments are validated.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
@@ -80,6 +81,10 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                            c10::IntArrayRef stride, c10::IntArrayRef padding,
                            c10::IntArrayRef dilation, int64_t groups,
                            std::string_view padding_mode);
+
+// output_mask (grad_input, grad_weight, grad_bias) of a backward call, checked for length
+// here rather than by the dispatcher, whose message names no argument.
+std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask);
 
 // Kernels of one device. All tensors are 5-D (batched) and already checked; outputs
 // are preallocated in their final memory format and may have any strides.

@@ -30,9 +30,9 @@ at::Tensor conv3d_forward(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-    int64_t groups, c10::string_view padding_mode, std::array<bool, 3> output_mask) {
+    int64_t groups, c10::string_view padding_mode, const c10::List<bool>& output_mask) {
   return run_backward(kernels_for(input.device()), grad_output, input, weight, stride,
-                      padding, dilation, groups, padding_mode, output_mask);
+                      padding, dilation, groups, padding_mode, check_output_mask(output_mask));
 }
 
 // Under autocast the forward runs in the autocast dtype, as torch's conv3d does; the
@@ -68,7 +68,7 @@ bool register_operators() {
       "int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor");
   def.def(
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
-      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
   // Which build of the CPU micro-kernels this process runs ("avx512" or "generic").
   def.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });

@@ -6,7 +6,8 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.library import opcheck
 
 import torchconv3d
-from conftest import CL
+from conftest import CL, reference
+from torchconv3d.functional import resolve_args
 
 GRAD_CASES = [
     dict(padding=1),
@@ -31,15 +32,20 @@ def _tensors(case, unbatched=False):
 def test_gradcheck_and_gradgradcheck(case):
     x, w, b = _tensors(case)
     f = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
-    assert gradcheck(f, (x, w, b))
-    assert gradgradcheck(f, (x, w, b))
+    _check_every_mode(f, (x, w, b))
 
 
 def test_gradgradcheck_unbatched_no_bias():
     x, w, _ = _tensors({}, unbatched=True)
     f = lambda x, w: torchconv3d.conv3d(x, w, None, padding=(1, 0, 1))  # noqa: E731
-    assert gradcheck(f, (x, w))
-    assert gradgradcheck(f, (x, w))
+    _check_every_mode(f, (x, w))
+
+
+def _check_every_mode(f, inputs):
+    """Reverse mode, forward mode (JVP) and their second-order mixes against finite
+    differences."""
+    assert gradcheck(f, inputs, check_forward_ad=True)
+    assert gradgradcheck(f, inputs, check_fwd_over_rev=True)
 
 
 def _op_samples():
@@ -132,3 +138,58 @@ def test_gradients_are_bitwise_deterministic(groups):
         torch.set_num_threads(threads)
     for a, b_ in zip(first, single):
         assert torch.equal(a, b_)
+
+
+def _func_transforms(conv, x, w, b):
+    """Every torch.func transform and torch.autograd.forward_ad over conv(x, w, b): the
+    results, to compare between our conv3d and F.conv3d."""
+    from torch.autograd import forward_ad as fwAD
+    from torch.func import grad, hessian, jacfwd, jacrev, jvp
+
+    tx, tw, tb = torch.cos(x), torch.sin(w), torch.cos(b)
+    small = (x[:1, :, :3, :3, :3], w, b)
+    loss = lambda x, w, b: conv(x, w, b).pow(3).sum()  # noqa: E731
+    out = {
+        "jvp": jvp(conv, (x, w, b), (tx, tw, tb)),
+        "jvp bias only": jvp(lambda b: conv(x, w, b), (b,), (tb,)),
+        "jacfwd": jacfwd(conv, argnums=(0, 1, 2))(*small),
+        "jacrev": jacrev(conv, argnums=(0, 1, 2))(*small),
+        "grad": grad(loss, argnums=(0, 1, 2))(x, w, b),
+        "hessian": hessian(lambda x: loss(x, small[1], small[2]))(small[0]),
+        # forward-over-reverse: Hessian-vector products
+        "hvp x": jvp(lambda x: grad(loss)(x, w, b), (x,), (tx,)),
+        "hvp w": jvp(lambda w: grad(loss, argnums=1)(x, w, b), (w,), (tw,)),
+        # reverse-over-forward
+        "grad of jvp": grad(lambda w: jvp(lambda x: conv(x, w, b), (x,), (tx,))[1].square().sum())(w),
+    }
+    with fwAD.dual_level():
+        y = conv(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), fwAD.make_dual(b, tb))
+        out["forward_ad"] = fwAD.unpack_dual(y).tangent
+        xr = x.clone().requires_grad_()
+        y = conv(fwAD.make_dual(xr, tx), w, b).square().sum()
+        out["backward of a tangent"] = torch.autograd.grad(fwAD.unpack_dual(y).tangent, xr)
+    return out
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_torch_func_transforms_match_nn_conv3d(case):
+    """Forward-mode AD gave zero tangents once (the operators had no JVP); every transform
+    must give nn.Conv3d's numbers."""
+    torch.manual_seed(0)
+    x, w, b = (t.detach() for t in _tensors(case))
+    ours = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
+
+    def ref(x, w, b):
+        stride, pads, dilation = resolve_args(
+            x, w, case.get("stride", 1), case.get("padding", 0), case.get("dilation", 1))
+        return reference(x, w, b, stride, pads, dilation, case.get("groups", 1),
+                         case.get("padding_mode", "zeros"))
+
+    got, want = _func_transforms(ours, x, w, b), _func_transforms(ref, x, w, b)
+    for name in want:
+        got_leaves = torch.utils._pytree.tree_leaves(got[name])
+        want_leaves = torch.utils._pytree.tree_leaves(want[name])
+        assert len(got_leaves) == len(want_leaves), name
+        for g, r in zip(got_leaves, want_leaves):
+            assert r.abs().max() > 0, name  # a zero tangent would compare equal to nothing
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)

@@ -119,6 +119,53 @@ def test_operator_checks_argument_lengths():
         torch.ops.torchconv3d.conv3d_forward(X, W, None, [1] * 3, [0] * 3, [1] * 3, 1, "zeros")
 
 
+def _raw_backward(gy=None, x=X, w=W, stride=(1, 1, 1), mask=(True, True, True), **kw):
+    gy = torch.randn(2, 8, 3, 4, 5) if gy is None else gy
+    return torch.ops.torchconv3d.conv3d_backward(
+        gy, x, w, list(stride), kw.get("padding", [0] * 6), [1] * 3, kw.get("groups", 1),
+        kw.get("mode", "zeros"), list(mask))
+
+
+# Calls the operators reject, beyond CASES: raw-operator forms a user of torch.ops reaches.
+RAW_CASES = [
+    ("mode", lambda: torch.ops.torchconv3d.conv3d_forward(X, W, None, [1] * 3, [0] * 6, [1] * 3,
+                                                          1, "bogus")),
+    ("integer_dtype", lambda: conv3d(X.long(), W.long())),
+    ("stride_one_value", lambda: torch.ops.torchconv3d.conv3d_forward(X, W, None, [2], [0] * 6,
+                                                                      [1] * 3, 1, "zeros")),
+    ("dilation_overflow", lambda: conv3d(X, W, dilation=(1, 1, 2**62))),
+    ("padded_size_overflow", lambda: conv3d(X, W, padding=(0, 0, (2**62 - 1, 2**62 - 1)))),
+    ("backward_channels", lambda: _raw_backward(w=torch.randn(8, 3, 3, 3, 3))),
+    ("backward_stride_zero", lambda: _raw_backward(stride=(1, 0, 1))),
+    ("backward_mode", lambda: _raw_backward(mode="bogus")),
+    ("backward_grad_output_dtype", lambda: _raw_backward(gy=torch.randn(2, 8, 3, 4, 5).double())),
+    ("backward_mask_length", lambda: _raw_backward(mask=(True,))),
+    ("backward_grad_output_on_meta", lambda: _raw_backward(gy=torch.randn(2, 8, 3, 4, 5,
+                                                                          device="meta"))),
+]
+ALL_CASES = [(c[0], (lambda call=c[1]: call(conv3d))) for c in CASES] + RAW_CASES
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        return type(e), str(e)
+    return None
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c[0] for c in ALL_CASES])
+def test_fake_kernels_reject_like_the_checker(case):
+    """What torch.compile and torch.export trace (the fake kernels, on FakeTensors) rejects
+    every call the C++ checker rejects, with its exception type and message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    eager = _raised(case[1])
+    assert eager is not None, "the call was accepted"
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        assert _raised(case[1]) == eager
+
+
 def test_errors_leave_the_process_usable():
     for case in CASES:
         with pytest.raises(Exception):

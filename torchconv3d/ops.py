@@ -9,12 +9,17 @@ padding is (d_before, d_after, h_before, h_after, w_before, w_after). Gradients 
 output_mask does not ask for come back as None.
 
 Argument checking lives in C++ (csrc/check.cpp) and runs before any kernel; the fake
-kernels here only compute shapes and memory formats, mirroring csrc/ops.cpp.
+kernels here run its mirror (_check.py), then compute shapes and memory formats as
+csrc/ops.cpp does.
 """
+import contextlib
+
 import torch
+from torch.autograd import forward_ad as _forward_ad
+from torch._functorch.utils import enable_single_level_autograd_function
 from torch._prims_common import suggest_memory_format
 
-from . import _loader
+from . import _check, _loader
 
 _loader.load()
 
@@ -32,6 +37,12 @@ def output_size(in_size, kernel, stride, padding, dilation):
     ]
 
 
+def _output_shape(input, weight, stride, padding, dilation):
+    """The output's shape: (N, C_out, D, H, W), or (C_out, D, H, W) for an unbatched input."""
+    spatial = output_size(input.shape[-3:], weight.shape[2:], stride, padding, dilation)
+    return list(input.shape[:-4]) + [weight.shape[0]] + spatial
+
+
 def _batched(t):
     return t.unsqueeze(0) if t.dim() == 4 else t
 
@@ -42,10 +53,10 @@ def _empty_like_format(shape, like, fmt):
 
 @torch.library.register_fake("torchconv3d::conv3d_forward")
 def _forward_fake(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
+                       padding_mode)
     x = _batched(input)
-    shape = [x.shape[0], weight.shape[0]] + output_size(
-        x.shape[2:], weight.shape[2:], stride, padding, dilation
-    )
+    shape = _output_shape(x, weight, stride, padding, dilation)
     cl = torch.channels_last_3d
     fmt = (
         cl
@@ -60,6 +71,9 @@ def _forward_fake(input, weight, bias, stride, padding, dilation, groups, paddin
 def _backward_fake(
     grad_output, input, weight, stride, padding, dilation, groups, padding_mode, output_mask
 ):
+    _check.output_mask(output_mask)
+    _check.conv3d_args(input, weight, None, grad_output, stride, padding, dilation, groups,
+                       padding_mode)
     grad_input = grad_weight = grad_bias = None
     if output_mask[0]:
         x = _batched(input)
@@ -75,66 +89,168 @@ def _backward_fake(
 
 # --- autograd -----------------------------------------------------------------------------
 # Forward:  y = conv(x, w) + b.  Backward: gx = conv^T(gy, w), gw = corr(x, gy), gb = sum(gy).
-# Both backward maps are linear in each argument, so their own gradients are again
-# forward and backward calls (double backward needs no new kernel):
-#   d<ggx, gx>/d gy = conv(ggx, w)       d<ggx, gx>/d w = corr(ggx, gy)
-#   d<ggw, gw>/d gy = conv(x, ggw)       d<ggw, gw>/d x = conv^T(gy, ggw)
-#   d<ggb, gb>/d gy = ggb broadcast
+# Every map here is linear in each tensor argument, so every derivative of one is again a
+# forward or backward call (no new kernel), in reverse mode and forward mode alike:
+#   double backward:  d<ggx, gx>/d gy = conv(ggx, w)     d<ggx, gx>/d w = corr(ggx, gy)
+#                     d<ggw, gw>/d gy = conv(x, ggw)     d<ggw, gw>/d x = conv^T(gy, ggw)
+#                     d<ggb, gb>/d gy = ggb broadcast
+#   JVP of forward:   dy = conv(dx, w) + conv(x, dw) + db
+#   JVP of backward:  dgx = conv^T(dgy, w) + conv^T(gy, dw)   dgw = corr(x, dgy) + corr(dx, gy)
+#                     dgb = sum(dgy)
+# torch.library.register_autograd builds an autograd.Function with neither a jvp nor a
+# setup_context, so forward-mode AD saw zero tangents and torch.func refused it; these are
+# our own Functions, registered as the operators' Autograd kernels.
 
 
-def _forward_setup(ctx, inputs, output):
-    input, weight, bias, *args = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.args = args
-    ctx.has_bias = bias is not None
+def _add(terms):
+    """Sum of the tensors in terms (None where there are none)."""
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
 
 
-def _forward_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    mask = [
-        ctx.needs_input_grad[0],
-        ctx.needs_input_grad[1],
-        ctx.has_bias and ctx.needs_input_grad[2],
-    ]
-    grad_input, grad_weight, grad_bias = backward_op(grad_output, input, weight, *ctx.args, mask)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+def _bias_term(bias, like):
+    """bias (C_out,) broadcast over an output-shaped tensor like."""
+    shape = [1] * like.dim()
+    shape[-4] = -1
+    return bias.reshape(shape).expand_as(like)
 
 
-def _backward_setup(ctx, inputs, output):
-    grad_output, input, weight, *args, _mask = inputs
-    ctx.save_for_backward(grad_output, input, weight)
-    ctx.args = args
+@contextlib.contextmanager
+def _below_autograd():
+    """Context for a Function's forward: the device kernel, with this level's autograd
+    done by the Function. Under torch.func, the call goes on to the next transform level
+    first, which needs gradients (both modes) on, as the C++ Function.apply turned them
+    off: functorch's own autograd.Function support turns them back on the same way."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._C._AutoDispatchBelowAutograd())
+        if torch._C._are_functorch_transforms_active():
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(_forward_ad._set_fwd_grad_enabled(True))
+        yield
 
 
-def _backward_backward(ctx, ggi, ggw, ggb):
-    grad_output, input, weight = ctx.saved_tensors
-    args = ctx.args
-    need_gy, need_x, need_w = ctx.needs_input_grad[:3]
-    g_gy = g_x = g_w = None
-    if need_gy:
-        terms = []
-        if ggi is not None:
-            terms.append(forward_op(ggi, weight, None, *args))
-        if ggw is not None:
-            terms.append(forward_op(input, ggw, ggb, *args))
-        elif ggb is not None:
-            shape = [1] * grad_output.dim()
-            shape[-4] = -1
-            terms.append(ggb.reshape(shape).expand_as(grad_output))
-        if terms:
-            g_gy = terms[0]
-            for t in terms[1:]:
-                g_gy = g_gy + t
-    if need_x and ggw is not None:
-        g_x = backward_op(grad_output, input, ggw, *args, [True, False, False])[0]
-    if need_w and ggi is not None:
-        g_w = backward_op(grad_output, ggi, weight, *args, [False, True, False])[1]
-    return g_gy, g_x, g_w, None, None, None, None, None, None
+class _Forward(torch.autograd.Function):
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+        with _below_autograd():
+            return forward_op(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, *args = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        ctx.args = args
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = [
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2],
+        ]
+        grads = backward_op(grad_output, input, weight, *ctx.args, mask)
+        return (*grads, None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_bias, *_):
+        input, weight = ctx.saved_tensors
+        out = None
+        if d_input is not None:
+            out = forward_op(d_input, weight, None, *ctx.args)
+        if d_weight is not None:
+            return _add([out, forward_op(input, d_weight, d_bias, *ctx.args)])
+        if d_bias is None:
+            return out
+        if out is None:
+            shape = _output_shape(input, weight, *ctx.args[:3])
+            return d_bias.reshape([-1, 1, 1, 1]).expand(shape).contiguous()
+        return out + _bias_term(d_bias, out)
 
 
-torch.library.register_autograd(
-    "torchconv3d::conv3d_forward", _forward_backward, setup_context=_forward_setup
-)
-torch.library.register_autograd(
-    "torchconv3d::conv3d_backward", _backward_backward, setup_context=_backward_setup
-)
+class _Backward(torch.autograd.Function):
+    @staticmethod
+    def forward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode,
+                output_mask):
+        with _below_autograd():
+            return backward_op(grad_output, input, weight, stride, padding, dilation, groups,
+                               padding_mode, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, input, weight, *args, mask = inputs
+        ctx.save_for_backward(grad_output, input, weight)
+        ctx.save_for_forward(grad_output, input, weight)
+        ctx.args = args
+        ctx.mask = list(mask)
+
+    @staticmethod
+    def backward(ctx, ggi, ggw, ggb):
+        grad_output, input, weight = ctx.saved_tensors
+        args = ctx.args
+        need_gy, need_x, need_w = ctx.needs_input_grad[:3]
+        g_gy = g_x = g_w = None
+        if need_gy:
+            terms = []
+            if ggi is not None:
+                terms.append(forward_op(ggi, weight, None, *args))
+            if ggw is not None:
+                terms.append(forward_op(input, ggw, ggb, *args))
+            elif ggb is not None:
+                terms.append(_bias_term(ggb, grad_output))
+            g_gy = _add(terms)
+        if need_x and ggw is not None:
+            g_x = backward_op(grad_output, input, ggw, *args, [True, False, False])[0]
+        if need_w and ggi is not None:
+            g_w = backward_op(grad_output, ggi, weight, *args, [False, True, False])[1]
+        return g_gy, g_x, g_w, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_output, d_input, d_weight, *_):
+        grad_output, input, weight = ctx.saved_tensors
+        args, mask = ctx.args, ctx.mask
+        d_gi = d_gw = d_gb = None
+        if d_grad_output is not None:
+            d_gi, d_gw, d_gb = backward_op(d_grad_output, input, weight, *args, mask)
+        if mask[0] and d_weight is not None:
+            d_gi = _add([d_gi, backward_op(grad_output, input, d_weight, *args,
+                                           [True, False, False])[0]])
+        if mask[1] and d_input is not None:
+            d_gw = _add([d_gw, backward_op(grad_output, d_input, weight, *args,
+                                           [False, True, False])[1]])
+        return d_gi, d_gw, d_gb
+
+
+def _autograd_kernel(function, op, n_tensors):
+    """The operator's Autograd kernel: the Function when a gradient can flow in either
+    mode, else straight to the device kernel (no autograd.Function overhead)."""
+
+    # Function.apply hands the call to functorch's custom_function_call when a torch.func
+    # transform is active, which has no kernel below the dispatcher's functorch layer; here
+    # functorch has already unwrapped this level's tensors, so the plain C++ apply (what a
+    # native op's autograd kernel amounts to) is the right one.
+    apply = super(torch.autograd.Function, function).apply
+
+    def kernel(*args):
+        tensors = args[:n_tensors]
+        if (torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors)) or (
+            _forward_ad._current_level >= 0
+        ):
+            with enable_single_level_autograd_function():
+                return apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return kernel
+
+
+_lib = torch.library.Library("torchconv3d", "IMPL")
+_lib.impl("conv3d_forward", _autograd_kernel(_Forward, forward_op, 3), "Autograd")
+_lib.impl("conv3d_backward", _autograd_kernel(_Backward, backward_op, 3), "Autograd")

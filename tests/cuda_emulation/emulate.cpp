@@ -81,9 +81,9 @@ at::Tensor conv3d_forward(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-    int64_t groups, c10::string_view padding_mode, std::array<bool, 3> output_mask) {
+    int64_t groups, c10::string_view padding_mode, const c10::List<bool>& output_mask) {
   return run_backward(kEmulated, grad_output, input, weight, stride, padding, dilation, groups,
-                      padding_mode, output_mask);
+                      padding_mode, check_output_mask(output_mask));
 }
 
 }  // namespace
@@ -95,7 +95,7 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       &conv3d_forward);
   m.def(
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
-      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[3] output_mask) "
+      "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
   m.def("v2_launches(str pass_name) -> int", [](c10::string_view pass) {
