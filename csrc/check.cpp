@@ -38,6 +38,13 @@ PadMode parse_padding_mode(std::string_view mode) {
                     "but got padding_mode='", std::string(mode), "'");
 }
 
+void normalise(Geometry& g) {
+  for (int i = 0; i < 3; ++i) {
+    if (g.out[i] == 1) g.stride[i] = 1;
+    if (g.kernel[i] == 1) g.dilation[i] = 1;
+  }
+}
+
 std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask) {
   if (output_mask.size() != 3) {
     std::ostringstream seen;  // printed as the Python list the caller passed
@@ -164,13 +171,7 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
     TORCH_CHECK_VALUE(!__builtin_mul_overflow(out_numel, n, &out_numel),
                       "the output of size (", g.batch, ", ", g.out_channels, ", ", g.out[0],
                       ", ", g.out[1], ", ", g.out[2], ") has more than 2^63 - 1 elements");
-  // Arguments that cannot change the result are normalised, so their size never reaches a
-  // kernel's tile or workspace arithmetic: an output extent of 1 reads only o = 0 (any
-  // stride), a kernel extent of 1 only tap 0 (any dilation).
-  for (int i = 0; i < 3; ++i) {
-    if (g.out[i] == 1) g.stride[i] = 1;
-    if (g.kernel[i] == 1) g.dilation[i] = 1;
-  }
+  normalise(g);
 
   // nn.Conv3d's rule: an empty input is fine only through its batch or channels (with
   // padding, an empty depth/height/width would otherwise give a non-empty output).

@@ -82,6 +82,11 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                            c10::IntArrayRef dilation, int64_t groups,
                            std::string_view padding_mode);
 
+// Arguments that cannot change the result, normalised so that their size never reaches a
+// kernel's tile or workspace arithmetic: an output extent of 1 reads only o = 0 (any
+// stride), a kernel extent of 1 only tap 0 (any dilation).
+void normalise(Geometry& g);
+
 // output_mask (grad_input, grad_weight, grad_bias) of a backward call, checked for length
 // here rather than by the dispatcher, whose message names no argument.
 std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask);

@@ -5,6 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <limits>
+
 namespace torchconv3d {
 namespace {
 
@@ -17,6 +20,124 @@ at::MemoryFormat output_format(const at::Tensor& input5d, const at::Tensor& weig
 }
 
 at::Tensor batched(const at::Tensor& t) { return t.dim() == 4 ? t.unsqueeze(0) : t; }
+
+// Taps that read only zero padding add nothing but zero terms, yet they size every
+// kernel's planes and loops: 'same' with a dilation far past the input (k = 3, dilation
+// 400 on an 8^3 volume) made the CPU planes grow as dilation^3. With zero padding, each
+// dimension keeps the taps whose reads can reach the input and the input rows those can
+// reach (views of weight and input), with padding recomputed so that the output size is
+// unchanged: the same convolution, with extents bounded by the input and output sizes.
+// A dropped tap's terms are weight x padded zero, which is not zero for a NaN/Inf weight
+// or grad_output; those terms are added back exactly (nonfinite_dropped_weights, nonfinite_grad_output_channels).
+struct Trim {
+  bool active = false;     // some tap reads only padding
+  bool none_live = false;  // every tap does: no term reads the input
+  std::array<int64_t, 3> first_tap{}, first_in{};
+  Geometry g;  // the convolution of the kept taps over the kept input rows
+
+  at::Tensor input(const at::Tensor& x) const { return crop(x, first_in, g.in); }
+  at::Tensor weight(const at::Tensor& w) const { return crop(w, first_tap, g.kernel); }
+  // 1 where the weight element belongs to a dropped tap, as a [1, 1, kd, kh, kw] mask.
+  at::Tensor dropped(const at::Tensor& w) const {
+    at::Tensor kept = at::zeros({1, 1, w.size(2), w.size(3), w.size(4)},
+                                w.options().dtype(at::kBool));
+    if (!none_live) crop(kept, first_tap, g.kernel).fill_(true);
+    return kept.logical_not();
+  }
+
+ private:
+  static at::Tensor crop(const at::Tensor& t, const std::array<int64_t, 3>& first,
+                         const std::array<int64_t, 3>& size) {
+    return t.narrow(2, first[0], size[0]).narrow(3, first[1], size[1]).narrow(4, first[2],
+                                                                            size[2]);
+  }
+};
+
+Trim trim_dead_taps(const Geometry& g) {
+  Trim t;
+  t.g = g;
+  if (g.mode != PadMode::Zeros) return t;  // the other modes read the input in the padding
+  for (int i = 0; i < 3; ++i) {
+    const int64_t n = g.in[i], k = g.kernel[i], d = g.dilation[i], pb = g.pad_before[i];
+    // Tap j reads q = o * stride + j * d - pb for o in [0, out): it is kept when that range
+    // meets [0, n). (With stride > 1 the reads are a lattice that may still miss the input:
+    // such taps are kept, which is correct, only not the smallest.)
+    const int64_t last_read = (g.out[i] - 1) * g.stride[i];
+    const int64_t before = pb - last_read;  // (no ceil_div: before + d may pass int64)
+    const int64_t lo_tap = before <= 0 ? 0 : before / d + (before % d != 0);
+    const int64_t hi_tap = std::min<int64_t>(k - 1, (n - 1 + pb) / d);
+    if (lo_tap > hi_tap) {
+      t.active = t.none_live = true;
+      return t;
+    }
+    if (lo_tap == 0 && hi_tap == k - 1) continue;
+    t.active = true;
+    const int64_t lo_in = std::max<int64_t>(0, lo_tap * d - pb);
+    const int64_t hi_in = std::min<int64_t>(n - 1, last_read + hi_tap * d - pb);
+    t.first_tap[i] = lo_tap;
+    t.first_in[i] = lo_in;
+    t.g.kernel[i] = hi_tap - lo_tap + 1;
+    t.g.in[i] = hi_in - lo_in + 1;
+    t.g.pad_before[i] = pb - lo_tap * d + lo_in;  // >= 0: lo_in covers lo_tap * d - pb
+    t.g.pad_after[i] =  // >= 0: the last read is at or past hi_in
+        last_read + (t.g.kernel[i] - 1) * d + 1 - t.g.in[i] - t.g.pad_before[i];
+  }
+  normalise(t.g);
+  return t;
+}
+
+// Per output channel, whether a dropped term is non-finite. Forward: every output of
+// channel co has a term (dropped weight) x 0 for each dropped tap, NaN when that weight
+// is NaN/Inf. grad_weight: a dropped tap's gradient is the sum of grad_output x 0 over
+// the channel's outputs, NaN when one of them is NaN/Inf, else 0.
+at::Tensor nonfinite_dropped_weights(const Trim& t, const at::Tensor& w) {
+  return (at::isfinite(w).logical_not() & t.dropped(w)).flatten(1).any(1);
+}
+at::Tensor nonfinite_grad_output_channels(const at::Tensor& gy) {
+  return at::isfinite(gy).logical_not().transpose(0, 1).flatten(1).any(1);
+}
+// [C] -> broadcastable over an output [N, C, D, H, W].
+at::Tensor per_channel(const at::Tensor& flags) { return flags.view({1, -1, 1, 1, 1}); }
+
+void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
+             const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
+  const Trim t = trim_dead_taps(g);
+  if (!t.active) return k.forward(g, x, weight, bias, out);
+  if (t.none_live) {
+    if (bias.defined()) {
+      out.copy_(bias.view({1, -1, 1, 1, 1}).expand_as(out));
+    } else {
+      out.zero_();
+    }
+  } else {
+    k.forward(t.g, t.input(x), t.weight(weight), bias, out);
+  }
+  out.masked_fill_(per_channel(nonfinite_dropped_weights(t, weight)),
+                   std::numeric_limits<double>::quiet_NaN());
+}
+
+void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
+                const at::Tensor& weight, at::Tensor& grad_input) {
+  const Trim t = trim_dead_taps(g);
+  if (!t.active) return k.grad_input(g, gy, weight, grad_input);
+  // Input rows no kept tap reads have no term at all: exactly zero.
+  grad_input.zero_();
+  if (t.none_live) return;
+  at::Tensor kept = t.input(grad_input);
+  k.grad_input(t.g, gy, t.weight(weight), kept);
+}
+
+void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
+                 const at::Tensor& x, at::Tensor& grad_weight) {
+  const Trim t = trim_dead_taps(g);
+  if (!t.active) return k.grad_weight(g, gy, x, grad_weight);
+  const at::Tensor nan_channels = nonfinite_grad_output_channels(gy).view({-1, 1, 1, 1, 1});
+  grad_weight.zero_().masked_fill_(nan_channels & t.dropped(grad_weight),
+                                   std::numeric_limits<double>::quiet_NaN());
+  if (t.none_live) return;
+  at::Tensor kept = t.weight(grad_weight);
+  k.grad_weight(t.g, gy, t.input(x), kept);
+}
 
 }  // namespace
 
@@ -32,7 +153,7 @@ at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
       at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
                 x.options().memory_format(output_format(x, weight)));
   if (out.numel() > 0) {
-    k.forward(g, x, weight, bias.value_or(at::Tensor()), out);
+    forward_pass(k, g, x, weight, bias.value_or(at::Tensor()), out);
   }
   return input.dim() == 4 ? out.squeeze(0) : out;
 }
@@ -56,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     if (empty) {
       grad_weight.zero_();
     } else {
-      k.grad_weight(g, gy, x, grad_weight);
+      grad_weight_pass(k, g, gy, x, grad_weight);
     }
   }
   if (output_mask[2]) {
@@ -71,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     const auto opts = x.options().memory_format(x.suggest_memory_format());
     grad_input = at::empty(x.sizes(), opts);
     if (!empty && x.numel() > 0) {
-      k.grad_input(g, gy, weight, grad_input);
+      grad_input_pass(k, g, gy, weight, grad_input);
     } else {
       grad_input.zero_();  // (at::zeros would drop the memory format)
     }

@@ -39,7 +39,8 @@ def configs(draw):
     cout = groups * draw(st.integers(1, 3))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(3))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(3))
-    dilation = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    # Large dilations: with 'same' or wide padding, taps that read only padding.
+    dilation = tuple(draw(st.one_of(st.integers(1, 3), st.integers(4, 10))) for _ in range(3))
     padding = draw(st.one_of(
         st.integers(0, 3),
         st.tuples(*[st.integers(0, 3)] * 3),

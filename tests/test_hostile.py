@@ -149,3 +149,32 @@ def test_deep_half_precision_grad_input_stays_linear(shape, dtype):
     """
     rc, out = _run_isolated(code, timeout=60)
     assert rc == 0, out
+
+
+@pytest.mark.parametrize("kernel,dilation,reference", [
+    (3, 400, "F.conv3d(x, w, padding='same', dilation=400)"),
+    (2, 1000, "F.conv3d(x, w, padding='same', dilation=1000)"),
+    # depth taps 0 and 2 read only padding: the reference drops them itself (torch would
+    # pad 2^40 planes)
+    ((3, 1, 3), (2**40, 1, 5), "F.conv3d(x, w[:, :, 1:2], padding=(0, 0, 5), dilation=5)"),
+])
+def test_same_with_dilation_far_past_the_input(kernel, dilation, reference):
+    """'same' with a dilation much larger than the input: the taps off the middle read only
+    padding. Their planes once grew as dilation^3 (16 s and 8.1 GB at dilation 400)."""
+    code = f"""
+        import resource, torch, torch.nn.functional as F, torchconv3d
+        from torch.nn.modules.utils import _triple
+        x = torch.randn(2, 4, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+        w = torch.randn((4, 4) + _triple({kernel}), dtype=torch.float64, requires_grad=True)
+        y = torchconv3d.conv3d(x, w, padding="same", dilation={dilation})
+        gy = torch.randn_like(y)
+        ours = (y,) + torch.autograd.grad(y, (x, w), gy)
+        ref = {reference}
+        refs = (ref,) + torch.autograd.grad(ref, (x, w), gy)
+        for a, b in zip(ours, refs):
+            assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+        print("peak MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """
+    rc, out = _run_isolated(code, timeout=60)
+    assert rc == 0, out
+    assert int(out.split("peak MB")[1].split()[0]) < 1024, out

@@ -33,6 +33,17 @@ CONFIGS = [
     ("big_channels", (1, 20, 4, 5, 6), 18, (3, 3, 3), dict(padding=1)),
 ]
 
+# Taps that read only zero padding (the plan drops them, csrc/ops.cpp): their terms are
+# weight x 0 and grad_output x 0, NaN for a NaN/Inf factor. The corner weight is a dropped
+# tap, the inside one a kept tap.
+DEAD_TAPS = [
+    ("same_dilated", (1, 3, 4, 5, 6), 4, (3, 3, 3), dict(padding="same", dilation=(7, 1, 9))),
+    ("strided_dead_edge", (2, 2, 5, 4, 6), 3, (3, 2, 3),
+     dict(padding=((6, 1), (0, 3), (7, 0)), dilation=(4, 3, 5), stride=(2, 1, 3))),
+    ("no_live_tap", (1, 2, 3, 3, 3), 3, (2, 1, 2),
+     dict(padding=((5, 5), 0, (4, 6)), dilation=(9, 1, 11))),
+]
+
 # Where to put non-finite values: tensor, then (index, value) pairs. Indices are picked
 # per shape: a corner (read through padding and by border outputs) and an interior one.
 INJECTIONS = {
@@ -105,6 +116,13 @@ def test_float64(cfg, mode, injection):
 def test_float32_channels_last(cfg, injection):
     check_nonfinite(cfg, "reflect" if "asym" in cfg[0] else "zeros", injection,
                     torch.float32, "channels_last")
+
+
+@pytest.mark.parametrize("injection", list(INJECTIONS))
+@pytest.mark.parametrize("cfg", DEAD_TAPS, ids=[c[0] for c in DEAD_TAPS])
+def test_taps_reading_only_padding(cfg, injection):
+    check_nonfinite(cfg, "zeros", injection)
+    check_nonfinite(cfg, "zeros", injection, torch.float32, "channels_last")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

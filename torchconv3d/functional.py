@@ -17,14 +17,15 @@ def _same_pads(in_size, k, s, d):
     return [total // 2, total - total // 2]
 
 
-# Padding modes that read real input elements in place of 'causal' padding before the
-# first frame: replicate repeats frame 0 (the present). reflect would read frames 1, 2, ...
-# and circular the last frames: the future.
-CAUSAL_MODES = ("zeros", "replicate")
+# Padding modes that, in place of 'causal' padding before the first frame, read future
+# frames: reflect reads frames 1, 2, ... and circular the last ones. (zeros reads nothing,
+# replicate repeats frame 0, the present.)
+FUTURE_MODES = ("reflect", "circular")
 
 
 def check_causal(padding, padding_mode):
-    if isinstance(padding, str) and padding == "causal" and padding_mode not in CAUSAL_MODES:
+    # (an unknown mode is left to the operator's checker, which names the modes)
+    if isinstance(padding, str) and padding == "causal" and padding_mode in FUTURE_MODES:
         raise ValueError(
             f"padding='causal' with padding_mode={padding_mode!r} would let the first output "
             f"frames read future input frames; use padding_mode 'zeros' or 'replicate'")
