@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
 
 namespace torchconv3d {
 namespace {
@@ -99,10 +100,29 @@ at::Tensor nonfinite_grad_output_channels(const at::Tensor& gy) {
 // [C] -> broadcastable over an output [N, C, D, H, W].
 at::Tensor per_channel(const at::Tensor& flags) { return flags.view({1, -1, 1, 1, 1}); }
 
+// A kernel's workspace follows the output's rows, the strides and the dilated kernel; for
+// extreme arguments (a huge replicate padding with a huge dilation, an output row of 10^8
+// elements with a wide stride) it can exceed memory. std::bad_alloc names nothing, so the
+// failure is reported with the sizes that asked for it.
+template <typename Run>
+void naming_sizes_on_failure(const Geometry& g, const char* pass, Run&& run) {
+  try {
+    run();
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "conv3d ", pass, ": out of memory for the kernel workspace of input ",
+                "(", g.batch, ", ", g.in_channels, ", ", g.in[0], ", ", g.in[1], ", ", g.in[2],
+                "), output (", g.out[0], ", ", g.out[1], ", ", g.out[2], "), kernel (",
+                g.kernel[0], ", ", g.kernel[1], ", ", g.kernel[2], "), stride ",
+                c10::IntArrayRef(g.stride), ", dilation ", c10::IntArrayRef(g.dilation));
+  }
+}
+
 void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
              const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) return k.forward(g, x, weight, bias, out);
+  if (!t.active) {
+    return naming_sizes_on_failure(g, "forward", [&] { k.forward(g, x, weight, bias, out); });
+  }
   if (t.none_live) {
     if (bias.defined()) {
       out.copy_(bias.view({1, -1, 1, 1, 1}).expand_as(out));
@@ -110,7 +130,9 @@ void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x
       out.zero_();
     }
   } else {
-    k.forward(t.g, t.input(x), t.weight(weight), bias, out);
+    naming_sizes_on_failure(t.g, "forward", [&] {
+      k.forward(t.g, t.input(x), t.weight(weight), bias, out);
+    });
   }
   out.masked_fill_(per_channel(nonfinite_dropped_weights(t, weight)),
                    std::numeric_limits<double>::quiet_NaN());
@@ -119,24 +141,32 @@ void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x
 void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
                 const at::Tensor& weight, at::Tensor& grad_input) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) return k.grad_input(g, gy, weight, grad_input);
+  if (!t.active) {
+    return naming_sizes_on_failure(g, "grad_input",
+                                   [&] { k.grad_input(g, gy, weight, grad_input); });
+  }
   // Input rows no kept tap reads have no term at all: exactly zero.
   grad_input.zero_();
   if (t.none_live) return;
   at::Tensor kept = t.input(grad_input);
-  k.grad_input(t.g, gy, t.weight(weight), kept);
+  naming_sizes_on_failure(t.g, "grad_input",
+                          [&] { k.grad_input(t.g, gy, t.weight(weight), kept); });
 }
 
 void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
                  const at::Tensor& x, at::Tensor& grad_weight) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) return k.grad_weight(g, gy, x, grad_weight);
+  if (!t.active) {
+    return naming_sizes_on_failure(g, "grad_weight",
+                                   [&] { k.grad_weight(g, gy, x, grad_weight); });
+  }
   const at::Tensor nan_channels = nonfinite_grad_output_channels(gy).view({-1, 1, 1, 1, 1});
   grad_weight.zero_().masked_fill_(nan_channels & t.dropped(grad_weight),
                                    std::numeric_limits<double>::quiet_NaN());
   if (t.none_live) return;
   at::Tensor kept = t.weight(grad_weight);
-  k.grad_weight(t.g, gy, t.input(x), kept);
+  naming_sizes_on_failure(t.g, "grad_weight",
+                          [&] { k.grad_weight(t.g, gy, t.input(x), kept); });
 }
 
 }  // namespace

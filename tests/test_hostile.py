@@ -178,3 +178,24 @@ def test_same_with_dilation_far_past_the_input(kernel, dilation, reference):
     rc, out = _run_isolated(code, timeout=60)
     assert rc == 0, out
     assert int(out.split("peak MB")[1].split()[0]) < 1024, out
+
+
+@pytest.mark.parametrize("argument,value", [
+    ("kernel_size", -(2**63)), ("kernel_size", (3, 0, 3)), ("kernel_size", 2**63),
+    ("in_channels", 2**63), ("out_channels", -1),
+])
+def test_module_sizes_are_refused_by_name(argument, value):
+    """nn.Conv3d leaves these to torch.empty ('SymIntArrayRef expected to contain only
+    concrete integers', 'Overflow when unpacking long long')."""
+    kwargs = dict(in_channels=1, out_channels=1, kernel_size=2)
+    kwargs[argument] = value
+    with pytest.raises(ValueError, match=f"{argument} must be .* but got {argument}="):
+        torchconv3d.Conv3d(**kwargs)
+
+
+def test_raw_backward_names_a_short_output_mask():
+    x, w = torch.randn(1, 1, 3, 3, 3), torch.randn(1, 1, 2, 2, 2)
+    gy = torch.randn(1, 1, 2, 2, 2)
+    with pytest.raises(RuntimeError, match=r"output_mask to have 3 values .* output_mask=\[True\]"):
+        torch.ops.torchconv3d.conv3d_backward(gy, x, w, [1] * 3, [0] * 6, [1] * 3, 1, "zeros",
+                                              [True])

@@ -12,7 +12,8 @@ so a crash is pinned to its case. Each case ends as one of:
   we accept          torch raises, we compute (listed: our extensions, or its limits)
   no reference       we compute, the float64 reference cannot be formed (memory)
   DIFFERENT          both compute and disagree: a silent wrong answer
-  CRASH / TIMEOUT    the process died or hung
+  CRASH / TIMEOUT    our call killed the process or hung
+  torch crash        F.pad / F.conv3d killed the process (our call had returned)
 
     python tools/hostile_sweep.py --cases 2000 --seed 0
 """
@@ -83,7 +84,7 @@ def make_case(rng):
 
 # --- worker ---------------------------------------------------------------------------
 
-def _run_case(case):
+def _run_case(case, stage):
     import torch
     import torch.nn.functional as F
 
@@ -142,15 +143,18 @@ def _run_case(case):
             return y, None
         return y, torch.autograd.grad(y, (xs, ws), gy.double())
 
+    stage("ours")
     try:
         y, gy, grads = ours()
-    except ERRORS as e:
+    except (*ERRORS, MemoryError) as e:
         ours_error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        stage("torch")
         try:
             torch_ref(None)
         except (*ERRORS, MemoryError):
             return "both refuse", ours_error
         return "we refuse", ours_error
+    stage("torch")
     try:
         ref, ref_grads = torch_ref(gy)
     except (*ERRORS, MemoryError) as e:
@@ -181,7 +185,8 @@ def worker(path):
     cases = json.load(open(path))
     for i, case in enumerate(cases):
         t0 = time.time()
-        status, detail = _run_case(case)
+        status, detail = _run_case(
+            case, lambda name: print(json.dumps(["stage", i, name]), flush=True))
         print(json.dumps([i, status, detail, round(time.time() - t0, 3)]), flush=True)
 
 
@@ -201,12 +206,16 @@ def run_batch(cases, timeout):
         out, died, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), True, "timeout"
     finally:
         os.unlink(f.name)
-    done = {}
+    done, stage = {}, None
     for line in out.splitlines():
         if line.startswith("["):
-            i, status, detail, secs = json.loads(line)
-            done[i] = (status, detail, secs)
-    return done, died, rc
+            entry = json.loads(line)
+            if entry[0] == "stage":
+                stage = entry[2]
+            else:
+                i, status, detail, secs = entry
+                done[i] = (status, detail, secs)
+    return done, died, rc, stage
 
 
 def main():
@@ -227,18 +236,20 @@ def main():
     t0 = time.time()
     for start in range(0, len(cases), args.batch):
         batch = cases[start:start + args.batch]
-        done, died, _ = run_batch(batch, args.case_timeout * len(batch))
+        done, died, _, _ = run_batch(batch, args.case_timeout * len(batch))
         for i, r in done.items():
             results[start + i] = r
         if died:  # one process per remaining case pins the crash on its case
             for i in range(len(batch)):
                 if i in done:
                     continue
-                one, one_died, rc = run_batch([batch[i]], args.case_timeout)
+                one, one_died, rc, stage = run_batch([batch[i]], args.case_timeout)
                 if one:
                     results[start + i] = one[0]
                 else:
                     status = "TIMEOUT" if rc == "timeout" else "CRASH"
+                    if stage == "torch":
+                        status = "torch " + status.lower()
                     results[start + i] = (status, f"exit {rc}", None)
     counts = {}
     for status, _, _ in results.values():
@@ -247,9 +258,10 @@ def main():
     print(f"hostile sweep: {len(cases)} cases, seed {args.seed}, {time.time() - t0:.0f} s, "
           f"slowest case {slowest:.2f} s")
     for status in ("both refuse", "match", "we refuse", "we accept", "no reference",
-                   "DIFFERENT", "CRASH", "TIMEOUT"):
+                   "torch crash", "torch timeout", "DIFFERENT", "CRASH", "TIMEOUT"):
         print(f"  {status:13s} {counts.get(status, 0)}")
-    for status in ("DIFFERENT", "CRASH", "TIMEOUT", "we refuse", "we accept"):
+    for status in ("DIFFERENT", "CRASH", "TIMEOUT", "torch crash", "torch timeout",
+                   "we refuse", "we accept"):
         shown = [(i, r) for i, r in sorted(results.items()) if r[0] == status]
         for i, r in shown[:args.show]:
             print(f"{status}: {json.dumps(cases[i])}\n    {r[1]}")

@@ -1,4 +1,6 @@
 """Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
+import operator
+
 import torch.nn as nn
 
 from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
@@ -16,6 +18,23 @@ def _torch_accepts(padding, stride):
 
 def _as3(v):
     return (v,) * 3 if isinstance(v, int) else tuple(v)
+
+
+def _check_sizes(in_channels, out_channels, kernel_size):
+    """What nn.Conv3d leaves to torch.empty, whose message names no argument."""
+    def fits(v, least):
+        try:
+            return least <= operator.index(v) < 2**63
+        except TypeError:
+            return True  # not an integer: nn.Conv3d's own error says so
+
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not fits(value, 0):
+            raise ValueError(f"{name} must be a non-negative integer below 2^63, but got "
+                             f"{name}={value!r}")
+    if not all(fits(k, 1) for k in _as3(kernel_size)):
+        raise ValueError("kernel_size must be positive integers below 2^63, but got "
+                         f"kernel_size={kernel_size!r}")
 
 
 class Conv3d(nn.Conv3d):
@@ -41,6 +60,7 @@ class Conv3d(nn.Conv3d):
         if conv_mode not in CONV_MODES:
             raise ValueError(f"conv_mode must be one of {CONV_MODES}, but got {conv_mode!r}")
         check_causal(padding, padding_mode)
+        _check_sizes(in_channels, out_channels, kernel_size)
         # nn.Conv3d rejects our extensions; it gets a stand-in and the real spec is kept.
         super().__init__(
             in_channels, out_channels, kernel_size, stride,
