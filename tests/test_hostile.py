@@ -199,3 +199,14 @@ def test_raw_backward_names_a_short_output_mask():
     with pytest.raises(RuntimeError, match=r"output_mask to have 3 values .* output_mask=\[True\]"):
         torch.ops.torchconv3d.conv3d_backward(gy, x, w, [1] * 3, [0] * 6, [1] * 3, 1, "zeros",
                                               [True])
+
+
+def test_hostile_sweep_finds_no_crash_and_no_silent_difference():
+    """tools/hostile_sweep.py on a fixed seed: random extreme stride/dilation/padding/size
+    values, every padding form and mode, four dtypes, functional and raw operators, each
+    batch in a subprocess. A crash, hang or silent difference from F.conv3d fails it."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "hostile_sweep.py"),
+                        "--cases", "300", "--seed", "3"],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "DIFFERENT     0" in r.stdout and "CRASH         0" in r.stdout, r.stdout

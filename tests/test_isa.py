@@ -23,7 +23,7 @@ def _cpu_flags():
 def test_the_widest_build_the_cpu_runs_is_chosen():
     flags = _cpu_flags()
     cap = os.environ.get("TORCHCONV3D_CPU_ISA", "avx512")
-    if cap == "avx512" and "avx512f" in flags:
+    if cap == "avx512" and {"avx512f", "avx512dq", "fma"} <= set(flags):
         assert _loader.cpu_isa() == "avx512"
     elif cap in ("avx512", "avx2") and "avx2" in flags and "fma" in flags:
         assert _loader.cpu_isa() == "avx2"
@@ -43,7 +43,9 @@ def test_narrower_builds_pass_the_differential_tests(isa):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          os.path.join(ROOT, "tests", "test_correctness.py"),
          os.path.join(ROOT, "tests", "test_autograd.py"),
-         os.path.join(ROOT, "tests", "test_isa.py")],
+         os.path.join(ROOT, "tests", "test_isa.py"),
+         # (torch.func's transforms exercise the autograd layer, not the micro-kernels)
+         "-k", "not torch_func_transforms"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert " passed" in r.stdout

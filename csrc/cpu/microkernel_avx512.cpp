@@ -1,6 +1,7 @@
 // AVX-512 build of the micro-kernels (see microkernel.h). Every function here carries
-// the AVX-512 target attribute and is only called after the CPU reported AVX-512F, so
-// the rest of the library stays baseline x86-64.
+// the AVX-512 target attribute and is only called after the CPU reported every extension
+// that attribute names (have_avx512_kernels), so the rest of the library stays baseline
+// x86-64.
 #include "microkernel.h"
 
 #include <algorithm>
@@ -65,7 +66,12 @@ constexpr int kDotCols = 6;
 
 }  // namespace
 
-bool have_avx512_kernels() { return __builtin_cpu_supports("avx512f") != 0; }
+// Every extension the target attribute above compiles for: a CPU with AVX-512F but
+// without DQ (Knights Landing) would fault on the first DQ instruction.
+bool have_avx512_kernels() {
+  return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512dq") != 0 &&
+         __builtin_cpu_supports("fma") != 0;
+}
 
 const MicroKernels<float>& avx512_kernels(float) { return kernel_table<float>("avx512"); }
 
