@@ -125,9 +125,10 @@ def test_cpu_isa_variable(value, expected, warns):
     flags = open("/proc/cpuinfo").read()
     if expected == "avx2" and " avx2" not in flags:
         expected = "generic"
-    widest = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else "generic"
+    widest = ("avx512_bf16" if " avx512_bf16" in flags else "avx512" if " avx512f" in flags
+              else "avx2" if " avx2" in flags else "generic")
     assert isa == (expected or widest), out
-    assert ("is not avx512, avx2 or generic" in out) == warns, out
+    assert ("is not avx512_bf16, avx512, avx2 or generic" in out) == warns, out
 
 
 @pytest.mark.parametrize("shape,dtype", [((1, 1, 80000, 1, 1), "float16"),

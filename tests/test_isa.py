@@ -1,6 +1,6 @@
 """Every build of the CPU micro-kernels this machine can run passes the same differential
-tests: the one it picks by default (AVX-512 here), and those TORCHCONV3D_CPU_ISA asks for
-(avx2, generic)."""
+tests: the one it picks by default (the widest: AVX512-BF16 where the CPU has it, for
+bfloat16), and those TORCHCONV3D_CPU_ISA asks for (avx512, avx2, generic)."""
 import os
 import subprocess
 import sys
@@ -20,21 +20,28 @@ def _cpu_flags():
         return []
 
 
+AVX512 = {"avx512f", "avx512dq", "fma"}
+
+
 def test_the_widest_build_the_cpu_runs_is_chosen():
-    flags = _cpu_flags()
-    cap = os.environ.get("TORCHCONV3D_CPU_ISA", "avx512")
-    if cap == "avx512" and {"avx512f", "avx512dq", "fma"} <= set(flags):
+    flags = set(_cpu_flags())
+    cap = os.environ.get("TORCHCONV3D_CPU_ISA", "avx512_bf16")
+    if cap == "avx512_bf16" and AVX512 | {"avx512_bf16"} <= flags:
+        assert _loader.cpu_isa() == "avx512_bf16"
+    elif cap in ("avx512_bf16", "avx512") and AVX512 <= flags:
         assert _loader.cpu_isa() == "avx512"
-    elif cap in ("avx512", "avx2") and "avx2" in flags and "fma" in flags:
+    elif cap in ("avx512_bf16", "avx512", "avx2") and {"avx2", "fma"} <= flags:
         assert _loader.cpu_isa() == "avx2"
     else:
         assert _loader.cpu_isa() == "generic"
 
 
-@pytest.mark.parametrize("isa", ["avx2", "generic"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_narrower_builds_pass_the_differential_tests(isa):
     if "TORCHCONV3D_CPU_ISA" in os.environ:
         pytest.skip("already running with a chosen build")
+    if isa == "avx512" and _loader.cpu_isa() != "avx512_bf16":
+        pytest.skip("avx512 is the widest build here (no AVX512-BF16): the default run")
     if isa == "avx2" and not {"avx2", "fma"} <= set(_cpu_flags()):
         pytest.skip("CPU has no AVX2/FMA")
     env = dict(os.environ, TORCHCONV3D_CPU_ISA=isa)

@@ -53,7 +53,8 @@ def load():
 
 
 def cpu_isa():
-    """The instruction set the CPU kernels were dispatched to: "avx512" or "generic"."""
+    """The instruction set the CPU kernels were dispatched to: "avx512_bf16", "avx512",
+    "avx2" or "generic"."""
     import torch
 
     load()

@@ -386,14 +386,145 @@ at::Tensor weight_as(const at::Tensor& weight) {
   return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
 }
 
+// The forward tiles: bands as tall as the budget allows (elem bytes per channel element of
+// the planes), then shorter while there are too few tiles; whole planes take several
+// depths per tile while the budget and the tile count allow (thin layers, where copying
+// the input is a large share of the work).
+Layout forward_layout(const Geometry& g, int64_t cig, int64_t elem) {
+  Layout L(g);
+  int64_t band = kTileBytes / (cig * L.row_bytes(elem)) - L.qh_max;
+  const int64_t planes = g.batch * g.groups * g.out[0];
+  const int64_t want = 4 * at::get_num_threads();
+  if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
+    band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
+  L.set_band(band);
+  if (L.th == g.out[1]) {
+    const int64_t per_plane = planes / g.out[0];
+    L.grow_depths([&](const Layout& t) {
+      return t.planes_bytes(cig, elem) <= kTileBytes && per_plane * t.depth_blocks() >= want;
+    });
+  }
+  return L;
+}
+
+// The forward's result rows of one tile, from the GEMM's float rows ct (row stride L.n):
+// out[co, od, oh0 + t_row, :] = ct + bias, for `rows` output channels from co0.
+template <typename T, typename A>
+void store_forward_rows(const Layout& L, const A* ct, int64_t rows, int64_t co0, const A* bp,
+                        T* yp, int64_t ysc, const std::array<int64_t, 3>& ys, int64_t od,
+                        int64_t oh0, int64_t th) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t co = co0 + r;
+    const A bc = bp ? bp[co] : A(0);
+    for (int64_t t_row = 0; t_row < th; ++t_row) {
+      const A* src = ct + r * L.n + t_row * L.lw;
+      T* dst = yp + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
+      if (ys[2] == 1) {
+        for (int64_t ow = 0; ow < L.g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
+      } else {
+        for (int64_t ow = 0; ow < L.g.out[2]; ++ow)
+          dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
+      }
+    }
+  }
+}
+
+// Weight blocks of up to `most` output channels laid out [k][r], the order gemm reads
+// them: element(co, k) for k < K.
+template <typename E, typename Element>
+std::vector<E> pack_weight_blocks(const Geometry& g, const Blocks& mblocks, int64_t K,
+                                  Element&& element) {
+  const int64_t cog = g.out_per_group();
+  std::vector<E> wpack(g.out_channels * K);
+  for (int64_t co = 0; co < g.out_channels; ++co) {
+    const int64_t grp = co / cog, m = co % cog, mb = mblocks.of(m);
+    const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
+    E* blk = wpack.data() + (grp * cog + m0) * K;
+    for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = element(co, k);
+  }
+  return wpack;
+}
+
+uint32_t bf16_bits(c10::BFloat16 v) { return v.x; }
+
+// bfloat16 forward on the dot-product kernels (Bf16Kernels): the planes of input channels
+// (2p, 2p + 1) interleaved into one plane of 32-bit pairs, the weights paired the same way,
+// so each vdpbf16ps does 16 positions x 2 channels, summing in float. A tile is packed as
+// bfloat16 planes (no conversion), then paired.
+void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& bias, at::Tensor& output, const Bf16Kernels& bk) {
+  using T = c10::BFloat16;
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
+  const int64_t pairs = ceil_div(cig, 2), K = pairs * kvol;
+  const Blocks mblocks(cog, bk.max_rows);
+  const Layout L = forward_layout(g, cig, sizeof(float));  // bf16 planes + pairs: 4 B
+  const ColumnMap cm(L);
+
+  const at::Tensor w = weight.contiguous();
+  const T* wp = w.const_data_ptr<T>();
+  const std::vector<uint32_t> wpack =
+      pack_weight_blocks<uint32_t>(g, mblocks, K, [&](int64_t co, int64_t k) {
+        const int64_t p = k / kvol, tap = k % kvol, c = 2 * p;
+        const T* row = wp + co * cig * kvol;
+        const uint32_t lo = bf16_bits(row[c * kvol + tap]);
+        const uint32_t hi = c + 1 < cig ? bf16_bits(row[(c + 1) * kvol + tap]) : 0;
+        return lo | hi << 16;
+      });
+  const std::vector<int64_t> offs = L.tap_offsets(pairs);
+
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  const T* xp = input.const_data_ptr<T>();
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(input), ys = spatial_strides(output);
+  const int64_t xsn = input.stride(0), xsc = input.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
+  const int64_t bands = L.bands(), cstride = L.channel_stride();
+
+  const int64_t dblocks = L.depth_blocks(), tiles = g.batch * g.groups * dblocks * bands;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_planes, h_pairs, h_c;
+    T* planes = scratch<T>(h_planes, L.buffer_size(2 * pairs));
+    std::fill(planes, planes + L.buffer_size(2 * pairs), T(0));  // an odd last channel: 0
+    const int64_t pairs_size = L.buffer_size(pairs);
+    uint32_t* buf = reinterpret_cast<uint32_t*>(scratch<int32_t>(h_pairs, pairs_size));
+    std::fill(buf, buf + pairs_size, 0u);
+    float* ct = scratch<float>(h_c, bk.max_rows * L.n);
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(planes);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t od0 = (task / bands) % dblocks * L.td;
+      const int64_t grp = (task / (bands * dblocks)) % g.groups;
+      const int64_t n = task / (bands * dblocks * g.groups);
+      const int64_t depths = std::min(L.td, g.out[0] - od0);
+      const int64_t oh0 = (task % bands) * L.th, th = L.band_rows(oh0), np = L.positions(th);
+      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od0, depths, oh0,
+                  th + L.qh_max, planes);
+      for (int64_t p = 0; p < pairs; ++p) {
+        const uint16_t* lo = bits + 2 * p * cstride;
+        const uint16_t* hi = lo + cstride;
+        uint32_t* d = buf + p * cstride;
+        for (int64_t e = 0; e < cstride; ++e) d[e] = lo[e] | uint32_t(hi[e]) << 16;
+      }
+      for (int64_t dl = 0; dl < depths; ++dl) {
+        const int64_t od = od0 + dl;
+        for (int64_t mb = 0; mb < mblocks.count; ++mb) {
+          const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
+          bk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
+                  offs.data(), np, ct, L.n);
+          store_forward_rows(L, ct, rows, grp * cog + m0, bp, yp + n * ysn, ysc, ys, od, oh0,
+                             th);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                     const at::Tensor& bias, at::Tensor& output) {
   using A = at::opmath_type<T>;
-  const MicroKernels<A>& mk = micro_kernels(A{});
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
   const int64_t K = cig * kvol;
-  const Blocks mblocks(cog, mk.max_rows);
   if (K == 0) {  // no input channels: the output is the bias
     if (bias.defined()) {
       output.copy_(bias.view({1, g.out_channels, 1, 1, 1}).expand_as(output));
@@ -402,36 +533,20 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     }
     return;
   }
-
-  Layout L(g);
-  // Bands as tall as the budget allows, then shorter while there are too few tiles.
-  int64_t band = kTileBytes / (cig * L.row_bytes(sizeof(A))) - L.qh_max;
-  const int64_t planes = g.batch * g.groups * g.out[0];
-  const int64_t want = 4 * at::get_num_threads();
-  if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
-    band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
-  L.set_band(band);
-  // Whole planes fit: take several depths per tile while the budget and the tile count
-  // allow (thin layers, where copying the input is a large share of the work).
-  if (L.th == g.out[1]) {
-    const int64_t per_plane = planes / g.out[0];
-    L.grow_depths([&](const Layout& t) {
-      return t.planes_bytes(cig, sizeof(A)) <= kTileBytes && per_plane * t.depth_blocks() >= want;
-    });
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    // One input channel would pair with a zero: no gain over the float kernels.
+    if (const Bf16Kernels* bk = bf16_kernels(); bk && cig >= 2)
+      return forward_bf16_pairs(g, input, weight, bias, output, *bk);
   }
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const Blocks mblocks(cog, mk.max_rows);
+  const Layout L = forward_layout(g, cig, sizeof(A));
   const ColumnMap cm(L);
 
-  // Weight blocks of up to max_rows output channels laid out [k][r], the order gemm
-  // reads them.
   const at::Tensor w = weight_as<A>(weight);
   const A* wp = w.const_data_ptr<A>();
-  std::vector<A> wpack(g.out_channels * K);
-  for (int64_t co = 0; co < g.out_channels; ++co) {
-    const int64_t grp = co / cog, m = co % cog, mb = mblocks.of(m);
-    const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
-    A* blk = wpack.data() + (grp * cog + m0) * K;
-    for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = wp[co * K + k];
-  }
+  const std::vector<A> wpack = pack_weight_blocks<A>(
+      g, mblocks, K, [&](int64_t co, int64_t k) { return wp[co * K + k]; });
   const std::vector<int64_t> offs = L.tap_offsets(cig);
 
   const at::Tensor b =
@@ -465,20 +580,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
           const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
           mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
                   offs.data(), np, ct, L.n, false);
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t co = grp * cog + m0 + r;
-            const A bc = bp ? bp[co] : A(0);
-            for (int64_t t_row = 0; t_row < th; ++t_row) {
-              const A* src = ct + r * L.n + t_row * L.lw;
-              T* dst = yp + n * ysn + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
-              if (ys[2] == 1) {
-                for (int64_t ow = 0; ow < g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
-              } else {
-                for (int64_t ow = 0; ow < g.out[2]; ++ow)
-                  dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
-              }
-            }
-          }
+          store_forward_rows(L, ct, rows, grp * cog + m0, bp, yp + n * ysn, ysc, ys, od, oh0,
+                             th);
         }
       }
     }

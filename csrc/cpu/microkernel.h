@@ -36,6 +36,22 @@ struct MicroKernels {
   const char* isa;
 };
 
+// bfloat16 with a dot-product instruction (AVX512-BF16's vdpbf16ps): operands hold pairs of
+// bfloat16 values (two input channels) in 32-bit lanes, sums are float.
+//   c[r * ldc + f] = sum_k dot(a[k * rows + r], b[offs[k] + f])
+//   where dot(p, q) = p.lo * q.lo + p.hi * q.hi; same rows, n and layout rules as gemm.
+struct Bf16Kernels {
+  void (*gemm)(int64_t rows, const uint32_t* a, int64_t k, const uint32_t* b,
+               const int64_t* offs, int64_t n, float* c, int64_t ldc);
+  int64_t max_rows;
+};
+
+// The bfloat16 set this process uses, or nullptr (no AVX512-BF16, or a narrower
+// TORCHCONV3D_CPU_ISA): then bfloat16 runs on the float kernels.
+const Bf16Kernels* bf16_kernels();
+bool have_avx512_bf16_kernels();
+const Bf16Kernels& avx512_bf16_kernels();
+
 // The set this process uses.
 const MicroKernels<float>& micro_kernels(float);
 const MicroKernels<double>& micro_kernels(double);
@@ -50,7 +66,8 @@ bool have_avx2_kernels();
 const MicroKernels<float>& avx2_kernels(float);
 const MicroKernels<double>& avx2_kernels(double);
 
-// Name of the instruction set the CPU kernels run with ("avx512", "avx2" or "generic").
+// Name of the instruction set the CPU kernels run with ("avx512_bf16", "avx512", "avx2" or
+// "generic").
 const char* cpu_isa();
 
 }  // namespace torchconv3d::cpu

@@ -62,22 +62,32 @@ void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
   }
 }
 
-// TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512, avx2 or
-// generic, in any case; unset or empty means the widest. A value the CPU cannot run falls
-// back to what it can; an unknown value is warned about and ignored.
+// TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512_bf16,
+// avx512, avx2 or generic, in any case; unset or empty means the widest. A value the CPU
+// cannot run falls back to what it can; an unknown value is warned about and ignored.
+const std::string& isa_cap() {
+  static const std::string cap = [] {
+    const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
+    std::string c = v ? v : "";
+    for (char& ch : c) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (c != "avx512_bf16" && c != "avx512" && c != "avx2" && c != "generic") {
+      if (!c.empty())
+        TORCH_WARN("TORCHCONV3D_CPU_ISA='", v,
+                   "' is not avx512_bf16, avx512, avx2 or generic; ignored");
+      c = "avx512_bf16";
+    }
+    return c;
+  }();
+  return cap;
+}
+
 template <typename A>
 const MicroKernels<A>& choose() {
   static const MicroKernels<A>& k = [] () -> const MicroKernels<A>& {
-    const char* v = std::getenv("TORCHCONV3D_CPU_ISA");
-    std::string cap = v ? v : "";
-    for (char& c : cap) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (cap != "avx512" && cap != "avx2" && cap != "generic") {
-      if (!cap.empty())
-        TORCH_WARN("TORCHCONV3D_CPU_ISA='", v, "' is not avx512, avx2 or generic; ignored");
-      cap = "avx512";
-    }
-    if (cap == "avx512" && have_avx512_kernels()) return avx512_kernels(A{});
-    if ((cap == "avx512" || cap == "avx2") && have_avx2_kernels()) return avx2_kernels(A{});
+    const std::string& cap = isa_cap();
+    const bool avx512 = cap == "avx512_bf16" || cap == "avx512";
+    if (avx512 && have_avx512_kernels()) return avx512_kernels(A{});
+    if ((avx512 || cap == "avx2") && have_avx2_kernels()) return avx2_kernels(A{});
     return generic_kernels(A{});
   }();
   return k;
@@ -97,6 +107,13 @@ const MicroKernels<double>& generic_kernels(double) {
 
 const MicroKernels<float>& micro_kernels(float) { return choose<float>(); }
 const MicroKernels<double>& micro_kernels(double) { return choose<double>(); }
-const char* cpu_isa() { return micro_kernels(float{}).isa; }
+const Bf16Kernels* bf16_kernels() {
+  static const Bf16Kernels* k = isa_cap() == "avx512_bf16" && have_avx512_kernels() &&
+                                        have_avx512_bf16_kernels()
+                                    ? &avx512_bf16_kernels()
+                                    : nullptr;
+  return k;
+}
+const char* cpu_isa() { return bf16_kernels() ? "avx512_bf16" : micro_kernels(float{}).isa; }
 
 }  // namespace torchconv3d::cpu

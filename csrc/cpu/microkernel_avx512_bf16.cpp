@@ -1,0 +1,106 @@
+// AVX512-BF16 build of the GEMM micro-kernel (see microkernel.h, Bf16Kernels): bfloat16
+// operands in pairs, one vdpbf16ps per 16 positions x 2 input channels, float sums.
+// Called only after the CPU reported every extension the target attribute names.
+#include "microkernel.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define TC3D_FN __attribute__((target("avx512f,avx512bf16")))
+#define TC3D_INLINE __attribute__((target("avx512f,avx512bf16"), always_inline)) inline
+
+namespace torchconv3d::cpu {
+namespace {
+
+// Register block as the float kernel's: 6 rows x 4 registers of 16 positions = 24
+// accumulators, 4 registers for the B loads, 1 for the broadcast weight pair.
+constexpr int kRows = 6;
+constexpr int kVecs = 4;
+
+template <int R, int V>
+TC3D_INLINE void block(const uint32_t* a, int64_t k, const uint32_t* b, const int64_t* offs,
+                       float* c, int64_t ldc) {
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    const uint32_t* bp = b + offs[i];
+    __m512bh bv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(bp + v * 16);
+    const uint32_t* ap = a + i * R;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[r]));
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
+}
+
+template <int R, int V>
+TC3D_INLINE void block_v(int64_t v, const uint32_t* a, int64_t k, const uint32_t* b,
+                         const int64_t* offs, float* c, int64_t ldc) {
+  if constexpr (V > 1) {
+    if (v < V) return block_v<R, V - 1>(v, a, k, b, offs, c, ldc);
+  }
+  block<R, V>(a, k, b, offs, c, ldc);
+}
+
+template <int R>
+TC3D_FN void rows_fixed(const uint32_t* a, int64_t k, const uint32_t* b, const int64_t* offs,
+                        int64_t n, float* c, int64_t ldc) {
+  for (int64_t f = 0, left = n / 16; left > 0;) {
+    const int64_t v = (left == 5 || left == 6) ? 3 : std::min<int64_t>(left, kVecs);
+    block_v<R, kVecs>(v, a, k, b + f, offs, c + f, ldc);
+    f += v * 16;
+    left -= v;
+  }
+}
+
+template <int R>
+TC3D_INLINE void rows_r(int64_t r, const uint32_t* a, int64_t k, const uint32_t* b,
+                        const int64_t* offs, int64_t n, float* c, int64_t ldc) {
+  if constexpr (R > 1) {
+    if (r < R) return rows_r<R - 1>(r, a, k, b, offs, n, c, ldc);
+  }
+  rows_fixed<R>(a, k, b, offs, n, c, ldc);
+}
+
+TC3D_FN void gemm(int64_t rows, const uint32_t* a, int64_t k, const uint32_t* b,
+                  const int64_t* offs, int64_t n, float* c, int64_t ldc) {
+  rows_r<kRows>(std::min<int64_t>(rows, kRows), a, k, b, offs, n, c, ldc);
+}
+
+}  // namespace
+
+bool have_avx512_bf16_kernels() {
+  return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512bf16") != 0;
+}
+
+const Bf16Kernels& avx512_bf16_kernels() {
+  static const Bf16Kernels k{&gemm, kRows};
+  return k;
+}
+
+}  // namespace torchconv3d::cpu
+
+#else  // not x86-64 with GCC/Clang
+
+namespace torchconv3d::cpu {
+bool have_avx512_bf16_kernels() { return false; }
+const Bf16Kernels& avx512_bf16_kernels() {
+  static const Bf16Kernels k{nullptr, 0};
+  return k;
+}
+}  // namespace torchconv3d::cpu
+
+#endif
