@@ -118,7 +118,7 @@ void naming_sizes_on_failure(const Geometry& g, const char* pass, Run&& run) {
 }
 
 void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
-             const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
+                  const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
   const Trim t = trim_dead_taps(g);
   if (!t.active) {
     return naming_sizes_on_failure(g, "forward", [&] { k.forward(g, x, weight, bias, out); });
@@ -139,7 +139,7 @@ void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x
 }
 
 void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
-                const at::Tensor& weight, at::Tensor& grad_input) {
+                     const at::Tensor& weight, at::Tensor& grad_input) {
   const Trim t = trim_dead_taps(g);
   if (!t.active) {
     return naming_sizes_on_failure(g, "grad_input",
@@ -154,7 +154,7 @@ void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor
 }
 
 void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
-                 const at::Tensor& x, at::Tensor& grad_weight) {
+                      const at::Tensor& x, at::Tensor& grad_weight) {
   const Trim t = trim_dead_taps(g);
   if (!t.active) {
     return naming_sizes_on_failure(g, "grad_weight",

@@ -407,6 +407,25 @@ Layout forward_layout(const Geometry& g, int64_t cig, int64_t elem) {
   return L;
 }
 
+// A forward task: sample n, group grp, `depths` output depths from od0, the band of th
+// output rows from oh0 (np positions computed).
+struct ForwardTile {
+  int64_t n, grp, od0, depths, oh0, th, np;
+  ForwardTile(const Layout& L, int64_t task) {
+    const int64_t bands = L.bands(), dblocks = L.depth_blocks();
+    od0 = (task / bands) % dblocks * L.td;
+    grp = (task / (bands * dblocks)) % L.g.groups;
+    n = task / (bands * dblocks * L.g.groups);
+    depths = std::min(L.td, L.g.out[0] - od0);
+    oh0 = (task % bands) * L.th;
+    th = L.band_rows(oh0);
+    np = L.positions(th);
+  }
+  static int64_t count(const Layout& L) {
+    return L.g.batch * L.g.groups * L.depth_blocks() * L.bands();
+  }
+};
+
 // The forward's result rows of one tile, from the GEMM's float rows ct (row stride L.n):
 // out[co, od, oh0 + t_row, :] = ct + bias, for `rows` output channels from co0.
 template <typename T, typename A>
@@ -479,10 +498,9 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
-  const int64_t bands = L.bands(), cstride = L.channel_stride();
+  const int64_t cstride = L.channel_stride();
 
-  const int64_t dblocks = L.depth_blocks(), tiles = g.batch * g.groups * dblocks * bands;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, ForwardTile::count(L), 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_planes, h_pairs, h_c;
     T* planes = scratch<T>(h_planes, L.buffer_size(2 * pairs));
     std::fill(planes, planes + L.buffer_size(2 * pairs), T(0));  // an odd last channel: 0
@@ -492,27 +510,23 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
     float* ct = scratch<float>(h_c, bk.max_rows * L.n);
     const uint16_t* bits = reinterpret_cast<const uint16_t*>(planes);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t od0 = (task / bands) % dblocks * L.td;
-      const int64_t grp = (task / (bands * dblocks)) % g.groups;
-      const int64_t n = task / (bands * dblocks * g.groups);
-      const int64_t depths = std::min(L.td, g.out[0] - od0);
-      const int64_t oh0 = (task % bands) * L.th, th = L.band_rows(oh0), np = L.positions(th);
-      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od0, depths, oh0,
-                  th + L.qh_max, planes);
+      const ForwardTile t(L, task);
+      pack_planes(L, cm, xp + t.n * xsn + t.grp * cig * xsc, cig, xsc, xs, t.od0, t.depths,
+                  t.oh0, t.th + L.qh_max, planes);
       for (int64_t p = 0; p < pairs; ++p) {
         const uint16_t* lo = bits + 2 * p * cstride;
         const uint16_t* hi = lo + cstride;
         uint32_t* d = buf + p * cstride;
         for (int64_t e = 0; e < cstride; ++e) d[e] = lo[e] | uint32_t(hi[e]) << 16;
       }
-      for (int64_t dl = 0; dl < depths; ++dl) {
-        const int64_t od = od0 + dl;
+      for (int64_t dl = 0; dl < t.depths; ++dl) {
+        const int64_t od = t.od0 + dl;
         for (int64_t mb = 0; mb < mblocks.count; ++mb) {
           const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
-          bk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
-                  offs.data(), np, ct, L.n);
-          store_forward_rows(L, ct, rows, grp * cog + m0, bp, yp + n * ysn, ysc, ys, od, oh0,
-                             th);
+          bk.gemm(rows, wpack.data() + (t.grp * cog + m0) * K, K, buf + dl * L.depth_step(),
+                  offs.data(), t.np, ct, L.n);
+          store_forward_rows(L, ct, rows, t.grp * cog + m0, bp, yp + t.n * ysn, ysc, ys, od,
+                             t.oh0, t.th);
         }
       }
     }
@@ -557,31 +571,25 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
-  const int64_t bands = L.bands();
 
-  const int64_t dblocks = L.depth_blocks(), tiles = g.batch * g.groups * dblocks * bands;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, ForwardTile::count(L), 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_buf, h_c;
     const int64_t bufsize = L.buffer_size(cig);
     A* buf = scratch<A>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, A(0));
     A* ct = scratch<A>(h_c, mk.max_rows * L.n);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t od0 = (task / bands) % dblocks * L.td;
-      const int64_t grp = (task / (bands * dblocks)) % g.groups;
-      const int64_t n = task / (bands * dblocks * g.groups);
-      const int64_t depths = std::min(L.td, g.out[0] - od0);
-      const int64_t oh0 = (task % bands) * L.th, th = L.band_rows(oh0), np = L.positions(th);
-      pack_planes(L, cm, xp + n * xsn + grp * cig * xsc, cig, xsc, xs, od0, depths, oh0,
-                  th + L.qh_max, buf);
-      for (int64_t dl = 0; dl < depths; ++dl) {
-        const int64_t od = od0 + dl;
+      const ForwardTile t(L, task);
+      pack_planes(L, cm, xp + t.n * xsn + t.grp * cig * xsc, cig, xsc, xs, t.od0, t.depths,
+                  t.oh0, t.th + L.qh_max, buf);
+      for (int64_t dl = 0; dl < t.depths; ++dl) {
+        const int64_t od = t.od0 + dl;
         for (int64_t mb = 0; mb < mblocks.count; ++mb) {
           const int64_t m0 = mblocks.start(mb), rows = mblocks.size(mb);
-          mk.gemm(rows, wpack.data() + (grp * cog + m0) * K, K, buf + dl * L.depth_step(),
-                  offs.data(), np, ct, L.n, false);
-          store_forward_rows(L, ct, rows, grp * cog + m0, bp, yp + n * ysn, ysc, ys, od, oh0,
-                             th);
+          mk.gemm(rows, wpack.data() + (t.grp * cog + m0) * K, K, buf + dl * L.depth_step(),
+                  offs.data(), t.np, ct, L.n, false);
+          store_forward_rows(L, ct, rows, t.grp * cog + m0, bp, yp + t.n * ysn, ysc, ys, od,
+                             t.oh0, t.th);
         }
       }
     }
