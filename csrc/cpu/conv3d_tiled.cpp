@@ -476,7 +476,9 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
   const int64_t pairs = ceil_div(cig, 2), K = pairs * kvol;
   const Blocks mblocks(cog, bk.max_rows);
-  const Layout L = forward_layout(g, cig, sizeof(float));  // bf16 planes + pairs: 4 B
+  // The GEMM reads only the pairs (2 B per channel element); the staging planes are
+  // written and read once per tile.
+  const Layout L = forward_layout(g, cig, sizeof(T));
   const ColumnMap cm(L);
 
   const at::Tensor w = weight.contiguous();
