@@ -29,7 +29,8 @@ at::Tensor batched(const at::Tensor& t) { return t.dim() == 4 ? t.unsqueeze(0) :
 // reach (views of weight and input), with padding recomputed so that the output size is
 // unchanged: the same convolution, with extents bounded by the input and output sizes.
 // A dropped tap's terms are weight x padded zero, which is not zero for a NaN/Inf weight
-// or grad_output; those terms are added back exactly (nonfinite_dropped_weights, nonfinite_grad_output_channels).
+// or grad_output; those terms are added back exactly (nonfinite_dropped_weights,
+// nonfinite_grad_output_channels).
 struct Trim {
   bool active = false;     // some tap reads only padding
   bool none_live = false;  // every tap does: no term reads the input

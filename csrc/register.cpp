@@ -70,7 +70,7 @@ bool register_operators() {
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
-  // Which build of the CPU micro-kernels this process runs ("avx512" or "generic").
+  // Which build of the CPU micro-kernels this process runs (microkernel.h, cpu_isa).
   def.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
 
   static Library cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::CPU, __FILE__, __LINE__);

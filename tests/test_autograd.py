@@ -160,7 +160,8 @@ def _func_transforms(conv, x, w, b):
         "hvp x": jvp(lambda x: grad(loss)(x, w, b), (x,), (tx,)),
         "hvp w": jvp(lambda w: grad(loss, argnums=1)(x, w, b), (w,), (tw,)),
         # reverse-over-forward
-        "grad of jvp": grad(lambda w: jvp(lambda x: conv(x, w, b), (x,), (tx,))[1].square().sum())(w),
+        "grad of jvp": grad(
+            lambda w: jvp(lambda x: conv(x, w, b), (x,), (tx,))[1].square().sum())(w),
     }
     with fwAD.dual_level():
         y = conv(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), fwAD.make_dual(b, tb))

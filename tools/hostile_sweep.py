@@ -203,7 +203,8 @@ def run_batch(cases, timeout):
                            text=True, timeout=timeout, env=env, cwd=ROOT)
         out, died, rc = r.stdout, r.returncode != 0, r.returncode
     except subprocess.TimeoutExpired as e:
-        out, died, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), True, "timeout"
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        died, rc = True, "timeout"
     finally:
         os.unlink(f.name)
     done, stage = {}, None

@@ -240,6 +240,8 @@ def _autograd_kernel(function, op, n_tensors):
 
     def kernel(*args):
         tensors = args[:n_tensors]
+        # Forward mode ignores grad mode and requires_grad: a tangent can only exist inside
+        # an open dual level (torch.func.jvp opens one too).
         if (torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors)) or (
             _forward_ad._current_level >= 0
         ):
