@@ -99,7 +99,7 @@ at::Tensor nonfinite_grad_output_channels(const at::Tensor& gy) {
   return at::isfinite(gy).logical_not().transpose(0, 1).flatten(1).any(1);
 }
 // [C] -> broadcastable over an output [N, C, D, H, W].
-at::Tensor per_channel(const at::Tensor& flags) { return flags.view({1, -1, 1, 1, 1}); }
+at::Tensor per_channel(const at::Tensor& t) { return t.view({1, -1, 1, 1, 1}); }
 
 // A kernel's workspace follows the output's rows, the strides and the dilated kernel; for
 // extreme arguments (a huge replicate padding with a huge dilation, an output row of 10^8
@@ -118,15 +118,15 @@ void naming_sizes_on_failure(const Geometry& g, const char* pass, Run&& run) {
   }
 }
 
+// Each pass runs its kernel on the kept taps and input rows (the whole convolution when
+// nothing is dropped: t.g == g and the views are the tensors' own shape), then, where taps
+// were dropped, sets what they alone decide.
 void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
                   const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) {
-    return naming_sizes_on_failure(g, "forward", [&] { k.forward(g, x, weight, bias, out); });
-  }
   if (t.none_live) {
     if (bias.defined()) {
-      out.copy_(bias.view({1, -1, 1, 1, 1}).expand_as(out));
+      out.copy_(per_channel(bias).expand_as(out));
     } else {
       out.zero_();
     }
@@ -135,19 +135,17 @@ void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x
       k.forward(t.g, t.input(x), t.weight(weight), bias, out);
     });
   }
-  out.masked_fill_(per_channel(nonfinite_dropped_weights(t, weight)),
-                   std::numeric_limits<double>::quiet_NaN());
+  if (t.active) {
+    out.masked_fill_(per_channel(nonfinite_dropped_weights(t, weight)),
+                     std::numeric_limits<double>::quiet_NaN());
+  }
 }
 
 void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
                      const at::Tensor& weight, at::Tensor& grad_input) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) {
-    return naming_sizes_on_failure(g, "grad_input",
-                                   [&] { k.grad_input(g, gy, weight, grad_input); });
-  }
   // Input rows no kept tap reads have no term at all: exactly zero.
-  grad_input.zero_();
+  if (t.active) grad_input.zero_();
   if (t.none_live) return;
   at::Tensor kept = t.input(grad_input);
   naming_sizes_on_failure(t.g, "grad_input",
@@ -157,13 +155,11 @@ void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor
 void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
                       const at::Tensor& x, at::Tensor& grad_weight) {
   const Trim t = trim_dead_taps(g);
-  if (!t.active) {
-    return naming_sizes_on_failure(g, "grad_weight",
-                                   [&] { k.grad_weight(g, gy, x, grad_weight); });
+  if (t.active) {
+    const at::Tensor nan_channels = nonfinite_grad_output_channels(gy).view({-1, 1, 1, 1, 1});
+    grad_weight.zero_().masked_fill_(nan_channels & t.dropped(grad_weight),
+                                     std::numeric_limits<double>::quiet_NaN());
   }
-  const at::Tensor nan_channels = nonfinite_grad_output_channels(gy).view({-1, 1, 1, 1, 1});
-  grad_weight.zero_().masked_fill_(nan_channels & t.dropped(grad_weight),
-                                   std::numeric_limits<double>::quiet_NaN());
   if (t.none_live) return;
   at::Tensor kept = t.weight(grad_weight);
   naming_sizes_on_failure(t.g, "grad_weight",

@@ -448,8 +448,8 @@ void store_forward_rows(const Layout& L, const A* ct, int64_t rows, int64_t co0,
   }
 }
 
-// Weight blocks of up to `most` output channels laid out [k][r], the order gemm reads
-// them: element(co, k) for k < K.
+// Weight blocks of output channels (mblocks within each group) laid out [k][r], the
+// order gemm reads them: element(co, k) for k < K.
 template <typename E, typename Element>
 std::vector<E> pack_weight_blocks(const Geometry& g, const Blocks& mblocks, int64_t K,
                                   Element&& element) {
@@ -504,8 +504,9 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
 
   at::parallel_for(0, ForwardTile::count(L), 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_planes, h_pairs, h_c;
-    T* planes = scratch<T>(h_planes, L.buffer_size(2 * pairs));
-    std::fill(planes, planes + L.buffer_size(2 * pairs), T(0));  // an odd last channel: 0
+    const int64_t planes_size = L.buffer_size(2 * pairs);
+    T* planes = scratch<T>(h_planes, planes_size);
+    std::fill(planes, planes + planes_size, T(0));  // an odd last channel stays 0
     const int64_t pairs_size = L.buffer_size(pairs);
     uint32_t* buf = reinterpret_cast<uint32_t*>(scratch<int32_t>(h_pairs, pairs_size));
     std::fill(buf, buf + pairs_size, 0u);
