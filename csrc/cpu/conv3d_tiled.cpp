@@ -27,6 +27,7 @@
 #include "kernels.h"
 #include "microkernel.h"
 #include "nonfinite.h"
+#include "tile_layout.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -38,164 +39,6 @@
 namespace torchconv3d::cpu {
 namespace {
 
-// Bytes of phase planes (or shifted grad_output) one thread works on at a time: well
-// inside a 1 MB L2 next to the weight block.
-constexpr int64_t kTileBytes = 384 * 1024;
-
-// Where a tile's phase planes and positions lie; see the comment at the top.
-struct Layout {
-  const Geometry& g;
-  int64_t sh, sw, qh_max, qw_max, lw;
-  int64_t th = 1, rows = 1, plane = 1, n = kLanes;
-  // Output depths per tile, and the padded input depths ("slots") they read: a tile of
-  // several depths copies each input plane once instead of once per depth tap.
-  int64_t td = 1, slots = 1;
-
-  explicit Layout(const Geometry& geo) : g(geo) {
-    sh = g.stride[1];
-    sw = g.stride[2];
-    qh_max = (g.kernel[1] - 1) * g.dilation[1] / sh;
-    qw_max = (g.kernel[2] - 1) * g.dilation[2] / sw;
-    lw = g.out[2] + qw_max;
-    set_depths(1);
-  }
-  void set_depths(int64_t depths) {
-    td = std::clamp<int64_t>(depths, 1, g.out[0]);
-    td = ceil_div(g.out[0], ceil_div(g.out[0], td));
-    slots = (td - 1) * g.stride[0] + (g.kernel[0] - 1) * g.dilation[0] + 1;
-  }
-  int64_t depth_blocks() const { return ceil_div(g.out[0], td); }
-  // Whether some depth of a tile with `depths` output depths reads slot `slot`.
-  bool slot_used(int64_t slot, int64_t depths) const {
-    for (int64_t i = 0; i < g.kernel[0]; ++i) {
-      const int64_t r = slot - i * g.dilation[0];
-      if (r >= 0 && r % g.stride[0] == 0 && r / g.stride[0] < depths) return true;
-    }
-    return false;
-  }
-  // Buffer offset between the windows of consecutive output depths of a tile.
-  int64_t depth_step() const { return g.stride[0] * sh * sw * plane; }
-  // Bands of equal height, at most `band` rows.
-  void set_band(int64_t band) {
-    th = std::clamp<int64_t>(band, 1, g.out[1]);
-    th = ceil_div(g.out[1], ceil_div(g.out[1], th));
-    rows = th + qh_max;
-    plane = rows * lw;
-    n = round_up(th * lw, kLanes);
-  }
-  int64_t planes_per_channel() const { return slots * sh * sw; }
-  // Bytes of the phase planes of `channels` channels.
-  int64_t planes_bytes(int64_t channels, int64_t elem) const {
-    return channels * planes_per_channel() * plane * elem;
-  }
-  // Grows the output depths per tile while fits(layout with that many) holds. Only for
-  // bands of whole planes, where depths are the remaining way to make tiles larger.
-  template <typename Fits>
-  void grow_depths(Fits&& fits) {
-    for (int64_t depths = 2; depths <= g.out[0]; ++depths) {
-      Layout t = *this;
-      t.set_depths(depths);
-      if (!fits(t)) break;
-      set_depths(depths);
-    }
-  }
-  // Elements of the phase planes of `channels` channels, with the tail the last shifted
-  // window reads past its plane.
-  int64_t buffer_size(int64_t channels) const {
-    return channels * channel_stride() + lw + 2 * kLanes;
-  }
-  // Bytes of phase planes per output row of the band, per channel.
-  int64_t row_bytes(int64_t elem) const { return planes_per_channel() * lw * elem; }
-  int64_t bands() const { return ceil_div(g.out[1], th); }
-  // Output rows of the band starting at oh0 (the last one may be shorter) and the
-  // positions computed for it.
-  int64_t band_rows(int64_t oh0) const { return std::min(th, g.out[1] - oh0); }
-  int64_t positions(int64_t band_rows) const { return round_up(band_rows * lw, kLanes); }
-
-  int64_t phase_h(int64_t j) const { return (j * g.dilation[1]) % sh; }
-  int64_t phase_w(int64_t l) const { return (l * g.dilation[2]) % sw; }
-  int64_t shift(int64_t j, int64_t l) const {
-    return (j * g.dilation[1] / sh) * lw + (l * g.dilation[2] / sw);
-  }
-  // Elements between the planes of consecutive channels. The extra kLanes keep it off
-  // multiples of 4 KB, where the channels_last copy, writing every channel's plane in
-  // turn, would land all its stores in one cache set.
-  int64_t channel_stride() const { return planes_per_channel() * plane + kLanes; }
-  // Offset of phase plane (c, slot, rh, rw) in the buffer.
-  int64_t plane_offset(int64_t c, int64_t slot, int64_t rh, int64_t rw) const {
-    return c * channel_stride() + ((slot * sh + rh) * sw + rw) * plane;
-  }
-  // Offset of tap (c, i, j, l)'s window in the buffer, for the tile's first depth.
-  int64_t tap_offset(int64_t c, int64_t i, int64_t j, int64_t l) const {
-    return plane_offset(c, i * g.dilation[0], phase_h(j), phase_w(l)) + shift(j, l);
-  }
-  // tap_offset of every (c, i, j, l) for `channels` channels, in weight order.
-  std::vector<int64_t> tap_offsets(int64_t channels) const {
-    std::vector<int64_t> offs;
-    offs.reserve(channels * g.kernel_volume());
-    for (int64_t c = 0; c < channels; ++c)
-      for (int64_t i = 0; i < g.kernel[0]; ++i)
-        for (int64_t j = 0; j < g.kernel[1]; ++j)
-          for (int64_t l = 0; l < g.kernel[2]; ++l) offs.push_back(tap_offset(c, i, j, l));
-    return offs;
-  }
-};
-
-// Input index of every phase-plane column: col[rw * lw + t] (-1: a zero), and the
-// columns [lo[rw], hi[rw]) that read index t * sw + rw - pad directly.
-struct ColumnMap {
-  std::vector<int64_t> col, lo, hi;
-  int64_t all_lo = 0, all_hi = 0;  // [all_lo, all_hi): inside [lo[rw], hi[rw]) for every rw
-  explicit ColumnMap(const Layout& L) {
-    const Geometry& g = L.g;
-    col.resize(L.sw * L.lw);
-    lo.assign(L.sw, 0);
-    hi.assign(L.sw, 0);
-    for (int64_t rw = 0; rw < L.sw; ++rw) {
-      bool seen = false;
-      for (int64_t t = 0; t < L.lw; ++t) {
-        const int64_t q = t * L.sw + rw - g.pad_before[2];
-        col[rw * L.lw + t] = source_index(q, g.in[2], g.pad_before[2], g.pad_after[2], g.mode);
-        if (q >= 0 && q < g.in[2]) {
-          if (!seen) lo[rw] = t;
-          seen = true;
-          hi[rw] = t + 1;
-        }
-      }
-    }
-    all_lo = *std::max_element(lo.begin(), lo.end());
-    all_hi = std::max(all_lo, *std::min_element(hi.begin(), hi.end()));
-  }
-};
-// n items cut into the fewest blocks of at most `most`, sizes differing by at most one
-// (a short last block would run the micro-kernel at a poor FMA-to-load ratio).
-struct Blocks {
-  int64_t count, base, extra;
-  Blocks(int64_t n, int64_t most)
-      : count(ceil_div(n, most)), base(n / std::max<int64_t>(count, 1)),
-        extra(n % std::max<int64_t>(count, 1)) {}
-  int64_t start(int64_t b) const { return b * base + std::min(b, extra); }
-  int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
-  int64_t of(int64_t i) const {  // the block holding item i
-    const int64_t big = extra * (base + 1);
-    return i < big ? i / (base + 1) : extra + (i - big) / base;
-  }
-};
-
-// An input element as the accumulation type; with Sanitize, NaN and Inf read as zero
-// (their terms are added exactly afterwards, see nonfinite.h).
-template <bool Sanitize, typename A, typename T>
-inline A load(T v) {
-  const A a = static_cast<A>(v);
-  if constexpr (Sanitize) return std::isfinite(a) ? a : A(0);
-  return a;
-}
-
-int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
-  const Geometry& g = L.g;
-  return source_index((oh0 + t_row) * L.sh + rh - g.pad_before[1], g.in[1], g.pad_before[1],
-                      g.pad_after[1], g.mode);
-}
 
 // pack_planes for channel stride 1 (channels_last): the same planes, filled walking each
 // source row once with the channel innermost, so reads are contiguous.
@@ -386,46 +229,6 @@ at::Tensor weight_as(const at::Tensor& weight) {
   return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
 }
 
-// The forward tiles: bands as tall as the budget allows (elem bytes per channel element of
-// the planes), then shorter while there are too few tiles; whole planes take several
-// depths per tile while the budget and the tile count allow (thin layers, where copying
-// the input is a large share of the work).
-Layout forward_layout(const Geometry& g, int64_t cig, int64_t elem) {
-  Layout L(g);
-  int64_t band = kTileBytes / (cig * L.row_bytes(elem)) - L.qh_max;
-  const int64_t planes = g.batch * g.groups * g.out[0];
-  const int64_t want = 4 * at::get_num_threads();
-  if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
-    band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
-  L.set_band(band);
-  if (L.th == g.out[1]) {
-    const int64_t per_plane = planes / g.out[0];
-    L.grow_depths([&](const Layout& t) {
-      return t.planes_bytes(cig, elem) <= kTileBytes && per_plane * t.depth_blocks() >= want;
-    });
-  }
-  return L;
-}
-
-// A forward task: sample n, group grp, `depths` output depths from od0, the band of th
-// output rows from oh0 (np positions computed).
-struct ForwardTile {
-  int64_t n, grp, od0, depths, oh0, th, np;
-  ForwardTile(const Layout& L, int64_t task) {
-    const int64_t bands = L.bands(), dblocks = L.depth_blocks();
-    od0 = (task / bands) % dblocks * L.td;
-    grp = (task / (bands * dblocks)) % L.g.groups;
-    n = task / (bands * dblocks * L.g.groups);
-    depths = std::min(L.td, L.g.out[0] - od0);
-    oh0 = (task % bands) * L.th;
-    th = L.band_rows(oh0);
-    np = L.positions(th);
-  }
-  static int64_t count(const Layout& L) {
-    return L.g.batch * L.g.groups * L.depth_blocks() * L.bands();
-  }
-};
-
 // The forward's result rows of one tile, from the GEMM's float rows ct (row stride L.n):
 // out[co, od, oh0 + t_row, :] = ct + bias, for `rows` output channels from co0.
 template <typename T, typename A>
@@ -550,6 +353,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     }
     return;
   }
+  if (forward_channels_last(g, input, weight, bias, output)) return;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     // One input channel would pair with a zero: no gain over the float kernels.
     if (const Bf16Kernels* bk = bf16_kernels(); bk && cig >= 2)

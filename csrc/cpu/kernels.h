@@ -19,6 +19,11 @@ void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight);
 
+// The forward with channels innermost (forward_channels_last.cpp), for input and output
+// with channel stride 1; false (nothing done) where the planar kernels do better.
+bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, at::Tensor& output);
+
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
 

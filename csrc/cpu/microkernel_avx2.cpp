@@ -58,6 +58,10 @@ constexpr int kGemmVecs = 3;
 constexpr int kDotRows = 3;
 constexpr int kDotCols = 4;
 
+// Channels innermost: 12 accumulators of at most 2 registers of output channels.
+constexpr int kClVecs = 2;
+constexpr int kClAcc = 12;
+
 #include "microkernel_simd.h"
 
 }  // namespace

@@ -62,6 +62,10 @@ constexpr int kGemmVecs = 4;
 constexpr int kDotRows = 4;
 constexpr int kDotCols = 6;
 
+// Channels innermost: 24 accumulators of at most 4 registers of output channels.
+constexpr int kClVecs = 4;
+constexpr int kClAcc = 24;
+
 #include "microkernel_simd.h"
 
 }  // namespace

@@ -80,6 +80,80 @@ TC3D_FN void gemm(int64_t rows, const uint32_t* a, int64_t k, const uint32_t* b,
   rows_r<kRows>(std::min<int64_t>(rows, kRows), a, k, b, offs, n, c, ldc);
 }
 
+// Channels innermost (gemm_cl): NF positions x V registers of 16 output channels; per
+// (tap, channel pair): V weight loads, NF pair broadcasts, NF * V dot products.
+template <int V, int NF>
+TC3D_INLINE void cl_block(const uint32_t* a, int64_t lda, int64_t taps, int64_t ce,
+                          const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
+                          int64_t ldc) {
+  __m512 acc[NF][V];
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[f][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < taps; ++k) {
+    const uint32_t* bk = b + offs[k];
+    const uint32_t* ak = a + k * ce * lda;
+    for (int64_t e = 0; e < ce; ++e) {
+      __m512bh av[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) av[v] = (__m512bh)_mm512_loadu_si512(ak + e * lda + v * 16);
+#pragma GCC unroll 12
+      for (int f = 0; f < NF; ++f) {
+        const __m512bh bv = (__m512bh)_mm512_set1_epi32(static_cast<int>(bk[f * ldb + e]));
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], bv, av[v]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + f * ldc + v * 16, acc[f][v]);
+}
+
+template <int V, int NF>
+TC3D_INLINE void cl_block_f(int64_t f, const uint32_t* a, int64_t lda, int64_t taps, int64_t ce,
+                            const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
+                            int64_t ldc) {
+  if constexpr (NF > 1) {
+    if (f < NF) return cl_block_f<V, NF - 1>(f, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  }
+  cl_block<V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
+}
+
+template <int V>
+TC3D_INLINE void cl_positions(int64_t n, const uint32_t* a, int64_t lda, int64_t taps,
+                              int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs,
+                              float* c, int64_t ldc) {
+  constexpr int NF = std::min(12, 24 / V);
+  int64_t f = 0;
+  for (; f + NF <= n; f += NF)
+    cl_block_f<V, NF>(NF, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
+  if (f < n) cl_block_f<V, NF>(n - f, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
+}
+
+template <int V>
+TC3D_INLINE void cl_positions_v(int64_t v, int64_t n, const uint32_t* a, int64_t lda,
+                                int64_t taps, int64_t ce, const uint32_t* b, int64_t ldb,
+                                const int64_t* offs, float* c, int64_t ldc) {
+  if constexpr (V > 1) {
+    if (v < V) return cl_positions_v<V - 1>(v, n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  }
+  cl_positions<V>(n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+}
+
+TC3D_FN void gemm_cl(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t taps,
+                     int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
+                     int64_t ldc) {
+  for (int64_t j = 0, left = cols / 16; left > 0;) {
+    const int64_t v = (left == 5 || left == 6) ? 3 : std::min<int64_t>(left, kVecs);
+    cl_positions_v<kVecs>(v, n, a + j, lda, taps, ce, b, ldb, offs, c + j, ldc);
+    j += v * 16;
+    left -= v;
+  }
+}
+
 }  // namespace
 
 bool have_avx512_bf16_kernels() {
@@ -87,7 +161,7 @@ bool have_avx512_bf16_kernels() {
 }
 
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{&gemm, kRows};
+  static const Bf16Kernels k{&gemm, &gemm_cl, kRows};
   return k;
 }
 
@@ -98,7 +172,7 @@ const Bf16Kernels& avx512_bf16_kernels() {
 namespace torchconv3d::cpu {
 bool have_avx512_bf16_kernels() { return false; }
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{nullptr, 0};
+  static const Bf16Kernels k{nullptr, nullptr, 0};
   return k;
 }
 }  // namespace torchconv3d::cpu

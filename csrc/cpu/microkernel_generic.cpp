@@ -62,6 +62,37 @@ void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
   }
 }
 
+template <typename A>
+void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, int64_t ce,
+             const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  for (int64_t f = 0; f < n; ++f)
+    for (int64_t j0 = 0; j0 < cols; j0 += kLanes) {
+      A acc[kLanes] = {};
+      for (int64_t k = 0; k < taps; ++k)
+        for (int64_t e = 0; e < ce; ++e) {
+          const A bv = b[offs[k] + f * ldb + e];
+          const A* ar = a + (k * ce + e) * lda + j0;
+          for (int l = 0; l < kLanes; ++l) acc[l] += bv * ar[l];
+        }
+      for (int l = 0; l < kLanes; ++l) c[f * ldc + j0 + l] = acc[l];
+    }
+}
+
+template <typename A>
+void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, const A* b,
+                  int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  for (int64_t f = 0; f < n; ++f)
+    for (int64_t j0 = 0; j0 < cols; j0 += kLanes) {
+      A acc[kLanes] = {};
+      for (int64_t k = 0; k < taps; ++k) {
+        const A* br = b + offs[k] + f * ldb + j0;
+        const A* ar = a + k * lda + j0;
+        for (int l = 0; l < kLanes; ++l) acc[l] += br[l] * ar[l];
+      }
+      for (int l = 0; l < kLanes; ++l) c[f * ldc + j0 + l] = acc[l];
+    }
+}
+
 // TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512_bf16,
 // avx512, avx2 or generic, in any case; unset or empty means the widest. A value the CPU
 // cannot run falls back to what it can; an unknown value is warned about and ignored.
@@ -96,12 +127,14 @@ const MicroKernels<A>& choose() {
 }  // namespace
 
 const MicroKernels<float>& generic_kernels(float) {
-  static const MicroKernels<float> k{&gemm<float>, &dot<float>, kRows, "generic"};
+  static const MicroKernels<float> k{&gemm<float>,         &dot<float>, &gemm_cl<float>,
+                                     &depthwise_cl<float>, kRows,       "generic"};
   return k;
 }
 
 const MicroKernels<double>& generic_kernels(double) {
-  static const MicroKernels<double> k{&gemm<double>, &dot<double>, kRows, "generic"};
+  static const MicroKernels<double> k{&gemm<double>,         &dot<double>, &gemm_cl<double>,
+                                      &depthwise_cl<double>, kRows,        "generic"};
   return k;
 }
 

@@ -5,6 +5,8 @@
 //                           add, sum (lanes added in a fixed pairwise tree)
 //   kGemmRows, kGemmVecs    gemm register block: rows x registers of accumulators
 //   kDotRows, kDotCols      dot register block
+//   kClVecs, kClAcc         gemm_cl / depthwise_cl: at most kClVecs registers of output
+//                           channels, kClAcc accumulators
 // No include guard: each ISA's file includes it once.
 
 template <typename A, int R, int V>
@@ -149,9 +151,148 @@ TC3D_FN void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_
                             cols, n, out + r * ldo, ldo);
 }
 
+// Positions per channels-innermost block of V registers: as many as the accumulators
+// allow, at most 12 (enough independent sums to cover the FMA latency, and few enough
+// row addresses to keep in general registers).
+template <int V>
+constexpr int cl_positions() {
+  return std::min(12, kClAcc / V);
+}
+
+// NF positions x V registers of output channels; per (tap, channel): V weight loads and NF
+// broadcasts for NF * V FMAs.
+template <typename A, int V, int NF>
+TC3D_INLINE void gemm_cl_block(const A* a, int64_t lda, int64_t taps, int64_t ce, const A* b,
+                               int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  using W = Vec<A>;
+  typename W::reg acc[NF][V];
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[f][v] = W::zero();
+  for (int64_t k = 0; k < taps; ++k) {
+    const A* bk = b + offs[k];
+    const A* ak = a + k * ce * lda;
+    for (int64_t e = 0; e < ce; ++e) {
+      typename W::reg av[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) av[v] = W::load(ak + e * lda + v * W::width);
+#pragma GCC unroll 12
+      for (int f = 0; f < NF; ++f) {
+        const typename W::reg bv = W::bcast(bk + f * ldb + e);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) W::store(c + f * ldc + v * W::width, acc[f][v]);
+}
+
+// NF positions x V registers of channels; per tap: V weight loads, NF * V loads and FMAs.
+template <typename A, int V, int NF>
+TC3D_INLINE void depthwise_cl_block(const A* a, int64_t lda, int64_t taps, int64_t /*ce*/,
+                                    const A* b, int64_t ldb, const int64_t* offs, A* c,
+                                    int64_t ldc) {
+  using W = Vec<A>;
+  typename W::reg acc[NF][V];
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[f][v] = W::zero();
+  for (int64_t k = 0; k < taps; ++k) {
+    const A* bk = b + offs[k];
+    typename W::reg av[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) av[v] = W::load(a + k * lda + v * W::width);
+#pragma GCC unroll 12
+    for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v)
+        acc[f][v] = W::fma(W::load(bk + f * ldb + v * W::width), av[v], acc[f][v]);
+  }
+#pragma GCC unroll 12
+  for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) W::store(c + f * ldc + v * W::width, acc[f][v]);
+}
+
+// Either block over n positions: whole blocks of NF, then the rest as one block of
+// n % NF (an instantiation per count below NF).
+template <bool Depthwise, typename A, int V, int NF>
+TC3D_INLINE void cl_block_f(int64_t f, const A* a, int64_t lda, int64_t taps, int64_t ce,
+                            const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  if constexpr (NF > 1) {
+    if (f < NF) return cl_block_f<Depthwise, A, V, NF - 1>(f, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  }
+  if constexpr (Depthwise) {
+    depthwise_cl_block<A, V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
+  } else {
+    gemm_cl_block<A, V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
+  }
+}
+
+template <bool Depthwise, typename A, int V>
+TC3D_INLINE void cl_positions_v(int64_t n, const A* a, int64_t lda, int64_t taps, int64_t ce,
+                                const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  constexpr int NF = cl_positions<V>();
+  int64_t f = 0;
+  for (; f + NF <= n; f += NF)
+    cl_block_f<Depthwise, A, V, NF>(NF, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
+  if (f < n)
+    cl_block_f<Depthwise, A, V, NF>(n - f, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc,
+                                    ldc);
+}
+
+// cl_positions_v<v> for a run-time v in [1, V].
+template <bool Depthwise, typename A, int V>
+TC3D_INLINE void cl_positions_vr(int64_t v, int64_t n, const A* a, int64_t lda, int64_t taps,
+                                 int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c,
+                                 int64_t ldc) {
+  if constexpr (V > 1) {
+    if (v < V)
+      return cl_positions_vr<Depthwise, A, V - 1>(v, n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  }
+  cl_positions_v<Depthwise, A, V>(n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+}
+
+// Output channels in blocks of at most kClVecs registers (5 or 6 left go as 3 + 2 or
+// 3 + 3, as in gemm_rows); each block sweeps every position, its weights staying in cache.
+template <bool Depthwise, typename A>
+TC3D_INLINE void cl_columns(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
+                            int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c,
+                            int64_t ldc) {
+  constexpr int64_t w = Vec<A>::width;
+  for (int64_t j = 0, left = cols / w; left > 0;) {
+    const int64_t v = (kClVecs == 4 && (left == 5 || left == 6))
+                          ? 3
+                          : std::min<int64_t>(left, kClVecs);
+    // Depthwise reads b at the block's channels; the dense kernel broadcasts from all.
+    cl_positions_vr<Depthwise, A, kClVecs>(v, n, a + j, lda, taps, ce, Depthwise ? b + j : b,
+                                           ldb, offs, c + j, ldc);
+    j += v * w;
+    left -= v;
+  }
+}
+
+template <typename A>
+TC3D_FN void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, int64_t ce,
+                     const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  cl_columns<false>(n, cols, a, lda, taps, ce, b, ldb, offs, c, ldc);
+}
+
+template <typename A>
+TC3D_FN void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
+                          const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  cl_columns<true>(n, cols, a, lda, taps, 1, b, ldb, offs, c, ldc);
+}
+
 // The table of this ISA's kernels, as microkernel.h hands them out.
 template <typename A>
 const MicroKernels<A>& kernel_table(const char* isa) {
-  static const MicroKernels<A> k{&gemm<A>, &dot<A>, kGemmRows, isa};
+  static const MicroKernels<A> k{&gemm<A>,   &dot<A>,   &gemm_cl<A>,
+                                 &depthwise_cl<A>, kGemmRows, isa};
   return k;
 }
