@@ -12,7 +12,7 @@
 //     C_in a contiguous run, as in an implicit GEMM over NDHWC,
 //   - the result rows are [position][C_out], stored as runs into the channels_last output.
 // Depthwise layers (one input and one output channel per group) vectorise over channels
-// instead (depthwise_cl): all groups share one tile, each channel reads only itself.
+// instead (depthwise_cl) and read the input where it lies: each channel reads only itself.
 // bfloat16 with AVX512-BF16 keeps the input in bfloat16 and reads channel pairs as the
 // 32-bit operands of vdpbf16ps (Bf16Kernels::gemm_cl): the pairs are adjacent in NDHWC
 // already, so packing stays a copy.
@@ -30,7 +30,61 @@ namespace {
 
 // Bytes of GEMM results a thread holds before storing them: a chunk of positions x the
 // padded output channels, kept in L1/L2 between the micro-kernel and the store.
-constexpr int64_t kResultBytes = 64 * 1024;
+constexpr int64_t kResultBytes = 192 * 1024;
+
+// (tap, channel) terms per GEMM call: the weights one sweep over positions reads (this many
+// x 64 output channels, 32 KB in float) stay in L1; the partial sums go back to the
+// result chunk between calls.
+constexpr int64_t kTermBlock = 128;
+
+// Calls gemm(tap0, taps, channel0, channels, accumulate) over blocks of about kTermBlock
+// terms that cover taps x ce, in an order fixed by the shape.
+template <typename Gemm>
+void term_blocks(int64_t taps, int64_t ce, Gemm&& gemm) {
+  const int64_t eb = std::min(ce, kTermBlock);
+  const int64_t tb = std::clamp<int64_t>(kTermBlock / ce, 1, taps);
+  for (int64_t t0 = 0; t0 < taps; t0 += tb)
+    for (int64_t e0 = 0; e0 < ce; e0 += eb)
+      gemm(t0, std::min(tb, taps - t0), e0, std::min(eb, ce - e0), t0 > 0 || e0 > 0);
+}
+
+// gemm_cl's weights: per group, panels of kPanel output channels (the last one narrower),
+// each [tap][channel][panel width], so the weights of a block of terms for one panel are
+// contiguous. (With whole rows of output channels, a 1 KB row stride would crowd the block
+// into a few L1 sets.)
+constexpr int64_t kPanel = 64;
+struct Panels {
+  int64_t cols, taps, ce;  // padded output channels, terms = taps x ce per group
+  int64_t size(int64_t groups) const { return groups * taps * ce * cols; }
+  int64_t index(int64_t grp, int64_t k, int64_t e, int64_t j) const {
+    const int64_t j0 = j / kPanel * kPanel, pw = std::min(kPanel, cols - j0);
+    return (grp * cols + j0) * taps * ce + (k * ce + e) * pw + (j - j0);
+  }
+  // c[f * cols + j] for every j, from the tile window b (ldb per position, offs per tap).
+  template <typename E, typename C, typename GemmCl>
+  void run(GemmCl gemm_cl, const E* a, int64_t grp, const E* b, int64_t ldb,
+           const int64_t* offs, int64_t n, C* c) const {
+    for (int64_t j0 = 0; j0 < cols; j0 += kPanel) {
+      const int64_t pw = std::min(kPanel, cols - j0);
+      const E* panel = a + (grp * cols + j0) * taps * ce;
+      term_blocks(taps, ce, [&](int64_t t0, int64_t tk, int64_t e0, int64_t ek, bool acc) {
+        gemm_cl(n, pw, panel + (t0 * ce + e0) * pw, pw, ce * pw, tk, ek, b + e0, ldb,
+                offs + t0, c + j0, cols, acc);
+      });
+    }
+  }
+};
+
+// dst[j * stride] = src[j] + bias[j] for j < count, as T (a contiguous run when stride is 1,
+// which lets the compiler vectorise it).
+template <typename T, typename C>
+inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64_t count) {
+  if (stride == 1) {
+    for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<T>(src[j] + bias[j]);
+  } else {
+    for (int64_t j = 0; j < count; ++j) dst[j * stride] = static_cast<T>(src[j] + bias[j]);
+  }
+}
 
 // A tile's phase planes, channels innermost: element (plane p, position f, channel e) at
 // buf[(p * L.plane + f) * ldb + e], planes in Layout's order (slot, rh, rw). Channels
@@ -116,10 +170,8 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
           for (int64_t f = f0; f < f0 + nf; ++f) {
             const int64_t t_row = f / L.lw, ow = f % L.lw;
             if (ow >= g.out[2]) continue;
-            const C* src = ct + (f - f0) * cols;
-            const C* bp = bias.data() + t.grp * cog;
-            T* dst = yd + (t.oh0 + t_row) * ys[1] + ow * ys[2];
-            for (int64_t j = 0; j < cog; ++j) dst[j * ysc] = static_cast<T>(src[j] + bp[j]);
+            store_run(yd + (t.oh0 + t_row) * ys[1] + ow * ys[2], ysc, ct + (f - f0) * cols,
+                      bias.data() + t.grp * cog, cog);
           }
         }
       }
@@ -151,23 +203,20 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
   using A = at::opmath_type<T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
-  const int64_t cols = round_up(cog, kLanes), K = kvol * cig;
+  const int64_t cols = round_up(cog, kLanes);
   const Layout L = forward_layout(g, cig, sizeof(A));
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
   const A* wp = w.const_data_ptr<A>();
-  // Per group [tap][channel][cols], output channels innermost, zero past cog.
-  std::vector<A> a(g.groups * K * cols, A(0));
-  for (int64_t co = 0; co < g.out_channels; ++co) {
-    const int64_t grp = co / cog, j = co % cog;
+  const Panels P{cols, kvol, cig};
+  std::vector<A> a(P.size(g.groups), A(0));  // zero past cog
+  for (int64_t co = 0; co < g.out_channels; ++co)
     for (int64_t e = 0; e < cig; ++e)
       for (int64_t k = 0; k < kvol; ++k)
-        a[(grp * K + k * cig + e) * cols + j] = wp[(co * cig + e) * kvol + k];
-  }
+        a[P.index(co / cog, k, e, co % cog)] = wp[(co * cig + e) * kvol + k];
   const std::vector<int64_t> offs = tap_offsets(L, cig);
   run_tiles<T, A, A>(L, input, cig, cig, cols, bias_or_zeros<A>(g, bias), output,
                      [&](int64_t grp, const A* b, int64_t n, A* c) {
-                       mk.gemm_cl(n, cols, a.data() + grp * K * cols, cols, kvol, cig, b, cig,
-                                  offs.data(), c, cols);
+                       P.run(mk.gemm_cl, a.data(), grp, b, cig, offs.data(), n, c);
                      });
 }
 
@@ -178,19 +227,19 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   using T = c10::BFloat16;
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
   const int64_t pairs = ceil_div(cig, 2), ldb = 2 * pairs;
-  const int64_t cols = round_up(cog, kLanes), K = kvol * pairs;
+  const int64_t cols = round_up(cog, kLanes);
   const Layout L = forward_layout(g, ldb, sizeof(T));
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
-  std::vector<uint32_t> a(g.groups * K * cols, 0u);
+  const Panels P{cols, kvol, pairs};
+  std::vector<uint32_t> a(P.size(g.groups), 0u);
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    const int64_t grp = co / cog, j = co % cog;
     const T* row = wp + co * cig * kvol;
     for (int64_t p = 0; p < pairs; ++p)
       for (int64_t k = 0; k < kvol; ++k) {
         const uint32_t lo = row[2 * p * kvol + k].x;
         const uint32_t hi = 2 * p + 1 < cig ? row[(2 * p + 1) * kvol + k].x : 0u;
-        a[(grp * K + k * pairs + p) * cols + j] = lo | hi << 16;
+        a[P.index(co / cog, k, p, co % cog)] = lo | hi << 16;
       }
   }
   // Offsets in pairs: every element offset is even (ldb is).
@@ -198,33 +247,110 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   for (int64_t& o : offs) o /= 2;
   run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output,
                          [&](int64_t grp, const T* b, int64_t n, float* c) {
-                           bk.gemm_cl(n, cols, a.data() + grp * K * cols, cols, kvol, pairs,
-                                      reinterpret_cast<const uint32_t*>(b), pairs, offs.data(),
-                                      c, cols);
+                           P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b),
+                                 pairs, offs.data(), n, c);
                          });
 }
 
-// Depthwise (one input and one output channel per group): every channel in one tile, as a
-// single group of C channels read channel by channel.
+// Element distance from base to p; the two may lie in different buffers (the zero row).
+template <typename A>
+int64_t distance(const A* base, const A* p) {
+  return static_cast<int64_t>(reinterpret_cast<intptr_t>(p) - reinterpret_cast<intptr_t>(base)) /
+         static_cast<int64_t>(sizeof(A));
+}
+
+// Elements of the zero row a depthwise output row reads for taps in padding zeros; past
+// this the layer goes to the planar kernels.
+constexpr int64_t kMaxZeroRow = int64_t(1) << 24;
+
+int64_t zero_row_size(const Geometry& g, int64_t column_stride) {
+  return ((g.out[2] - 1) * g.stride[2] + (g.kernel[2] - 1) * g.dilation[2] + 1) * column_stride +
+         round_up(g.in_channels, kLanes);
+}
+
+// Depthwise (one input and one output channel per group) straight from the input, no
+// packed copy: a position's channels are one vector run, the taps of an output row are
+// row offsets, and the padding mode acts through them (a tap reading padding zeros points
+// at a row of zeros, so 0 * w is computed as torch computes it). Columns whose taps all
+// read inside the row run as one stretch at a fixed step; the few border columns take
+// per-tap offsets one position at a time.
 template <typename T>
 void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                        const at::Tensor& bias, at::Tensor& output) {
   using A = at::opmath_type<T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
-  const int64_t C = g.in_channels, kvol = g.kernel_volume(), ldb = round_up(C, kLanes);
-  Geometry one = g;
-  one.groups = 1;
-  const Layout L = forward_layout(one, ldb, sizeof(A));
+  // The micro-kernel reads A: the half types are widened once (input-sized scratch).
+  const at::Tensor xa = std::is_same_v<T, A> ? input : input.to(c10::CppTypeToScalarType<A>::value);
+  const int64_t C = g.in_channels, kvol = g.kernel_volume(), ldc = round_up(C, kLanes);
+  const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
+  const int64_t sw = g.stride[2], dw = g.dilation[2], pw = g.pad_before[2];
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
   const A* wp = w.const_data_ptr<A>();
-  std::vector<A> a(kvol * ldb, A(0));  // [tap][channel]
+  std::vector<A> a(kvol * ldc, A(0));  // [tap][channel]
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t k = 0; k < kvol; ++k) a[k * ldb + c] = wp[c * kvol + k];
-  const std::vector<int64_t> offs = tap_offsets(L, ldb);
-  run_tiles<T, A, A>(L, input, C, ldb, ldb, bias_or_zeros<A>(g, bias), output,
-                     [&](int64_t, const A* b, int64_t n, A* c) {
-                       mk.depthwise_cl(n, ldb, a.data(), ldb, kvol, b, ldb, offs.data(), c, ldb);
-                     });
+    for (int64_t k = 0; k < kvol; ++k) a[k * ldc + c] = wp[c * kvol + k];
+  const std::vector<A> bvec = bias_or_zeros<A>(g, bias);
+
+  const A* xp = xa.const_data_ptr<A>();
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(xa), ys = spatial_strides(output);
+  const int64_t xsn = xa.stride(0), ysn = output.stride(0), ysc = output.stride(1);
+  // Output columns [lo, hi) read only real input columns, at a fixed step.
+  const int64_t lo = std::min(ceil_div(pw, sw), g.out[2]);
+  const int64_t top = g.in[2] - 1 + pw - (kw - 1) * dw;
+  const int64_t hi = top < 0 ? lo : std::clamp<int64_t>(top / sw + 1, lo, g.out[2]);
+
+  const int64_t planes = g.batch * g.out[0];
+  const int64_t want = 4 * at::get_num_threads();
+  const int64_t band = ceil_div(g.out[1], std::min(g.out[1], std::max<int64_t>(1, ceil_div(want, planes))));
+  const int64_t bands = ceil_div(g.out[1], band);
+
+  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_zero, h_c;
+    const int64_t zsize = zero_row_size(g, xs[2]);
+    A* zero = scratch<A>(h_zero, zsize);
+    std::fill(zero, zero + zsize, A(0));
+    A* ct = scratch<A>(h_c, g.out[2] * ldc);
+    std::vector<const A*> rows(kd * kh);
+    std::vector<int64_t> offs(kvol);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / bands, n = plane / g.out[0], od = plane % g.out[0];
+      const int64_t oh0 = (task % bands) * band, oh1 = std::min(g.out[1], oh0 + band);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        // Where each (i, j) tap row starts; a row of padding zeros reads the zero row,
+        // offset so that its column -pw is zero[0].
+        for (int64_t i = 0; i < kd; ++i) {
+          const int64_t id = tap_source(g, 0, od, i);
+          for (int64_t j = 0; j < kh; ++j) {
+            const int64_t ih = tap_source(g, 1, oh, j);
+            rows[i * kh + j] = id < 0 || ih < 0 ? zero + pw * xs[2]
+                                                : xp + n * xsn + id * xs[0] + ih * xs[1];
+          }
+        }
+        if (hi > lo) {
+          for (int64_t r = 0; r < kd * kh; ++r)
+            for (int64_t l = 0; l < kw; ++l)
+              offs[r * kw + l] = distance(xp, rows[r] + (lo * sw + l * dw - pw) * xs[2]);
+          mk.depthwise_cl(hi - lo, C, a.data(), ldc, kvol, xp, sw * xs[2], offs.data(),
+                          ct + lo * ldc, ldc);
+        }
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+          if (ow == lo && hi > lo) ow = hi;
+          if (ow >= g.out[2]) break;
+          for (int64_t r = 0; r < kd * kh; ++r)
+            for (int64_t l = 0; l < kw; ++l) {
+              const int64_t col = tap_source(g, 2, ow, l);
+              offs[r * kw + l] =
+                  distance(xp, rows[r] == zero + pw * xs[2] || col < 0 ? zero : rows[r] + col * xs[2]);
+            }
+          mk.depthwise_cl(1, C, a.data(), ldc, kvol, xp, 0, offs.data(), ct + ow * ldc, ldc);
+        }
+        T* yrow = yp + n * ysn + od * ys[0] + oh * ys[1];
+        for (int64_t ow = 0; ow < g.out[2]; ++ow)
+          store_run(yrow + ow * ys[2], ysc, ct + ow * ldc, bvec.data(), C);
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -234,6 +360,7 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
   if (input.stride(1) != 1 || output.stride(1) != 1 || g.in_channels < 2) return false;
   const int64_t cig = g.in_per_group(), cog = g.out_per_group();
   if (cig == 1 && cog == 1) {
+    if (zero_row_size(g, input.stride(4)) > kMaxZeroRow) return false;
     TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward_depthwise_cl",
                   [&] { forward_depthwise<scalar_t>(g, input, weight, bias, output); });
     return true;

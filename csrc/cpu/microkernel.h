@@ -35,13 +35,17 @@ struct MicroKernels {
   // Channels innermost (channels_last tiles, forward_channels_last.cpp): positions f are
   // rows ldb apart, an operand's channels contiguous within a row, and the result's output
   // channels j are the vector lanes:
-  //   c[f * ldc + j] = sum_{k < taps} sum_{e < ce} b[offs[k] + f * ldb + e] * a[(k * ce + e) * lda + j]
-  //   for f < n (any count), j < cols; cols, lda and ldc multiples of kLanes.
-  void (*gemm_cl)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, int64_t ce,
-                  const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc);
+  //   c[f * ldc + j] = (accumulate ? c[f * ldc + j] : 0)
+  //                    + sum_{k < taps} sum_{e < ce} b[offs[k] + f * ldb + e] * a[k * ldk + e * lda + j]
+  //   for f < n (any count), j < cols; cols, lda, ldk and ldc multiples of kLanes.
+  void (*gemm_cl)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t ldk, int64_t taps,
+                  int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc,
+                  bool accumulate);
   // Depthwise, channels innermost: each channel j reads only itself.
   //   c[f * ldc + j] = sum_{k < taps} b[offs[k] + f * ldb + j] * a[k * lda + j]
-  //   for f < n (any count), j < cols; cols, lda, ldb and ldc multiples of kLanes.
+  //   for f < n (any count), j < cols (any count); b is read only at channels j < cols,
+  //   so it can be the input tensor itself. lda and ldc are multiples of kLanes; a is read
+  //   and c written up to the next multiple of kLanes past cols.
   void (*depthwise_cl)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
                        const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc);
   int64_t max_rows;
@@ -55,11 +59,11 @@ struct MicroKernels {
 struct Bf16Kernels {
   void (*gemm)(int64_t rows, const uint32_t* a, int64_t k, const uint32_t* b,
                const int64_t* offs, int64_t n, float* c, int64_t ldc);
-  // gemm_cl of MicroKernels on pairs: b[offs[k] + f * ldb + e] and a[(k * ce + e) * lda + j]
+  // gemm_cl of MicroKernels on pairs: b[offs[k] + f * ldb + e] and a[k * ldk + e * lda + j]
   // hold channels (2e, 2e + 1), ce counts pairs.
-  void (*gemm_cl)(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t taps,
-                  int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
-                  int64_t ldc);
+  void (*gemm_cl)(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t ldk,
+                  int64_t taps, int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs,
+                  float* c, int64_t ldc, bool accumulate);
   int64_t max_rows;
 };
 

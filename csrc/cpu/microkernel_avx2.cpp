@@ -24,6 +24,11 @@ struct Vec<float> {
   static constexpr int width = 8;
   static TC3D_INLINE reg zero() { return _mm256_setzero_ps(); }
   static TC3D_INLINE reg load(const float* p) { return _mm256_loadu_ps(p); }
+  // The first n (< width) lanes from p, the rest zero; nothing past them is read.
+  static TC3D_INLINE reg load_first(const float* p, int64_t n) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes));
+  }
   static TC3D_INLINE void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static TC3D_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
@@ -41,6 +46,10 @@ struct Vec<double> {
   static constexpr int width = 4;
   static TC3D_INLINE reg zero() { return _mm256_setzero_pd(); }
   static TC3D_INLINE reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static TC3D_INLINE reg load_first(const double* p, int64_t n) {
+    const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lanes));
+  }
   static TC3D_INLINE void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
   static TC3D_INLINE reg bcast(const double* p) { return _mm256_broadcast_sd(p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }

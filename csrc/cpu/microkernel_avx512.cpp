@@ -25,6 +25,10 @@ struct Vec<float> {
   static constexpr int width = 16;
   static TC3D_INLINE reg zero() { return _mm512_setzero_ps(); }
   static TC3D_INLINE reg load(const float* p) { return _mm512_loadu_ps(p); }
+  // The first n (< width) lanes from p, the rest zero; nothing past them is read.
+  static TC3D_INLINE reg load_first(const float* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
   static TC3D_INLINE void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static TC3D_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
@@ -44,6 +48,9 @@ struct Vec<double> {
   static constexpr int width = 8;
   static TC3D_INLINE reg zero() { return _mm512_setzero_pd(); }
   static TC3D_INLINE reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static TC3D_INLINE reg load_first(const double* p, int64_t n) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
+  }
   static TC3D_INLINE void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
   static TC3D_INLINE reg bcast(const double* p) { return _mm512_set1_pd(*p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }

@@ -80,27 +80,41 @@ TC3D_FN void gemm(int64_t rows, const uint32_t* a, int64_t k, const uint32_t* b,
   rows_r<kRows>(std::min<int64_t>(rows, kRows), a, k, b, offs, n, c, ldc);
 }
 
-// Channels innermost (gemm_cl): NF positions x V registers of 16 output channels; per
-// (tap, channel pair): V weight loads, NF pair broadcasts, NF * V dot products.
+// Channels innermost (gemm_cl): NF positions x V registers of 16 output channels from
+// position f0 and channel j; per (tap, channel pair): V weight loads, NF pair broadcasts,
+// NF * V dot products.
+struct ClArgs {
+  const uint32_t* a;
+  int64_t lda, ldk, taps, ce;
+  const uint32_t* b;
+  int64_t ldb;
+  const int64_t* offs;
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+};
+
 template <int V, int NF>
-TC3D_INLINE void cl_block(const uint32_t* a, int64_t lda, int64_t taps, int64_t ce,
-                          const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
-                          int64_t ldc) {
+TC3D_INLINE void cl_block(const ClArgs& p, int64_t f0, int64_t j) {
   __m512 acc[NF][V];
+  float* c = p.c + f0 * p.ldc + j;
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[f][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < taps; ++k) {
-    const uint32_t* bk = b + offs[k];
-    const uint32_t* ak = a + k * ce * lda;
-    for (int64_t e = 0; e < ce; ++e) {
+    for (int v = 0; v < V; ++v)
+      acc[f][v] = p.accumulate ? _mm512_loadu_ps(c + f * p.ldc + v * 16) : _mm512_setzero_ps();
+  const uint32_t* b = p.b + f0 * p.ldb;
+  for (int64_t k = 0; k < p.taps; ++k) {
+    const uint32_t* bk = b + p.offs[k];
+    const uint32_t* ak = p.a + k * p.ldk + j;
+    for (int64_t e = 0; e < p.ce; ++e) {
       __m512bh av[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) av[v] = (__m512bh)_mm512_loadu_si512(ak + e * lda + v * 16);
+      for (int v = 0; v < V; ++v)
+        av[v] = (__m512bh)_mm512_loadu_si512(ak + e * p.lda + v * 16);
 #pragma GCC unroll 12
       for (int f = 0; f < NF; ++f) {
-        const __m512bh bv = (__m512bh)_mm512_set1_epi32(static_cast<int>(bk[f * ldb + e]));
+        const __m512bh bv = (__m512bh)_mm512_set1_epi32(static_cast<int>(bk[f * p.ldb + e]));
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], bv, av[v]);
       }
@@ -109,46 +123,40 @@ TC3D_INLINE void cl_block(const uint32_t* a, int64_t lda, int64_t taps, int64_t 
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + f * ldc + v * 16, acc[f][v]);
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + f * p.ldc + v * 16, acc[f][v]);
 }
 
 template <int V, int NF>
-TC3D_INLINE void cl_block_f(int64_t f, const uint32_t* a, int64_t lda, int64_t taps, int64_t ce,
-                            const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
-                            int64_t ldc) {
+TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs& p, int64_t f0, int64_t j) {
   if constexpr (NF > 1) {
-    if (f < NF) return cl_block_f<V, NF - 1>(f, a, lda, taps, ce, b, ldb, offs, c, ldc);
+    if (nf < NF) return cl_block_f<V, NF - 1>(nf, p, f0, j);
   }
-  cl_block<V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
+  cl_block<V, NF>(p, f0, j);
 }
 
 template <int V>
-TC3D_INLINE void cl_positions(int64_t n, const uint32_t* a, int64_t lda, int64_t taps,
-                              int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs,
-                              float* c, int64_t ldc) {
+TC3D_INLINE void cl_sweep(int64_t n, const ClArgs& p, int64_t j) {
   constexpr int NF = std::min(12, 24 / V);
   int64_t f = 0;
-  for (; f + NF <= n; f += NF)
-    cl_block_f<V, NF>(NF, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
-  if (f < n) cl_block_f<V, NF>(n - f, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
+  for (; f + NF <= n; f += NF) cl_block<V, NF>(p, f, j);
+  if (f < n) cl_block_f<V, NF>(n - f, p, f, j);
 }
 
 template <int V>
-TC3D_INLINE void cl_positions_v(int64_t v, int64_t n, const uint32_t* a, int64_t lda,
-                                int64_t taps, int64_t ce, const uint32_t* b, int64_t ldb,
-                                const int64_t* offs, float* c, int64_t ldc) {
+TC3D_INLINE void cl_sweep_v(int64_t v, int64_t n, const ClArgs& p, int64_t j) {
   if constexpr (V > 1) {
-    if (v < V) return cl_positions_v<V - 1>(v, n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+    if (v < V) return cl_sweep_v<V - 1>(v, n, p, j);
   }
-  cl_positions<V>(n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  cl_sweep<V>(n, p, j);
 }
 
-TC3D_FN void gemm_cl(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t taps,
-                     int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs, float* c,
-                     int64_t ldc) {
+TC3D_FN void gemm_cl(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t ldk,
+                     int64_t taps, int64_t ce, const uint32_t* b, int64_t ldb,
+                     const int64_t* offs, float* c, int64_t ldc, bool accumulate) {
+  const ClArgs p{a, lda, ldk, taps, ce, b, ldb, offs, c, ldc, accumulate};
   for (int64_t j = 0, left = cols / 16; left > 0;) {
     const int64_t v = (left == 5 || left == 6) ? 3 : std::min<int64_t>(left, kVecs);
-    cl_positions_v<kVecs>(v, n, a + j, lda, taps, ce, b, ldb, offs, c + j, ldc);
+    cl_sweep_v<kVecs>(v, n, p, j);
     j += v * 16;
     left -= v;
   }

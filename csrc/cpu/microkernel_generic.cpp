@@ -63,18 +63,20 @@ void dot(int64_t rows, const A* g, int64_t ldg, const A* b, const int64_t* offs,
 }
 
 template <typename A>
-void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, int64_t ce,
-             const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t ldk, int64_t taps,
+             int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc,
+             bool accumulate) {
   for (int64_t f = 0; f < n; ++f)
     for (int64_t j0 = 0; j0 < cols; j0 += kLanes) {
       A acc[kLanes] = {};
       for (int64_t k = 0; k < taps; ++k)
         for (int64_t e = 0; e < ce; ++e) {
           const A bv = b[offs[k] + f * ldb + e];
-          const A* ar = a + (k * ce + e) * lda + j0;
+          const A* ar = a + k * ldk + e * lda + j0;
           for (int l = 0; l < kLanes; ++l) acc[l] += bv * ar[l];
         }
-      for (int l = 0; l < kLanes; ++l) c[f * ldc + j0 + l] = acc[l];
+      for (int l = 0; l < kLanes; ++l)
+        c[f * ldc + j0 + l] = accumulate ? c[f * ldc + j0 + l] + acc[l] : acc[l];
     }
 }
 
@@ -87,7 +89,7 @@ void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps
       for (int64_t k = 0; k < taps; ++k) {
         const A* br = b + offs[k] + f * ldb + j0;
         const A* ar = a + k * lda + j0;
-        for (int l = 0; l < kLanes; ++l) acc[l] += br[l] * ar[l];
+        for (int l = 0; l < kLanes && j0 + l < cols; ++l) acc[l] += br[l] * ar[l];
       }
       for (int l = 0; l < kLanes; ++l) c[f * ldc + j0 + l] = acc[l];
     }

@@ -1,8 +1,9 @@
 // The micro-kernel templates (see microkernel.h), written once for every SIMD build.
 // Included by microkernel_<isa>.cpp inside an anonymous namespace after it defines:
 //   TC3D_FN, TC3D_INLINE   the target attribute of its ISA (and always_inline)
-//   Vec<float>, Vec<double> one register of that ISA: width, zero, load, store, bcast, fma,
-//                           add, sum (lanes added in a fixed pairwise tree)
+//   Vec<float>, Vec<double> one register of that ISA: width, zero, load, load_first
+//                           (masked), store, bcast, fma, add, sum (lanes added in a fixed
+//                           pairwise tree)
 //   kGemmRows, kGemmVecs    gemm register block: rows x registers of accumulators
 //   kDotRows, kDotCols      dot register block
 //   kClVecs, kClAcc         gemm_cl / depthwise_cl: at most kClVecs registers of output
@@ -159,134 +160,132 @@ constexpr int cl_positions() {
   return std::min(12, kClAcc / V);
 }
 
-// NF positions x V registers of output channels; per (tap, channel): V weight loads and NF
-// broadcasts for NF * V FMAs.
-template <typename A, int V, int NF>
-TC3D_INLINE void gemm_cl_block(const A* a, int64_t lda, int64_t taps, int64_t ce, const A* b,
-                               int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+// The operands of gemm_cl / depthwise_cl (microkernel.h); depthwise ignores ldk and ce.
+template <typename A>
+struct ClArgs {
+  int64_t cols;
+  const A* a;
+  int64_t lda, ldk, taps, ce;
+  const A* b;
+  int64_t ldb;
+  const int64_t* offs;
+  A* c;
+  int64_t ldc;
+  bool accumulate;
+};
+
+// NF positions x V registers of output channels, from position f and channel j.
+// Dense: per (tap, channel) V weight loads and NF broadcasts for NF * V FMAs.
+// Depthwise: per tap V weight loads, NF * V loads and FMAs. Ragged: the last register
+// holds the last cols % width channels, and b is read only there.
+template <bool Depthwise, bool Ragged, typename A, int V, int NF>
+TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
   using W = Vec<A>;
   typename W::reg acc[NF][V];
+  A* c = p.c + f0 * p.ldc + j;
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[f][v] = W::zero();
-  for (int64_t k = 0; k < taps; ++k) {
-    const A* bk = b + offs[k];
-    const A* ak = a + k * ce * lda;
-    for (int64_t e = 0; e < ce; ++e) {
-      typename W::reg av[V];
+    for (int v = 0; v < V; ++v)
+      acc[f][v] = p.accumulate ? W::load(c + f * p.ldc + v * W::width) : W::zero();
+  const A* b = p.b + f0 * p.ldb;
+  for (int64_t k = 0; k < p.taps; ++k) {
+    const A* bk = b + p.offs[k];
+    typename W::reg av[V];
+    if constexpr (Depthwise) {
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) av[v] = W::load(ak + e * lda + v * W::width);
+      for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.lda + j + v * W::width);
+      [[maybe_unused]] const int64_t last = p.cols - j - (V - 1) * W::width;
 #pragma GCC unroll 12
-      for (int f = 0; f < NF; ++f) {
-        const typename W::reg bv = W::bcast(bk + f * ldb + e);
+      for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
+        for (int v = 0; v < V; ++v) {
+          const A* bv = bk + f * p.ldb + j + v * W::width;
+          typename W::reg x;
+          if constexpr (Ragged) {
+            x = v == V - 1 ? W::load_first(bv, last) : W::load(bv);
+          } else {
+            x = W::load(bv);
+          }
+          acc[f][v] = W::fma(x, av[v], acc[f][v]);
+        }
+    } else {
+      const A* ak = p.a + k * p.ldk + j;
+      for (int64_t e = 0; e < p.ce; ++e) {
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) av[v] = W::load(ak + e * p.lda + v * W::width);
+#pragma GCC unroll 12
+        for (int f = 0; f < NF; ++f) {
+          const typename W::reg bv = W::bcast(bk + f * p.ldb + e);
+#pragma GCC unroll 4
+          for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
+        }
       }
     }
   }
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) W::store(c + f * ldc + v * W::width, acc[f][v]);
+    for (int v = 0; v < V; ++v) W::store(c + f * p.ldc + v * W::width, acc[f][v]);
 }
 
-// NF positions x V registers of channels; per tap: V weight loads, NF * V loads and FMAs.
-template <typename A, int V, int NF>
-TC3D_INLINE void depthwise_cl_block(const A* a, int64_t lda, int64_t taps, int64_t /*ce*/,
-                                    const A* b, int64_t ldb, const int64_t* offs, A* c,
-                                    int64_t ldc) {
-  using W = Vec<A>;
-  typename W::reg acc[NF][V];
-#pragma GCC unroll 12
-  for (int f = 0; f < NF; ++f)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[f][v] = W::zero();
-  for (int64_t k = 0; k < taps; ++k) {
-    const A* bk = b + offs[k];
-    typename W::reg av[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) av[v] = W::load(a + k * lda + v * W::width);
-#pragma GCC unroll 12
-    for (int f = 0; f < NF; ++f)
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v)
-        acc[f][v] = W::fma(W::load(bk + f * ldb + v * W::width), av[v], acc[f][v]);
-  }
-#pragma GCC unroll 12
-  for (int f = 0; f < NF; ++f)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) W::store(c + f * ldc + v * W::width, acc[f][v]);
-}
-
-// Either block over n positions: whole blocks of NF, then the rest as one block of
-// n % NF (an instantiation per count below NF).
-template <bool Depthwise, typename A, int V, int NF>
-TC3D_INLINE void cl_block_f(int64_t f, const A* a, int64_t lda, int64_t taps, int64_t ce,
-                            const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+// cl_block<..., nf> for a run-time nf in [1, NF] (the last positions of a sweep).
+template <bool Depthwise, bool Ragged, typename A, int V, int NF>
+TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs<A>& p, int64_t f0, int64_t j) {
   if constexpr (NF > 1) {
-    if (f < NF) return cl_block_f<Depthwise, A, V, NF - 1>(f, a, lda, taps, ce, b, ldb, offs, c, ldc);
+    if (nf < NF) return cl_block_f<Depthwise, Ragged, A, V, NF - 1>(nf, p, f0, j);
   }
-  if constexpr (Depthwise) {
-    depthwise_cl_block<A, V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
-  } else {
-    gemm_cl_block<A, V, NF>(a, lda, taps, ce, b, ldb, offs, c, ldc);
-  }
+  cl_block<Depthwise, Ragged, A, V, NF>(p, f0, j);
 }
 
-template <bool Depthwise, typename A, int V>
-TC3D_INLINE void cl_positions_v(int64_t n, const A* a, int64_t lda, int64_t taps, int64_t ce,
-                                const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+// Every position for the V registers of channels from j.
+template <bool Depthwise, bool Ragged, typename A, int V>
+TC3D_INLINE void cl_sweep(int64_t n, const ClArgs<A>& p, int64_t j) {
   constexpr int NF = cl_positions<V>();
   int64_t f = 0;
-  for (; f + NF <= n; f += NF)
-    cl_block_f<Depthwise, A, V, NF>(NF, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc, ldc);
-  if (f < n)
-    cl_block_f<Depthwise, A, V, NF>(n - f, a, lda, taps, ce, b + f * ldb, ldb, offs, c + f * ldc,
-                                    ldc);
+  for (; f + NF <= n; f += NF) cl_block<Depthwise, Ragged, A, V, NF>(p, f, j);
+  if (f < n) cl_block_f<Depthwise, Ragged, A, V, NF>(n - f, p, f, j);
 }
 
-// cl_positions_v<v> for a run-time v in [1, V].
-template <bool Depthwise, typename A, int V>
-TC3D_INLINE void cl_positions_vr(int64_t v, int64_t n, const A* a, int64_t lda, int64_t taps,
-                                 int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c,
-                                 int64_t ldc) {
+// cl_sweep<v> for a run-time v in [1, V].
+template <bool Depthwise, bool Ragged, typename A, int V>
+TC3D_INLINE void cl_sweep_v(int64_t v, int64_t n, const ClArgs<A>& p, int64_t j) {
   if constexpr (V > 1) {
-    if (v < V)
-      return cl_positions_vr<Depthwise, A, V - 1>(v, n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+    if (v < V) return cl_sweep_v<Depthwise, Ragged, A, V - 1>(v, n, p, j);
   }
-  cl_positions_v<Depthwise, A, V>(n, a, lda, taps, ce, b, ldb, offs, c, ldc);
+  cl_sweep<Depthwise, Ragged, A, V>(n, p, j);
 }
 
 // Output channels in blocks of at most kClVecs registers (5 or 6 left go as 3 + 2 or
 // 3 + 3, as in gemm_rows); each block sweeps every position, its weights staying in cache.
 template <bool Depthwise, typename A>
-TC3D_INLINE void cl_columns(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
-                            int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c,
-                            int64_t ldc) {
+TC3D_INLINE void cl_columns(const ClArgs<A>& p, int64_t n) {
   constexpr int64_t w = Vec<A>::width;
-  for (int64_t j = 0, left = cols / w; left > 0;) {
+  for (int64_t j = 0, left = (p.cols + w - 1) / w; left > 0;) {
     const int64_t v = (kClVecs == 4 && (left == 5 || left == 6))
                           ? 3
                           : std::min<int64_t>(left, kClVecs);
-    // Depthwise reads b at the block's channels; the dense kernel broadcasts from all.
-    cl_positions_vr<Depthwise, A, kClVecs>(v, n, a + j, lda, taps, ce, Depthwise ? b + j : b,
-                                           ldb, offs, c + j, ldc);
+    if (Depthwise && v == left && p.cols % w != 0) {
+      cl_sweep_v<Depthwise, true, A, kClVecs>(v, n, p, j);
+    } else {
+      cl_sweep_v<Depthwise, false, A, kClVecs>(v, n, p, j);
+    }
     j += v * w;
     left -= v;
   }
 }
 
 template <typename A>
-TC3D_FN void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, int64_t ce,
-                     const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
-  cl_columns<false>(n, cols, a, lda, taps, ce, b, ldb, offs, c, ldc);
+TC3D_FN void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t ldk, int64_t taps,
+                     int64_t ce, const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc,
+                     bool accumulate) {
+  cl_columns<false>(ClArgs<A>{cols, a, lda, ldk, taps, ce, b, ldb, offs, c, ldc, accumulate}, n);
 }
 
 template <typename A>
 TC3D_FN void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
                           const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
-  cl_columns<true>(n, cols, a, lda, taps, 1, b, ldb, offs, c, ldc);
+  cl_columns<true>(ClArgs<A>{cols, a, lda, 0, taps, 1, b, ldb, offs, c, ldc, false}, n);
 }
 
 // The table of this ISA's kernels, as microkernel.h hands them out.
