@@ -73,6 +73,20 @@ DW_CONFIGS = [
     ("dw_valid", (2, 8, 5, 5, 6), 8, (2, 3, 3), dict(groups=8)),
 ]
 
+# Layers that run on the CPU's channels-innermost forward (channels_last input, enough output
+# channels per group to fill the vector lanes, or depthwise): several weight panels and
+# term blocks, channel blocks past 128, an odd channel count (bfloat16 pairs), groups,
+# depthwise with ragged channel counts and rows too narrow for an interior stretch.
+CL_CONFIGS = [
+    ("cl_dense", (2, 8, 5, 6, 7), 24, 3, dict(padding=1)),
+    ("cl_panels_stride", (1, 6, 4, 5, 6), 72, 3, dict(padding=1, stride=(1, 2, 1))),
+    ("cl_channel_blocks", (1, 130, 3, 4, 5), 16, (1, 2, 2), dict(padding=((0, 0), (1, 0), (0, 1)))),
+    ("cl_groups_dilation", (2, 32, 4, 5, 6), 32, 3, dict(groups=2, dilation=(1, 2, 1), padding=2)),
+    ("cl_odd_channels_same", (1, 5, 4, 5, 6), 16, (2, 3, 3), dict(padding="same")),
+    ("cl_depthwise_ragged", (2, 20, 5, 6, 9), 20, 3, dict(groups=20, stride=(1, 2, 2), padding=1)),
+    ("cl_depthwise_narrow", (1, 17, 3, 4, 2), 17, 3, dict(groups=17, padding=2, dilation=(1, 1, 2))),
+]
+
 # The element types of the CUDA tensor-core kernels; "tf32" is float32 with
 # torch.backends.cudnn.allow_tf32 on, checked against TF32-rounded operands.
 TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch.float32}
@@ -159,6 +173,13 @@ def test_padding_modes(cfg, mode):
 def test_layouts(cfg, layout, weight_layout):
     _run(cfg, torch.float32, mode="reflect" if cfg[0] == "asym_pairs" else "zeros",
          layout=layout, weight_layout=weight_layout)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "replicate"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cfg", CL_CONFIGS, ids=lambda c: c[0])
+def test_channels_last_kernels(cfg, dtype, mode):
+    _run(cfg, dtype, mode=mode, layout="channels_last")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
