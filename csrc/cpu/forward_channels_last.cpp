@@ -132,7 +132,7 @@ void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
 // Runs the tiles of L (ForwardTile; L.g's groups are the tiles' groups): packs each tile's
 // `channels` input channels of its group with row stride ldb (buffer elements of type B),
 // then for each output depth and chunk of positions calls
-//   gemm(grp, window, positions, ct)   ct[f * cols + j] for output channel j of the group
+//   gemm(grp, window, ldb, positions, ct)   ct[f * cols + j] for output channel j of the group
 // and stores ct + bias into the output (cog channels per group).
 template <typename T, typename B, typename C, typename Gemm>
 void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64_t ldb,
@@ -166,7 +166,7 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
         T* yd = yp + t.n * ysn + t.grp * cog * ysc + (t.od0 + dl) * ys[0];
         for (int64_t f0 = 0; f0 < n; f0 += chunk) {
           const int64_t nf = std::min(chunk, n - f0);
-          gemm(t.grp, window + f0 * ldb, nf, ct);
+          gemm(t.grp, window + f0 * ldb, ldb, nf, ct);
           for (int64_t f = f0; f < f0 + nf; ++f) {
             const int64_t t_row = f / L.lw, ow = f % L.lw;
             if (ow >= g.out[2]) continue;
@@ -175,6 +175,45 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
           }
         }
       }
+    }
+  });
+}
+
+// Pointwise layers (1x1x1, stride 1, no padding) over positions evenly spaced in input and
+// output (dense channels_last): the GEMM reads the input where it lies, so there is
+// nothing to pack; tasks are (sample, group, chunk of positions).
+bool pointwise_in_place(const Geometry& g, const at::Tensor& input, const at::Tensor& output) {
+  for (int d = 0; d < 3; ++d)
+    if (g.kernel[d] != 1 || g.stride[d] != 1 || g.pad_before[d] != 0 || g.pad_after[d] != 0)
+      return false;
+  auto even = [](const at::Tensor& t) {
+    return t.stride(2) == t.size(3) * t.stride(3) && t.stride(3) == t.size(4) * t.stride(4);
+  };
+  return even(input) && even(output);
+}
+
+template <typename T, typename C, typename Gemm>
+void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
+                   const std::vector<C>& bias, at::Tensor& output, Gemm&& gemm) {
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const int64_t positions = g.out[0] * g.out[1] * g.out[2];
+  const int64_t chunk =
+      std::max<int64_t>(24, kResultBytes / (cols * int64_t(sizeof(C))) / 24 * 24);
+  const int64_t chunks = ceil_div(positions, chunk);
+  const T* xp = input.const_data_ptr<T>();
+  T* yp = output.mutable_data_ptr<T>();
+  const int64_t xsn = input.stride(0), xstep = input.stride(4);
+  const int64_t ysn = output.stride(0), ystep = output.stride(4), ysc = output.stride(1);
+  at::parallel_for(0, g.batch * g.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_c;
+    C* ct = scratch<C>(h_c, chunk * cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (g.groups * chunks), grp = task / chunks % g.groups;
+      const int64_t p0 = task % chunks * chunk, np = std::min(chunk, positions - p0);
+      gemm(grp, xp + n * xsn + grp * cig + p0 * xstep, xstep, np, ct);
+      for (int64_t f = 0; f < np; ++f)
+        store_run(yp + n * ysn + (p0 + f) * ystep + grp * cog * ysc, ysc, ct + f * cols,
+                  bias.data() + grp * cog, cog);
     }
   });
 }
@@ -214,10 +253,14 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
       for (int64_t k = 0; k < kvol; ++k)
         a[P.index(co / cog, k, e, co % cog)] = wp[(co * cig + e) * kvol + k];
   const std::vector<int64_t> offs = tap_offsets(L, cig);
-  run_tiles<T, A, A>(L, input, cig, cig, cols, bias_or_zeros<A>(g, bias), output,
-                     [&](int64_t grp, const A* b, int64_t n, A* c) {
-                       P.run(mk.gemm_cl, a.data(), grp, b, cig, offs.data(), n, c);
-                     });
+  auto gemm = [&](int64_t grp, const A* b, int64_t ldb, int64_t n, A* c) {
+    P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c);
+  };
+  if constexpr (std::is_same_v<T, A>) {
+    if (pointwise_in_place(g, input, output))
+      return run_pointwise<T, A>(g, input, cols, bias_or_zeros<A>(g, bias), output, gemm);
+  }
+  run_tiles<T, A, A>(L, input, cig, cig, cols, bias_or_zeros<A>(g, bias), output, gemm);
 }
 
 // bfloat16 on vdpbf16ps: the tile stays bfloat16 with an even channel count per position
@@ -245,11 +288,16 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   // Offsets in pairs: every element offset is even (ldb is).
   std::vector<int64_t> offs = tap_offsets(L, ldb);
   for (int64_t& o : offs) o /= 2;
-  run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output,
-                         [&](int64_t grp, const T* b, int64_t n, float* c) {
-                           P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b),
-                                 pairs, offs.data(), n, c);
-                         });
+  // ldb counts bfloat16 elements; even wherever pairs are read.
+  auto gemm = [&](int64_t grp, const T* b, int64_t ldb, int64_t n, float* c) {
+    P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b), ldb / 2, offs.data(),
+          n, c);
+  };
+  // In place only with whole pairs per group and position: an odd channel count would pair
+  // the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
+  if (cig % 2 == 0 && input.stride(4) % 2 == 0 && pointwise_in_place(g, input, output))
+    return run_pointwise<T, float>(g, input, cols, bias_or_zeros<float>(g, bias), output, gemm);
+  run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output, gemm);
 }
 
 // Element distance from base to p; the two may lie in different buffers (the zero row).
