@@ -79,15 +79,15 @@ DW_CONFIGS = [
 # depthwise with ragged channel counts and rows too narrow for an interior stretch, 1x1x1.
 CL_CONFIGS = [
     ("cl_dense", (2, 8, 5, 6, 7), 24, 3, dict(padding=1)),
-    ("cl_panels_stride", (1, 6, 4, 5, 6), 72, 3, dict(padding=1, stride=(1, 2, 1))),
-    ("cl_channel_blocks", (1, 130, 3, 4, 5), 16, (1, 2, 2), dict(padding=((0, 0), (1, 0), (0, 1)))),
-    ("cl_groups_dilation", (2, 32, 4, 5, 6), 32, 3, dict(groups=2, dilation=(1, 2, 1), padding=2)),
-    ("cl_odd_channels_same", (1, 5, 4, 5, 6), 16, (2, 3, 3), dict(padding="same")),
+    ("cl_panels_stride", (1, 10, 4, 5, 6), 72, 3, dict(padding=1, stride=(1, 2, 1))),
+    ("cl_channel_blocks", (1, 130, 3, 4, 5), 32, (1, 2, 2), dict(padding=((0, 0), (1, 0), (0, 1)))),
+    ("cl_groups_dilation", (2, 32, 4, 5, 6), 64, 3, dict(groups=2, dilation=(1, 2, 1), padding=2)),
+    ("cl_odd_channels_same", (1, 9, 4, 5, 6), 32, (2, 3, 3), dict(padding="same")),
     ("cl_depthwise_ragged", (2, 20, 5, 6, 9), 20, 3, dict(groups=20, stride=(1, 2, 2), padding=1)),
     ("cl_depthwise_narrow", (1, 17, 3, 4, 2), 17, 3, dict(groups=17, padding=2, dilation=(1, 1, 2))),
     # 1x1x1 read in place (no packed tile), and with an odd channel count (packed for bfloat16)
     ("cl_pointwise_groups", (2, 32, 3, 4, 5), 64, 1, dict(groups=2)),
-    ("cl_pointwise_odd", (2, 7, 3, 4, 5), 16, 1, {}),
+    ("cl_pointwise_odd", (2, 9, 3, 4, 5), 32, 1, {}),
 ]
 
 # The element types of the CUDA tensor-core kernels; "tf32" is float32 with

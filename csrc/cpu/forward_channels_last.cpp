@@ -54,11 +54,28 @@ void term_blocks(int64_t taps, int64_t ce, Gemm&& gemm) {
 // into a few L1 sets.)
 constexpr int64_t kPanel = 64;
 struct Panels {
-  int64_t cols, taps, ce;  // padded output channels, terms = taps x ce per group
+  int64_t cols;      // padded output channels
+  int64_t channels;  // the layer's channels (or pairs) per tap
+  int64_t taps, ce;  // the terms as gemm_cl walks them: taps x ce
+  // With few channels per tap, each (tap, channel) is a term of its own (ce = 1): the
+  // micro-kernel's channel loop would otherwise run 1-7 times per tap.
+  Panels(int64_t cols_, int64_t kvol, int64_t channels_)
+      : cols(cols_), channels(channels_), taps(channels_ < 8 ? kvol * channels_ : kvol),
+        ce(channels_ < 8 ? 1 : channels_) {}
   int64_t size(int64_t groups) const { return groups * taps * ce * cols; }
-  int64_t index(int64_t grp, int64_t k, int64_t e, int64_t j) const {
+  // Where the weight of (tap, channel e, output channel j) of group grp goes.
+  int64_t index(int64_t grp, int64_t tap, int64_t e, int64_t j) const {
+    const int64_t k = ce == 1 ? tap * channels + e : tap, c = ce == 1 ? 0 : e;
     const int64_t j0 = j / kPanel * kPanel, pw = std::min(kPanel, cols - j0);
-    return (grp * cols + j0) * taps * ce + (k * ce + e) * pw + (j - j0);
+    return (grp * cols + j0) * taps * ce + (k * ce + c) * pw + (j - j0);
+  }
+  // The offset of each of gemm_cl's taps from the layer's tap offsets.
+  std::vector<int64_t> offsets(const std::vector<int64_t>& tap_offs) const {
+    if (ce != 1) return tap_offs;
+    std::vector<int64_t> offs;
+    for (const int64_t o : tap_offs)
+      for (int64_t e = 0; e < channels; ++e) offs.push_back(o + e);
+    return offs;
   }
   // c[f * cols + j] for every j, from the tile window b (ldb per position, offs per tap).
   template <typename E, typename C, typename GemmCl>
@@ -246,13 +263,13 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const Layout L = forward_layout(g, cig, sizeof(A));
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
   const A* wp = w.const_data_ptr<A>();
-  const Panels P{cols, kvol, cig};
+  const Panels P(cols, kvol, cig);
   std::vector<A> a(P.size(g.groups), A(0));  // zero past cog
   for (int64_t co = 0; co < g.out_channels; ++co)
     for (int64_t e = 0; e < cig; ++e)
       for (int64_t k = 0; k < kvol; ++k)
         a[P.index(co / cog, k, e, co % cog)] = wp[(co * cig + e) * kvol + k];
-  const std::vector<int64_t> offs = tap_offsets(L, cig);
+  const std::vector<int64_t> offs = P.offsets(tap_offsets(L, cig));
   auto gemm = [&](int64_t grp, const A* b, int64_t ldb, int64_t n, A* c) {
     P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c);
   };
@@ -274,7 +291,7 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   const Layout L = forward_layout(g, ldb, sizeof(T));
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
-  const Panels P{cols, kvol, pairs};
+  const Panels P(cols, kvol, pairs);
   std::vector<uint32_t> a(P.size(g.groups), 0u);
   for (int64_t co = 0; co < g.out_channels; ++co) {
     const T* row = wp + co * cig * kvol;
@@ -288,6 +305,7 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   // Offsets in pairs: every element offset is even (ldb is).
   std::vector<int64_t> offs = tap_offsets(L, ldb);
   for (int64_t& o : offs) o /= 2;
+  offs = P.offsets(offs);
   // ldb counts bfloat16 elements; even wherever pairs are read.
   auto gemm = [&](int64_t grp, const T* b, int64_t ldb, int64_t n, float* c) {
     P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b), ldb / 2, offs.data(),
@@ -413,9 +431,14 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
                   [&] { forward_depthwise<scalar_t>(g, input, weight, bias, output); });
     return true;
   }
-  // Output channels fill the vector lanes: below 3/4 of them in use (small groups), the
-  // planar kernels, which vectorise over positions, do better.
-  if (4 * cog < 3 * round_up(cog, kLanes)) return false;
+  // Output channels fill the vector lanes: with fewer than two registers of them, or below
+  // 3/4 of the lanes in use (small groups), the planar kernels, which vectorise over
+  // positions, do better (a broadcast would feed a single FMA).
+  // Below 8 input channels per group (an RGB stem) the planar kernels win too: their
+  // copy of a few channels is cheap and their sums run along positions, not a short
+  // channel run per tap.
+  const int64_t cols = round_up(cog, kLanes);
+  if (cols < 2 * kLanes || 4 * cog < 3 * cols || cig < 8) return false;
   if (input.scalar_type() == at::kBFloat16 && cig >= 2) {
     if (const Bf16Kernels* bk = bf16_kernels()) {
       forward_dense_bf16(g, input, weight, bias, output, *bk);
