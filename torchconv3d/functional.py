@@ -1,5 +1,5 @@
 """conv3d: F.conv3d plus padding_mode and the padding extensions."""
-from .ops import forward_op
+from .ops import forward as _forward
 
 PADDING_STRINGS = ("valid", "same", "causal")
 
@@ -116,7 +116,7 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         # kernels read it as is and the result comes back channels_last_3d, i.e. NDHWC.
         input = (input.unsqueeze(0) if unbatched else input).movedim(-1, 1)
     stride, pads, dilation = resolve_args(input, weight, stride, padding, dilation)
-    out = forward_op(input, weight, bias, stride, pads, dilation, groups, padding_mode)
+    out = _forward(input, weight, bias, stride, pads, dilation, groups, padding_mode)
     if ndhwc:
         out = out.movedim(1, -1)
         return out.squeeze(0) if unbatched else out
