@@ -311,9 +311,11 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
     P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b), ldb / 2, offs.data(),
           n, c);
   };
-  // In place only with whole pairs per group and position: an odd channel count would pair
-  // the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
-  if (cig % 2 == 0 && input.stride(4) % 2 == 0 && pointwise_in_place(g, input, output))
+  // In place only with whole, 4-byte aligned pairs per group and position: an odd channel
+  // count would pair the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
+  const bool whole_pairs = cig % 2 == 0 && input.stride(4) % 2 == 0 &&
+                           reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 4 == 0;
+  if (whole_pairs && pointwise_in_place(g, input, output))
     return run_pointwise<T, float>(g, input, cols, bias_or_zeros<float>(g, bias), output, gemm);
   run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output, gemm);
 }
