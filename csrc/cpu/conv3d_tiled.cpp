@@ -12,6 +12,9 @@
 // buffer per k (microkernel.h), vectorised along f. Columns ow >= W_out are computed and
 // dropped (qw_max / lw of the work: 3-12% on the suite's shapes).
 //
+// A forward on channels_last tensors goes to forward_channels_last.cpp first (the same tile
+// plan, channels innermost); it hands back the layers where these planar kernels do better.
+//
 // Passes and the splits that keep threads from writing the same element:
 //   forward      tiles (sample, group, depth block, band); C[c_out x f] = W x shifted planes
 //   grad_input   (sample, group, block of input depths): the gradient of a tile's phase
