@@ -104,24 +104,21 @@ TC3D_INLINE void cl_block(const ClArgs& p, int64_t f0, int64_t j) {
     for (int v = 0; v < V; ++v)
       acc[f][v] = p.accumulate ? _mm512_loadu_ps(c + f * p.ldc + v * 16) : _mm512_setzero_ps();
   const uint32_t* b = p.b + f0 * p.ldb;
-  if (p.ce == 1) {  // one pair per tap: no pair loop
-    for (int64_t k = 0; k < p.taps; ++k) {
-      const uint32_t* bk = b + p.offs[k];
+  for (int64_t k = 0; k < p.taps; ++k) {
+    const uint32_t* bk = b + p.offs[k];
+    const uint32_t* ak = p.a + k * p.ldk + j;
+    if (p.ce == 1) {  // one pair per tap: no pair loop
       __m512bh av[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v)
-        av[v] = (__m512bh)_mm512_loadu_si512(p.a + k * p.ldk + j + v * 16);
+      for (int v = 0; v < V; ++v) av[v] = (__m512bh)_mm512_loadu_si512(ak + v * 16);
 #pragma GCC unroll 12
       for (int f = 0; f < NF; ++f) {
         const __m512bh bv = (__m512bh)_mm512_set1_epi32(static_cast<int>(bk[f * p.ldb]));
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], bv, av[v]);
       }
+      continue;
     }
-  } else {
-  for (int64_t k = 0; k < p.taps; ++k) {
-    const uint32_t* bk = b + p.offs[k];
-    const uint32_t* ak = p.a + k * p.ldk + j;
     for (int64_t e = 0; e < p.ce; ++e) {
       __m512bh av[V];
 #pragma GCC unroll 4
@@ -134,7 +131,6 @@ TC3D_INLINE void cl_block(const ClArgs& p, int64_t f0, int64_t j) {
         for (int v = 0; v < V; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], bv, av[v]);
       }
     }
-  }
   }
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)

@@ -189,20 +189,6 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
     for (int v = 0; v < V; ++v)
       acc[f][v] = p.accumulate ? W::load(c + f * p.ldc + v * W::width) : W::zero();
   const A* b = p.b + f0 * p.ldb;
-  if (!Depthwise && p.ce == 1) {  // one channel per tap: no channel loop
-    for (int64_t k = 0; k < p.taps; ++k) {
-      const A* bk = b + p.offs[k];
-      typename W::reg av[V];
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.ldk + j + v * W::width);
-#pragma GCC unroll 12
-      for (int f = 0; f < NF; ++f) {
-        const typename W::reg bv = W::bcast(bk + f * p.ldb);
-#pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
-      }
-    }
-  } else {
   for (int64_t k = 0; k < p.taps; ++k) {
     const A* bk = b + p.offs[k];
     typename W::reg av[V];
@@ -223,6 +209,15 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
           }
           acc[f][v] = W::fma(x, av[v], acc[f][v]);
         }
+    } else if (p.ce == 1) {  // one channel per tap: no channel loop
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.ldk + j + v * W::width);
+#pragma GCC unroll 12
+      for (int f = 0; f < NF; ++f) {
+        const typename W::reg bv = W::bcast(bk + f * p.ldb);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
+      }
     } else {
       const A* ak = p.a + k * p.ldk + j;
       for (int64_t e = 0; e < p.ce; ++e) {
@@ -236,7 +231,6 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
         }
       }
     }
-  }
   }
 #pragma GCC unroll 12
   for (int f = 0; f < NF; ++f)
