@@ -356,7 +356,6 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     }
     return;
   }
-  if (forward_channels_last(g, input, weight, bias, output)) return;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     // One input channel would pair with a zero: no gain over the float kernels.
     if (const Bf16Kernels* bk = bf16_kernels(); bk && cig >= 2)
@@ -704,6 +703,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
 
 void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
+  // (It takes only layers with input channels, so the K == 0 case below stays here.)
+  if (forward_channels_last(g, input, weight, bias, output)) return;
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
                 [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });
 }

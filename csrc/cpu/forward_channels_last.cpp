@@ -32,6 +32,12 @@ namespace {
 // padded output channels, kept in L1/L2 between the micro-kernel and the store.
 constexpr int64_t kResultBytes = 192 * 1024;
 
+// Positions per result chunk: kResultBytes of cols results each, a multiple of the
+// micro-kernel's position blocks (6, 8, 12).
+inline int64_t result_chunk(int64_t cols, int64_t elem) {
+  return std::max<int64_t>(24, kResultBytes / (cols * elem) / 24 * 24);
+}
+
 // (tap, channel) terms per GEMM call: the weights one sweep over positions reads (this many
 // x 64 output channels, 32 KB in float) stay in L1; the partial sums go back to the
 // result chunk between calls.
@@ -162,8 +168,7 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
-  const int64_t chunk =
-      std::max<int64_t>(24, kResultBytes / (cols * int64_t(sizeof(C))) / 24 * 24);
+  const int64_t chunk = result_chunk(cols, sizeof(C));
 
   at::parallel_for(0, ForwardTile::count(L), 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_buf, h_c;
@@ -214,8 +219,7 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
                    const std::vector<C>& bias, at::Tensor& output, Gemm&& gemm) {
   const int64_t cig = g.in_per_group(), cog = g.out_per_group();
   const int64_t positions = g.out[0] * g.out[1] * g.out[2];
-  const int64_t chunk =
-      std::max<int64_t>(24, kResultBytes / (cols * int64_t(sizeof(C))) / 24 * 24);
+  const int64_t chunk = result_chunk(cols, sizeof(C));
   const int64_t chunks = ceil_div(positions, chunk);
   const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
@@ -378,6 +382,7 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
     const int64_t zsize = zero_row_size(g, xs[2]);
     A* zero = scratch<A>(h_zero, zsize);
     std::fill(zero, zero + zsize, A(0));
+    const A* zero_row = zero + pw * xs[2];  // its column -pw is zero[0]
     A* ct = scratch<A>(h_c, g.out[2] * ldc);
     std::vector<const A*> rows(kd * kh);
     std::vector<int64_t> offs(kvol);
@@ -385,14 +390,13 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
       const int64_t plane = task / bands, n = plane / g.out[0], od = plane % g.out[0];
       const int64_t oh0 = (task % bands) * band, oh1 = std::min(g.out[1], oh0 + band);
       for (int64_t oh = oh0; oh < oh1; ++oh) {
-        // Where each (i, j) tap row starts; a row of padding zeros reads the zero row,
-        // offset so that its column -pw is zero[0].
+        // Where each (i, j) tap row starts; a row of padding zeros reads the zero row.
         for (int64_t i = 0; i < kd; ++i) {
           const int64_t id = tap_source(g, 0, od, i);
           for (int64_t j = 0; j < kh; ++j) {
             const int64_t ih = tap_source(g, 1, oh, j);
-            rows[i * kh + j] = id < 0 || ih < 0 ? zero + pw * xs[2]
-                                                : xp + n * xsn + id * xs[0] + ih * xs[1];
+            rows[i * kh + j] =
+                id < 0 || ih < 0 ? zero_row : xp + n * xsn + id * xs[0] + ih * xs[1];
           }
         }
         if (hi > lo) {
@@ -409,7 +413,7 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
             for (int64_t l = 0; l < kw; ++l) {
               const int64_t col = tap_source(g, 2, ow, l);
               offs[r * kw + l] =
-                  distance(xp, rows[r] == zero + pw * xs[2] || col < 0 ? zero : rows[r] + col * xs[2]);
+                  distance(xp, rows[r] == zero_row || col < 0 ? zero : rows[r] + col * xs[2]);
             }
           mk.depthwise_cl(1, C, a.data(), ldc, kvol, xp, 0, offs.data(), ct + ow * ldc, ldc);
         }
