@@ -88,6 +88,15 @@ CL_CONFIGS = [
     # 1x1x1 read in place (no packed tile), and with an odd channel count (packed for bfloat16)
     ("cl_pointwise_groups", (2, 32, 3, 4, 5), 64, 1, dict(groups=2)),
     ("cl_pointwise_odd", (2, 9, 3, 4, 5), 32, 1, {}),
+    # grad_input as one forward per stride phase (grad_input_phases.cpp): phases with several
+    # taps, with none (stride past the kernel: a zero phase), a padding that crops
+    # grad_output (kernel 3, padding 2, stride 2), dilation sharing a factor with the stride,
+    # and an odd C_out (the bfloat16 pairs of the phase forward's input channels).
+    ("cl_grad_phases", (2, 32, 7, 6, 9), 16, 3,
+     dict(stride=(2, 3, 2), padding=((1, 0), (1, 1), (0, 2)), dilation=(1, 1, 2))),
+    ("cl_grad_zero_phases", (1, 40, 5, 7, 6), 13, (1, 2, 1), dict(stride=(2, 3, 2))),
+    ("cl_grad_crop_dilation", (1, 48, 7, 9, 8), 12, 3,
+     dict(stride=2, padding=(2, 2, 1), dilation=(1, 2, 1))),
 ]
 
 # The element types of the CUDA tensor-core kernels; "tf32" is float32 with
@@ -96,11 +105,12 @@ TC_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "tf32": torch
 
 
 def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguous",
-         device="cpu", conv=torchconv3d.conv3d, tol=None, tf32=False):
+         device="cpu", conv=torchconv3d.conv3d, tol=None, tf32=False, grad_layout="contiguous"):
     """Output and gradients of conv (on device) against the float64 CPU reference.
 
     tf32: float32 operands are rounded to TF32 first, as the tensor-core kernels do, so the
-    reference multiplies the same values and float32 tolerances apply."""
+    reference multiplies the same values and float32 tolerances apply.
+    grad_layout: grad_output's layout (a channels_last network hands channels_last ones)."""
     name, xshape, cout, k, kwargs = cfg
     kwargs = dict(kwargs)
     groups = kwargs.get("groups", 1)
@@ -136,7 +146,7 @@ def _run(cfg, dtype, mode="zeros", layout="contiguous", weight_layout="contiguou
         return None
     out = conv(x, w, b, padding_mode=mode, **kwargs)
     grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None],
-                                gy64.to(device, dtype))
+                                make_layout(gy64.to(device, dtype), grad_layout))
 
     tol = TOL[dtype] if tol is None else tol
     assert out.shape == ref.shape
@@ -181,8 +191,9 @@ def test_layouts(cfg, layout, weight_layout):
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cfg", CL_CONFIGS, ids=lambda c: c[0])
-def test_channels_last_kernels(cfg, dtype, mode):
-    _run(cfg, dtype, mode=mode, layout="channels_last")
+@pytest.mark.parametrize("grad_layout", ["channels_last", "contiguous"])
+def test_channels_last_kernels(cfg, dtype, mode, grad_layout):
+    _run(cfg, dtype, mode=mode, layout="channels_last", grad_layout=grad_layout)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

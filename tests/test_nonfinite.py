@@ -31,6 +31,8 @@ CONFIGS = [
     ("same_stride_tf", (1, 3, 9, 8, 7), 4, (3, 3, 3), dict(padding="same", stride=2)),
     ("k1", (2, 5, 4, 5, 6), 3, (1, 1, 1), {}),
     ("big_channels", (1, 20, 4, 5, 6), 18, (3, 3, 3), dict(padding=1)),
+    # channels_last: dense channels-innermost kernels, grad_input by stride phases
+    ("wide_strided", (1, 32, 5, 6, 7), 16, (3, 3, 3), dict(stride=2, padding=1)),
 ]
 
 # Taps that read only zero padding (the plan drops them, csrc/ops.cpp): their terms are
@@ -96,7 +98,7 @@ def check_nonfinite(cfg, mode, injection, dtype=torch.float64, layout="contiguou
                vals["w"].to(device, dtype).requires_grad_(),
                vals["b"].to(device, dtype).requires_grad_()]
     out = conv(*ours_in, padding_mode=mode, **kwargs)
-    grads = torch.autograd.grad(out, ours_in, gy.to(device, dtype))
+    grads = torch.autograd.grad(out, ours_in, make_layout(gy.to(device, dtype), layout))
     tol = TOL[dtype] if tol is None else tol
     label = f"{name} {mode} {injection} {dtype} {layout}"
     for what, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"),

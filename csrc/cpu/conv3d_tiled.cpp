@@ -14,6 +14,8 @@
 //
 // A forward on channels_last tensors goes to forward_channels_last.cpp first (the same tile
 // plan, channels innermost); it hands back the layers where these planar kernels do better.
+// Their grad_input goes to grad_input_phases.cpp first (the same forward, one per stride
+// phase), with zero padding.
 //
 // Passes and the splits that keep threads from writing the same element:
 //   forward      tiles (sample, group, depth block, band); C[c_out x f] = W x shifted planes
@@ -711,6 +713,7 @@ void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor&
 
 void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
                       const at::Tensor& weight, at::Tensor& grad_input) {
+  if (grad_input_by_phases(g, grad_output, weight, grad_input)) return;
   TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_input",
                 [&] { grad_input_kernel<scalar_t>(g, grad_output, weight, grad_input); });
 }

@@ -427,15 +427,14 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
 
 }  // namespace
 
-bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-                           const at::Tensor& bias, at::Tensor& output) {
-  if (input.stride(1) != 1 || output.stride(1) != 1 || g.in_channels < 2) return false;
+ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& input,
+                                          const at::Tensor& output) {
+  if (input.stride(1) != 1 || output.stride(1) != 1 || g.in_channels < 2)
+    return ChannelsLastForward::None;
   const int64_t cig = g.in_per_group(), cog = g.out_per_group();
   if (cig == 1 && cog == 1) {
-    if (zero_row_size(g, input.stride(4)) > kMaxZeroRow) return false;
-    TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward_depthwise_cl",
-                  [&] { forward_depthwise<scalar_t>(g, input, weight, bias, output); });
-    return true;
+    return zero_row_size(g, input.stride(4)) > kMaxZeroRow ? ChannelsLastForward::None
+                                                           : ChannelsLastForward::Depthwise;
   }
   // Output channels fill the vector lanes: with fewer than two registers of them, or below
   // 3/4 of the lanes in use (small groups), the planar kernels, which vectorise over
@@ -444,16 +443,31 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
   // copy of a few channels is cheap and their sums run along positions, not a short
   // channel run per tap.
   const int64_t cols = round_up(cog, kLanes);
-  if (cols < 2 * kLanes || 4 * cog < 3 * cols || cig < 8) return false;
-  if (input.scalar_type() == at::kBFloat16 && cig >= 2) {
-    if (const Bf16Kernels* bk = bf16_kernels()) {
-      forward_dense_bf16(g, input, weight, bias, output, *bk);
+  if (cols < 2 * kLanes || 4 * cog < 3 * cols || cig < 8) return ChannelsLastForward::None;
+  return ChannelsLastForward::Dense;
+}
+
+bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, at::Tensor& output) {
+  switch (channels_last_forward(g, input, output)) {
+    case ChannelsLastForward::None:
+      return false;
+    case ChannelsLastForward::Depthwise:
+      TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward_depthwise_cl",
+                    [&] { forward_depthwise<scalar_t>(g, input, weight, bias, output); });
       return true;
-    }
+    case ChannelsLastForward::Dense:
+      if (input.scalar_type() == at::kBFloat16) {
+        if (const Bf16Kernels* bk = bf16_kernels()) {
+          forward_dense_bf16(g, input, weight, bias, output, *bk);
+          return true;
+        }
+      }
+      TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward_cl",
+                    [&] { forward_dense<scalar_t>(g, input, weight, bias, output); });
+      return true;
   }
-  TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward_cl",
-                [&] { forward_dense<scalar_t>(g, input, weight, bias, output); });
-  return true;
+  return false;
 }
 
 }  // namespace torchconv3d::cpu

@@ -20,9 +20,19 @@ void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight);
 
 // The forward with channels innermost (forward_channels_last.cpp), for input and output
-// with channel stride 1; false (nothing done) where the planar kernels do better.
+// with channel stride 1: which kernel takes the layer (None where the planar kernels do
+// better), and the forward itself, false (nothing done) for None.
+enum class ChannelsLastForward { None, Depthwise, Dense };
+ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& input,
+                                          const at::Tensor& output);
 bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& bias, at::Tensor& output);
+
+// grad_input as forward convolutions of grad_output, one per stride phase of the input
+// (grad_input_phases.cpp), where those run channels innermost; false (nothing done)
+// elsewhere.
+bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
+                          const at::Tensor& weight, at::Tensor& grad_input);
 
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);

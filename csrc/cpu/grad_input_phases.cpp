@@ -1,0 +1,145 @@
+// grad_input as forward convolutions, for tensors with the channels innermost.
+//
+// grad_input is the transposed convolution of grad_output. Along one dimension (stride s,
+// dilation d, padding p), input index i receives w[k] * gy[o] for every tap k with
+// o * s + k * d - p = i. Split i by its phase r = i mod s: the taps that reach phase r
+// are those with k * d = r + p (mod s), evenly spaced (step s / gcd(d, s)), and for
+// i = r + m * s they read gy[m + (r + p - k * d) / s] - a stride-1 correlation of
+// grad_output with those taps (reversed), dilation d / gcd(d, s), written to every s-th
+// input index. In 3-D, each of the s_d * s_h * s_w phases is one such forward
+// convolution with input and output channels swapped, and each grad_input element
+// belongs to exactly one phase, written once with one sum.
+//
+// So the channels-innermost forward (forward_channels_last.cpp: gemm_cl, depthwise_cl,
+// bfloat16 on vdpbf16ps) computes grad_input too, reading grad_output and writing
+// grad_input where they lie: no transposed copy and no adjoint scatter. Only zero padding
+// (the other modes add a padded position's gradient back to the element it copied, which
+// a forward cannot express) and finite weights (a padding zero of grad_output times an
+// infinite weight would make a NaN where no term exists; conv3d_tiled.cpp's pass adds
+// those terms exactly, nonfinite.h).
+#include "kernels.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace torchconv3d::cpu {
+namespace {
+
+// One dimension of one phase: grad_input indices first, first + s, ... (count of them)
+// are the forward of grad_output indices [gy_first, gy_first + gy_count) with the taps
+// taps[0..] (original tap numbers, in the forward's order), dilation `dilation`.
+struct PhaseDim {
+  int64_t first = 0, count = 0;
+  std::vector<int64_t> taps;  // empty: no tap reaches this phase, its gradient is zero
+  int64_t dilation = 1, pad_before = 0, pad_after = 0;
+  int64_t gy_first = 0, gy_count = 0;
+};
+
+PhaseDim phase_dim(const Geometry& g, int d, int64_t r) {
+  const int64_t s = g.stride[d], dil = g.dilation[d], p = g.pad_before[d];
+  const int64_t k = g.kernel[d], out = g.out[d];
+  PhaseDim pd;
+  pd.first = r;
+  pd.count = ceil_div(g.in[d] - r, s);
+  const int64_t rho = ((r + p) % s + s) % s;
+  std::vector<int64_t> reach;
+  for (int64_t t = 0; t < k; ++t)
+    if (t * dil % s == rho) reach.push_back(t);
+  if (reach.empty()) return pd;
+  const int64_t step_dil = dil / std::gcd(dil, s);
+  pd.dilation = reach.size() > 1 ? step_dil : 1;
+  // The forward reads gy[m + j * dilation - pad_before] through its tap j, the original
+  // tap reach[J - 1 - j]: pad_before = -(r + p - last tap * dil) / s.
+  pd.taps.assign(reach.rbegin(), reach.rend());
+  const int64_t J = static_cast<int64_t>(reach.size());
+  int64_t pb = -(r + p - reach.back() * dil) / s;
+  int64_t pa = pd.count - out - pb + (J - 1) * pd.dilation;
+  // Negative padding crops grad_output instead.
+  pd.gy_first = std::max<int64_t>(0, -pb);
+  pd.gy_count = out - pd.gy_first - std::max<int64_t>(0, -pa);
+  pd.pad_before = std::max<int64_t>(0, pb);
+  pd.pad_after = std::max<int64_t>(0, pa);
+  return pd;
+}
+
+}  // namespace
+
+bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
+                          const at::Tensor& weight, at::Tensor& grad_input) {
+  if (g.mode != PadMode::Zeros || grad_output.stride(1) != 1 || grad_input.stride(1) != 1)
+    return false;
+  std::array<std::vector<PhaseDim>, 3> dims;
+  for (int d = 0; d < 3; ++d)
+    for (int64_t r = 0; r < std::min(g.stride[d], g.in[d]); ++r)
+      dims[d].push_back(phase_dim(g, d, r));
+
+  // Each phase's forward, planned before anything runs: all of them must take the
+  // channels-innermost kernels, else the planar pass does the whole gradient.
+  struct Phase {
+    Geometry g;
+    at::Tensor gy, gx;
+    std::array<const PhaseDim*, 3> dim;
+    bool zero = false;
+  };
+  std::vector<Phase> phases;
+  for (const PhaseDim& a : dims[0])
+    for (const PhaseDim& b : dims[1])
+      for (const PhaseDim& c : dims[2]) {
+        Phase ph;
+        ph.dim = {&a, &b, &c};
+        ph.gx = grad_input;
+        ph.gy = grad_output;
+        for (int d = 0; d < 3; ++d) {
+          const PhaseDim& pd = *ph.dim[d];
+          ph.gx = ph.gx.slice(2 + d, pd.first, g.in[d], g.stride[d]);
+          ph.zero |= pd.taps.empty() || pd.gy_count <= 0;
+        }
+        if (!ph.zero) {
+          Geometry& s = ph.g;
+          s = g;
+          s.in_channels = g.out_channels;
+          s.out_channels = g.in_channels;
+          for (int d = 0; d < 3; ++d) {
+            const PhaseDim& pd = *ph.dim[d];
+            ph.gy = ph.gy.narrow(2 + d, pd.gy_first, pd.gy_count);
+            s.in[d] = pd.gy_count;
+            s.out[d] = pd.count;
+            s.kernel[d] = static_cast<int64_t>(pd.taps.size());
+            s.stride[d] = 1;
+            s.dilation[d] = pd.dilation;
+            s.pad_before[d] = pd.pad_before;
+            s.pad_after[d] = pd.pad_after;
+          }
+          normalise(s);
+          if (channels_last_forward(s, ph.gy, ph.gx) == ChannelsLastForward::None) return false;
+        }
+        phases.push_back(std::move(ph));
+      }
+  if (!at::isfinite(weight).all().item<bool>()) return false;
+
+  // The phase's weight: [C_in, C_out / groups, taps...], input and output channels
+  // swapped within each group, the taps picked and reversed per dimension.
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const at::Tensor w6 = weight.reshape(
+      {g.groups, cog, cig, g.kernel[0], g.kernel[1], g.kernel[2]});
+  for (Phase& ph : phases) {
+    if (ph.zero) {
+      ph.gx.zero_();
+      continue;
+    }
+    at::Tensor w = w6;
+    for (int d = 0; d < 3; ++d) {
+      const std::vector<int64_t>& taps = ph.dim[d]->taps;
+      w = w.index_select(3 + d, at::tensor(taps, at::TensorOptions().dtype(at::kLong)));
+    }
+    w = w.transpose(1, 2).reshape({g.in_channels, cog, ph.g.kernel[0], ph.g.kernel[1],
+                                   ph.g.kernel[2]});
+    forward_channels_last(ph.g, ph.gy, w.contiguous(), at::Tensor(), ph.gx);
+  }
+  return true;
+}
+
+}  // namespace torchconv3d::cpu
