@@ -6,7 +6,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.library import opcheck
 
 import torchconv3d
-from conftest import CL, reference
+from conftest import CL, make_layout, reference
 from torchconv3d.functional import resolve_args
 
 GRAD_CASES = [
@@ -114,16 +114,25 @@ def test_torch_compile_fullgraph_forward_and_backward():
     check_torch_compile("cpu")
 
 
-@pytest.mark.parametrize("groups", [1, 4])
-def test_gradients_are_bitwise_deterministic(groups):
-    x = torch.randn(2, 8, 9, 10, 11)
-    w = torch.randn(8, 8 // groups, 3, 3, 3)
-    b = torch.randn(8)
+# (channels, groups, layout, padding mode, stride): the planar passes, and channels_last
+# with enough channels for the channels-innermost ones (grad_input by stride phases).
+@pytest.mark.parametrize("channels, groups, layout, mode, stride", [
+    (8, 1, "contiguous", "reflect", 1),
+    (8, 4, "contiguous", "reflect", 1),
+    (32, 1, "channels_last", "zeros", 2),
+    (32, 1, "channels_last", "replicate", 1),
+])
+def test_gradients_are_bitwise_deterministic(channels, groups, layout, mode, stride):
+    x = make_layout(torch.randn(2, channels, 9, 10, 11), layout)
+    w = torch.randn(channels, channels // groups, 3, 3, 3)
+    b = torch.randn(channels)
 
     def grads():
         xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
-        y = torchconv3d.conv3d(xs, ws, bs, padding=1, padding_mode="reflect", groups=groups)
-        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+        y = torchconv3d.conv3d(xs, ws, bs, stride=stride, padding=1, padding_mode=mode,
+                               groups=groups)
+        gy = torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y)
+        y.backward(make_layout(gy, layout))
         return xs.grad, ws.grad, bs.grad
 
     first, second = grads(), grads()

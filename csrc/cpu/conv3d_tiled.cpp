@@ -15,7 +15,7 @@
 // A forward on channels_last tensors goes to forward_channels_last.cpp first (the same tile
 // plan, channels innermost); it hands back the layers where these planar kernels do better.
 // Their grad_input goes to grad_input_phases.cpp first (the same forward, one per stride
-// phase), with zero padding.
+// phase), with zero padding, and grad_weight to grad_weight_channels_last.cpp.
 //
 // Passes and the splits that keep threads from writing the same element:
 //   forward      tiles (sample, group, depth block, band); C[c_out x f] = W x shifted planes
@@ -720,6 +720,7 @@ void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
 
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
+  if (grad_weight_channels_last(g, grad_output, input, grad_weight)) return;
   TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_weight",
                 [&] { grad_weight_kernel<scalar_t>(g, grad_output, input, grad_weight); });
 }

@@ -109,49 +109,6 @@ inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64
   }
 }
 
-// A tile's phase planes, channels innermost: element (plane p, position f, channel e) at
-// buf[(p * L.plane + f) * ldb + e], planes in Layout's order (slot, rh, rw). Channels
-// [channels, ldb) are left as they are (the caller zeroes the buffer once).
-template <typename T, typename B>
-void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
-                             int64_t channels, int64_t ldb, const std::array<int64_t, 3>& xs,
-                             int64_t od0, int64_t depths, int64_t oh0, int64_t rows, B* buf) {
-  const Geometry& g = L.g;
-  const int64_t row = L.lw * ldb;
-  for (int64_t slot = 0; slot < L.slots; ++slot) {
-    if (!L.slot_used(slot, depths)) continue;
-    const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                    g.pad_before[0], g.pad_after[0], g.mode);
-    for (int64_t rh = 0; rh < L.sh; ++rh)
-      for (int64_t rw = 0; rw < L.sw; ++rw) {
-        B* base = buf + L.plane_offset(0, slot, rh, rw) * ldb;
-        const int64_t* col = cm.col.data() + rw * L.lw;
-        for (int64_t t_row = 0; t_row < rows; ++t_row) {
-          B* d = base + t_row * row;
-          const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
-          if (ih < 0) {
-            std::fill(d, d + row, B(0));
-            continue;
-          }
-          const T* src = x + id * xs[0] + ih * xs[1];
-          for (int64_t t = 0; t < L.lw; ++t) {
-            B* dt = d + t * ldb;
-            if (col[t] < 0) {
-              std::fill(dt, dt + channels, B(0));
-              continue;
-            }
-            const T* sp = src + col[t] * xs[2];
-            if constexpr (std::is_same_v<T, B>) {
-              std::memcpy(dt, sp, channels * sizeof(T));
-            } else {
-              for (int64_t e = 0; e < channels; ++e) dt[e] = static_cast<B>(sp[e]);
-            }
-          }
-        }
-      }
-  }
-}
-
 // Runs the tiles of L (ForwardTile; L.g's groups are the tiles' groups): packs each tile's
 // `channels` input channels of its group with row stride ldb (buffer elements of type B),
 // then for each output depth and chunk of positions calls
@@ -201,17 +158,16 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
   });
 }
 
-// Pointwise layers (1x1x1, stride 1, no padding) over positions evenly spaced in input and
-// output (dense channels_last): the GEMM reads the input where it lies, so there is
-// nothing to pack; tasks are (sample, group, chunk of positions).
-bool pointwise_in_place(const Geometry& g, const at::Tensor& input, const at::Tensor& output) {
+// Pointwise layers (1x1x1, stride 1, no padding) over input positions evenly spaced
+// (dense channels_last): the GEMM reads the input where it lies, so there is nothing to
+// pack; tasks are (sample, group, chunk of positions). The output may have any strides
+// (grad_input_phases.cpp writes every s-th position).
+bool pointwise_in_place(const Geometry& g, const at::Tensor& input) {
   for (int d = 0; d < 3; ++d)
     if (g.kernel[d] != 1 || g.stride[d] != 1 || g.pad_before[d] != 0 || g.pad_after[d] != 0)
       return false;
-  auto even = [](const at::Tensor& t) {
-    return t.stride(2) == t.size(3) * t.stride(3) && t.stride(3) == t.size(4) * t.stride(4);
-  };
-  return even(input) && even(output);
+  return input.stride(2) == input.size(3) * input.stride(3) &&
+         input.stride(3) == input.size(4) * input.stride(4);
 }
 
 template <typename T, typename C, typename Gemm>
@@ -224,7 +180,8 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
   const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
   const int64_t xsn = input.stride(0), xstep = input.stride(4);
-  const int64_t ysn = output.stride(0), ystep = output.stride(4), ysc = output.stride(1);
+  const auto ys = spatial_strides(output);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
   at::parallel_for(0, g.batch * g.groups * chunks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_c;
     C* ct = scratch<C>(h_c, chunk * cols);
@@ -232,9 +189,12 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
       const int64_t n = task / (g.groups * chunks), grp = task / chunks % g.groups;
       const int64_t p0 = task % chunks * chunk, np = std::min(chunk, positions - p0);
       gemm(grp, xp + n * xsn + grp * cig + p0 * xstep, xstep, np, ct);
-      for (int64_t f = 0; f < np; ++f)
-        store_run(yp + n * ysn + (p0 + f) * ystep + grp * cog * ysc, ysc, ct + f * cols,
-                  bias.data() + grp * cog, cog);
+      for (int64_t f = 0; f < np; ++f) {
+        const int64_t p = p0 + f, ow = p % g.out[2], oh = p / g.out[2] % g.out[1];
+        const int64_t od = p / (g.out[2] * g.out[1]);
+        store_run(yp + n * ysn + od * ys[0] + oh * ys[1] + ow * ys[2] + grp * cog * ysc, ysc,
+                  ct + f * cols, bias.data() + grp * cog, cog);
+      }
     }
   });
 }
@@ -247,13 +207,6 @@ std::vector<C> bias_or_zeros(const Geometry& g, const at::Tensor& bias) {
     std::copy(bc.const_data_ptr<C>(), bc.const_data_ptr<C>() + g.out_channels, b.begin());
   }
   return b;
-}
-
-// tap_offset of every tap, in weight order, for planes with ldb elements per position.
-std::vector<int64_t> tap_offsets(const Layout& L, int64_t ldb) {
-  std::vector<int64_t> offs = L.tap_offsets(1);
-  for (int64_t& o : offs) o *= ldb;
-  return offs;
 }
 
 // Dense (and grouped) layers on gemm_cl, in A = float or double.
@@ -278,7 +231,7 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
     P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c);
   };
   if constexpr (std::is_same_v<T, A>) {
-    if (pointwise_in_place(g, input, output))
+    if (pointwise_in_place(g, input))
       return run_pointwise<T, A>(g, input, cols, bias_or_zeros<A>(g, bias), output, gemm);
   }
   run_tiles<T, A, A>(L, input, cig, cig, cols, bias_or_zeros<A>(g, bias), output, gemm);
@@ -319,7 +272,7 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   // count would pair the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
   const bool whole_pairs = cig % 2 == 0 && input.stride(4) % 2 == 0 &&
                            reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 4 == 0;
-  if (whole_pairs && pointwise_in_place(g, input, output))
+  if (whole_pairs && pointwise_in_place(g, input))
     return run_pointwise<T, float>(g, input, cols, bias_or_zeros<float>(g, bias), output, gemm);
   run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output, gemm);
 }

@@ -34,6 +34,11 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
 bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
                           const at::Tensor& weight, at::Tensor& grad_input);
 
+// grad_weight with the input's channels innermost (grad_weight_channels_last.cpp), for an
+// input with channel stride 1; false (nothing done) where the planar pass does better.
+bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
+                               const at::Tensor& input, at::Tensor& grad_weight);
+
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
 

@@ -48,6 +48,16 @@ struct MicroKernels {
   //   and c written up to the next multiple of kLanes past cols.
   void (*depthwise_cl)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
                        const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc);
+  // Outer products over positions, channels innermost (channels_last grad_weight,
+  // grad_weight_channels_last.cpp): with output channels j and input channels e,
+  //   out[k * ldk + j * ldo + e] += sum_{r < rows} sum_{f < n} g[r * ldgr + f * ldg + j]
+  //                                                   * b[offs[k] + r * ldbr + f * ldb + e]
+  //   for k < taps, j < js (any count), e < es (a multiple of kLanes). Each out element's
+  //   sum runs over (r, f) in order and is then added to out, whatever the ISA: the input
+  //   channels are the vector lanes, so no lanes are summed.
+  void (*outer_cl)(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es, const A* g,
+                   int64_t ldg, int64_t ldgr, const A* b, int64_t ldb, int64_t ldbr,
+                   const int64_t* offs, A* out, int64_t ldk, int64_t ldo);
   int64_t max_rows;
   const char* isa;
 };

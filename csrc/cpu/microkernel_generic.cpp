@@ -95,6 +95,25 @@ void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps
     }
 }
 
+template <typename A>
+void outer_cl(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es, const A* g,
+              int64_t ldg, int64_t ldgr, const A* b, int64_t ldb, int64_t ldbr,
+              const int64_t* offs, A* out, int64_t ldk, int64_t ldo) {
+  for (int64_t k = 0; k < taps; ++k)
+    for (int64_t j = 0; j < js; ++j)
+      for (int64_t e0 = 0; e0 < es; e0 += kLanes) {
+        A acc[kLanes] = {};
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t f = 0; f < n; ++f) {
+            const A gv = g[r * ldgr + f * ldg + j];
+            const A* br = b + offs[k] + r * ldbr + f * ldb + e0;
+            for (int l = 0; l < kLanes; ++l) acc[l] += gv * br[l];
+          }
+        A* o = out + k * ldk + j * ldo + e0;
+        for (int l = 0; l < kLanes; ++l) o[l] += acc[l];
+      }
+}
+
 // TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512_bf16,
 // avx512, avx2 or generic, in any case; unset or empty means the widest. A value the CPU
 // cannot run falls back to what it can; an unknown value is warned about and ignored.
@@ -129,14 +148,16 @@ const MicroKernels<A>& choose() {
 }  // namespace
 
 const MicroKernels<float>& generic_kernels(float) {
-  static const MicroKernels<float> k{&gemm<float>,         &dot<float>, &gemm_cl<float>,
-                                     &depthwise_cl<float>, kRows,       "generic"};
+  static const MicroKernels<float> k{&gemm<float>,         &dot<float>,      &gemm_cl<float>,
+                                     &depthwise_cl<float>, &outer_cl<float>, kRows,
+                                     "generic"};
   return k;
 }
 
 const MicroKernels<double>& generic_kernels(double) {
-  static const MicroKernels<double> k{&gemm<double>,         &dot<double>, &gemm_cl<double>,
-                                      &depthwise_cl<double>, kRows,        "generic"};
+  static const MicroKernels<double> k{&gemm<double>,         &dot<double>,      &gemm_cl<double>,
+                                      &depthwise_cl<double>, &outer_cl<double>, kRows,
+                                      "generic"};
   return k;
 }
 

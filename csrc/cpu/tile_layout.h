@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace torchconv3d::cpu {
@@ -212,5 +214,55 @@ struct ForwardTile {
     return L.g.batch * L.g.groups * L.depth_blocks() * L.bands();
   }
 };
+
+// A tile's phase planes, channels innermost: element (plane p, position f, channel e) at
+// buf[(p * L.plane + f) * ldb + e], planes in Layout's order (slot, rh, rw). Channels
+// [channels, ldb) are left as they are (the caller zeroes the buffer once).
+template <typename T, typename B>
+void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
+                             int64_t channels, int64_t ldb, const std::array<int64_t, 3>& xs,
+                             int64_t od0, int64_t depths, int64_t oh0, int64_t rows, B* buf) {
+  const Geometry& g = L.g;
+  const int64_t row = L.lw * ldb;
+  for (int64_t slot = 0; slot < L.slots; ++slot) {
+    if (!L.slot_used(slot, depths)) continue;
+    const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
+                                    g.pad_before[0], g.pad_after[0], g.mode);
+    for (int64_t rh = 0; rh < L.sh; ++rh)
+      for (int64_t rw = 0; rw < L.sw; ++rw) {
+        B* base = buf + L.plane_offset(0, slot, rh, rw) * ldb;
+        const int64_t* col = cm.col.data() + rw * L.lw;
+        for (int64_t t_row = 0; t_row < rows; ++t_row) {
+          B* d = base + t_row * row;
+          const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
+          if (ih < 0) {
+            std::fill(d, d + row, B(0));
+            continue;
+          }
+          const T* src = x + id * xs[0] + ih * xs[1];
+          for (int64_t t = 0; t < L.lw; ++t) {
+            B* dt = d + t * ldb;
+            if (col[t] < 0) {
+              std::fill(dt, dt + channels, B(0));
+              continue;
+            }
+            const T* sp = src + col[t] * xs[2];
+            if constexpr (std::is_same_v<T, B>) {
+              std::memcpy(dt, sp, channels * sizeof(T));
+            } else {
+              for (int64_t e = 0; e < channels; ++e) dt[e] = static_cast<B>(sp[e]);
+            }
+          }
+        }
+      }
+  }
+}
+
+// tap_offset of every tap, in weight order, for planes with ldb elements per position.
+inline std::vector<int64_t> tap_offsets(const Layout& L, int64_t ldb) {
+  std::vector<int64_t> offs = L.tap_offsets(1);
+  for (int64_t& o : offs) o *= ldb;
+  return offs;
+}
 
 }  // namespace torchconv3d::cpu

@@ -1,0 +1,134 @@
+// grad_weight for channels_last inputs, channels innermost.
+//
+//   grad_weight[co, ci, tap] = sum over samples and output positions f of
+//                              grad_output[f, co] * input[f + tap, ci]
+// is, per tap, an outer product summed over positions: input channels in the vector lanes
+// (a row of the channels-innermost tile, tile_layout.h's pack_channels_innermost, so a tap
+// is a row offset as in the forward), grad_output's channels broadcast (read where they lie
+// when grad_output is channels_last in the accumulation type). MicroKernels::outer_cl keeps
+// an R x V block of sums in registers over a whole band of output rows.
+//
+// Only real output positions are summed (each row's first W_out tile positions), so every
+// product formed is a term of the convolution: no non-finite handling is needed, and the
+// padding mode acts in the packing alone.
+//
+// Threads own (group, block of input channels, block of output channels, block of taps)
+// and walk every sample and tile in order; the blocks of input channels and the bands are chosen from the
+// shape alone, so each sum runs in an order fixed by the shape (bitwise stable across runs
+// and thread counts).
+#include "kernels.h"
+#include "tile_layout.h"
+
+#include <ATen/OpMathType.h>
+
+#include <vector>
+
+namespace torchconv3d::cpu {
+namespace {
+
+// Input channels per task at most: a tile row holds this many, 4 registers x 2 sweeps.
+constexpr int64_t kChannelBlock = 128;
+
+template <typename T>
+void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+                        at::Tensor& grad_weight) {
+  using A = at::opmath_type<T>;
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
+  const Blocks ciblocks(cig, kChannelBlock);
+  const int64_t ldb = round_up(ciblocks.size(0), kLanes);
+
+  Layout L(g);
+  // Bands as tall as the tile budget allows: shape-only, so sums group the same way always.
+  L.set_band(kTileBytes / (L.row_bytes(sizeof(A)) * ldb) - L.qh_max);
+  const ColumnMap cm(L);
+  const std::vector<int64_t> offs = tap_offsets(L, ldb);
+
+  // Tasks: every thread needs two, of equal cost; taps are split first (each costs the
+  // same and only repacks the cheap input tile), output channels when taps run out.
+  const int64_t want = 2 * at::get_num_threads(), base = g.groups * ciblocks.count;
+  const Blocks tapb(kvol, ceil_div(kvol, std::clamp<int64_t>(ceil_div(want, base), 1, kvol)));
+  const int64_t coblocks =
+      std::clamp<int64_t>(ceil_div(want, base * tapb.count), 1, ceil_div(cog, 6));
+  const Blocks cob(cog, ceil_div(cog, coblocks));
+  // grad_output is read in place when its channels are contiguous values of A.
+  const bool gy_in_place = std::is_same_v<T, A> && grad_output.stride(1) == 1;
+
+  const T* xp = input.const_data_ptr<T>();
+  const T* gyp = grad_output.const_data_ptr<T>();
+  const auto xs = spatial_strides(input), gys = spatial_strides(grad_output);
+  const int64_t xsn = input.stride(0), gysn = grad_output.stride(0), gysc = grad_output.stride(1);
+  T* gwp = grad_weight.mutable_data_ptr<T>();
+  const int64_t gw0 = grad_weight.stride(0), gw1 = grad_weight.stride(1);
+  const std::array<int64_t, 3> gwk = {grad_weight.stride(2), grad_weight.stride(3),
+                                      grad_weight.stride(4)};
+
+  at::parallel_for(0, base * cob.count * tapb.count, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_buf, h_acc, h_gy;
+    const int64_t bufsize = (L.planes_per_channel() * L.plane + L.lw + kLanes) * ldb;
+    A* buf = scratch<A>(h_buf, bufsize);
+    std::fill(buf, buf + bufsize, A(0));
+    const int64_t cos_max = cob.size(0);
+    A* acc = scratch<A>(h_acc, tapb.size(0) * cos_max * ldb);  // [tap][co][ci]
+    A* gyb = gy_in_place ? nullptr : scratch<A>(h_gy, L.th * g.out[2] * cos_max);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tb = task % tapb.count, ob = task / tapb.count % cob.count;
+      const int64_t cb = task / (tapb.count * cob.count) % ciblocks.count;
+      const int64_t grp = task / (tapb.count * cob.count * ciblocks.count);
+      const int64_t ci0 = ciblocks.start(cb), cis = ciblocks.size(cb);
+      const int64_t co0 = grp * cog + cob.start(ob), cos = cob.size(ob);
+      const int64_t k0 = tapb.start(tb), taps = tapb.size(tb);
+      std::fill(acc, acc + taps * cos * ldb, A(0));
+      for (int64_t n = 0; n < g.batch; ++n)
+        for (int64_t od = 0; od < g.out[0]; ++od)
+          for (int64_t oh0 = 0; oh0 < g.out[1]; oh0 += L.th) {
+            const int64_t th = L.band_rows(oh0);
+            pack_channels_innermost(L, cm, xp + n * xsn + (grp * cig + ci0) * input.stride(1),
+                                    cis, ldb, xs, od, 1, oh0, th + L.qh_max, buf);
+            const T* gy = gyp + n * gysn + co0 * gysc + od * gys[0] + oh0 * gys[1];
+            const A* gv;
+            int64_t ldg, ldgr;
+            if (gy_in_place) {
+              gv = reinterpret_cast<const A*>(gy);
+              ldg = gys[2];
+              ldgr = gys[1];
+            } else {
+              for (int64_t r = 0; r < th; ++r)
+                for (int64_t ow = 0; ow < g.out[2]; ++ow)
+                  for (int64_t j = 0; j < cos; ++j)
+                    gyb[(r * g.out[2] + ow) * cos + j] =
+                        static_cast<A>(gy[j * gysc + r * gys[1] + ow * gys[2]]);
+              gv = gyb;
+              ldg = cos;
+              ldgr = g.out[2] * cos;
+            }
+            mk.outer_cl(th, g.out[2], taps, cos, ldb, gv, ldg, ldgr, buf, ldb, L.lw * ldb,
+                        offs.data() + k0, acc, cos * ldb, ldb);
+          }
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t k = k0 + t, l = k % g.kernel[2];
+        const int64_t i = k / (g.kernel[1] * g.kernel[2]), j = k / g.kernel[2] % g.kernel[1];
+        T* gw = gwp + co0 * gw0 + ci0 * gw1 + i * gwk[0] + j * gwk[1] + l * gwk[2];
+        for (int64_t co = 0; co < cos; ++co)
+          for (int64_t e = 0; e < cis; ++e)
+            gw[co * gw0 + e * gw1] = static_cast<T>(acc[(t * cos + co) * ldb + e]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
+                               const at::Tensor& input, at::Tensor& grad_weight) {
+  // Input channels fill the vector lanes (at least one register, 3/4 of the lanes in use);
+  // output channels are broadcast, a few per loaded register at least.
+  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  if (input.stride(1) != 1 || cig < kLanes || 4 * cig < 3 * round_up(cig, kLanes) || cog < 4)
+    return false;
+  TC3D_DISPATCH(input.scalar_type(), "torchconv3d_grad_weight_cl",
+                [&] { grad_weight_kernel<scalar_t>(g, grad_output, input, grad_weight); });
+  return true;
+}
+
+}  // namespace torchconv3d::cpu
