@@ -1,4 +1,4 @@
-// grad_input as forward convolutions, for tensors with the channels innermost.
+// grad_input as forward convolutions.
 //
 // grad_input is the transposed convolution of grad_output. Along one dimension (stride s,
 // dilation d, padding p), input index i receives w[k] * gy[o] for every tap k with
@@ -10,14 +10,16 @@
 // convolution with input and output channels swapped, and each grad_input element
 // belongs to exactly one phase, written once with one sum.
 //
-// So the channels-innermost forward (forward_channels_last.cpp: gemm_cl, depthwise_cl,
-// bfloat16 on vdpbf16ps) computes grad_input too, reading grad_output and writing
-// grad_input where they lie: no transposed copy and no adjoint scatter. Only zero padding
+// So the forward computes grad_input too, reading grad_output and writing grad_input where
+// they lie: no transposed copy and no adjoint scatter. Used where the forward is faster
+// than conv3d_tiled.cpp's grad_input pass: channels innermost (forward_channels_last.cpp:
+// gemm_cl, depthwise_cl) and bfloat16 in either layout (vdpbf16ps). Only zero padding
 // (the other modes add a padded position's gradient back to the element it copied, which
 // a forward cannot express) and finite weights (a padding zero of grad_output times an
 // infinite weight would make a NaN where no term exists; conv3d_tiled.cpp's pass adds
 // those terms exactly, nonfinite.h).
 #include "kernels.h"
+#include "microkernel.h"
 
 #include <ATen/ATen.h>
 
@@ -69,15 +71,21 @@ PhaseDim phase_dim(const Geometry& g, int d, int64_t r) {
 
 bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
                           const at::Tensor& weight, at::Tensor& grad_input) {
-  if (g.mode != PadMode::Zeros || grad_output.stride(1) != 1 || grad_input.stride(1) != 1)
-    return false;
+  if (g.mode != PadMode::Zeros) return false;
+  // bfloat16 forwards run on vdpbf16ps in either layout (the planar grad_input pass sums in
+  // float); float ones only channels innermost (the planar pass is as fast as a planar
+  // forward).
+  const bool bf16_pairs = grad_output.scalar_type() == at::kBFloat16 && bf16_kernels() &&
+                          g.out_per_group() >= 2;
+  const bool channels_last = grad_output.stride(1) == 1 && grad_input.stride(1) == 1;
+  if (!bf16_pairs && !channels_last) return false;
   std::array<std::vector<PhaseDim>, 3> dims;
   for (int d = 0; d < 3; ++d)
     for (int64_t r = 0; r < std::min(g.stride[d], g.in[d]); ++r)
       dims[d].push_back(phase_dim(g, d, r));
 
-  // Each phase's forward, planned before anything runs: all of them must take the
-  // channels-innermost kernels, else the planar pass does the whole gradient.
+  // Each phase's forward, planned before anything runs: without bfloat16 pairs, all of them
+  // must take the channels-innermost kernels, else the planar pass does the whole gradient.
   struct Phase {
     Geometry g;
     at::Tensor gy, gx;
@@ -114,7 +122,8 @@ bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
             s.pad_after[d] = pd.pad_after;
           }
           normalise(s);
-          if (channels_last_forward(s, ph.gy, ph.gx) == ChannelsLastForward::None) return false;
+          if (!bf16_pairs && channels_last_forward(s, ph.gy, ph.gx) == ChannelsLastForward::None)
+            return false;
         }
         phases.push_back(std::move(ph));
       }
@@ -137,7 +146,7 @@ bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
     }
     w = w.transpose(1, 2).reshape({g.in_channels, cog, ph.g.kernel[0], ph.g.kernel[1],
                                    ph.g.kernel[2]});
-    forward_channels_last(ph.g, ph.gy, w.contiguous(), at::Tensor(), ph.gx);
+    tiled_forward(ph.g, ph.gy, w.contiguous(), at::Tensor(), ph.gx);
   }
   return true;
 }
