@@ -603,11 +603,21 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
   if (!nonfinite.empty()) add_weight_terms<T, A>(g, grad_output, nonfinite, grad_input);
 }
 
-template <typename T>
+// grad_weight's dot products in A, on tiles of E: A itself, or bfloat16 pairs of positions
+// on vdpbf16ps (Bf16Kernels::dot).
+template <typename T, typename E>
 void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
                         const at::Tensor& input, at::Tensor& grad_weight) {
   using A = at::opmath_type<T>;
-  const MicroKernels<A>& mk = micro_kernels(A{});
+  auto dot = [](int64_t rows, const E* gy, int64_t ldg, const E* b, const int64_t* offs,
+                int64_t cols, int64_t n, A* out, int64_t ldo) {
+    if constexpr (std::is_same_v<E, A>) {
+      micro_kernels(A{}).dot(rows, gy, ldg, b, offs, cols, n, out, ldo);
+    } else {
+      bf16_kernels()->dot(rows, reinterpret_cast<const uint16_t*>(gy), ldg,
+                          reinterpret_cast<const uint16_t*>(b), offs, cols, n, out, ldo);
+    }
+  };
   const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
   const int64_t K = cig * kvol;
   if (grad_weight.numel() == 0) return;
@@ -662,10 +672,11 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
     at::parallel_for(0, g.groups * nco * ciblocks, 1, [&](int64_t begin, int64_t end) {
       at::Tensor h_buf, h_gy;
       const int64_t bufsize = L.buffer_size(cib);
-      A* buf = scratch<A>(h_buf, bufsize);
-      std::fill(buf, buf + bufsize, A(0));
-      const int64_t gld = L.n + kLanes;  // row stride, off multiples of 4 KB
-      A* gyb = scratch<A>(h_gy, cob * gld);
+      E* buf = scratch<E>(h_buf, bufsize);
+      std::fill(buf, buf + bufsize, E(0));
+      // Row stride, off multiples of 4 KB; the bfloat16 dot reads up to kLanes past a row.
+      const int64_t gld = L.n + kLanes;
+      E* gyb = scratch<E>(h_gy, cob * gld);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t grp = task / (nco * ciblocks);
         const int64_t co0 = (task / ciblocks) % nco * cob, cos = std::min(cob, cog - co0);
@@ -682,8 +693,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
               for (int64_t dl = 0; dl < depths; ++dl) {
                 pack_grad_output(L, gyp + n * gysn + (grp * cog + co0) * gysc, cos, gysc, gys,
                                  od0 + dl, oh0, gyb, gld, 0);
-                mk.dot(cos, gyb, gld, buf + dl * L.depth_step(), offs.data(), cis * kvol,
-                       L.positions(th), out, K);
+                dot(cos, gyb, gld, buf + dl * L.depth_step(), offs.data(), cis * kvol,
+                    L.positions(th), out, K);
               }
             }
       }
@@ -721,8 +732,12 @@ void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
   if (grad_weight_channels_last(g, grad_output, input, grad_weight)) return;
-  TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_weight",
-                [&] { grad_weight_kernel<scalar_t>(g, grad_output, input, grad_weight); });
+  if (grad_output.scalar_type() == at::kBFloat16 && bf16_kernels()) {
+    return grad_weight_kernel<c10::BFloat16, c10::BFloat16>(g, grad_output, input, grad_weight);
+  }
+  TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_weight", [&] {
+    grad_weight_kernel<scalar_t, at::opmath_type<scalar_t>>(g, grad_output, input, grad_weight);
+  });
 }
 
 }  // namespace torchconv3d::cpu

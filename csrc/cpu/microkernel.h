@@ -74,6 +74,12 @@ struct Bf16Kernels {
   void (*gemm_cl)(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, int64_t ldk,
                   int64_t taps, int64_t ce, const uint32_t* b, int64_t ldb, const int64_t* offs,
                   float* c, int64_t ldc, bool accumulate);
+  // dot of MicroKernels on bfloat16 rows (uint16_t bits), float sums: the pairs are
+  // positions (f, f + 1), adjacent in both operands whatever the offset. n is a multiple of
+  // kLanes; g and b are read up to the next multiple of 2 * kLanes past n (g must hold zeros
+  // there).
+  void (*dot)(int64_t rows, const uint16_t* g, int64_t ldg, const uint16_t* b,
+              const int64_t* offs, int64_t cols, int64_t n, float* out, int64_t ldo);
   int64_t max_rows;
 };
 

@@ -174,6 +174,68 @@ TC3D_FN void gemm_cl(int64_t n, int64_t cols, const uint32_t* a, int64_t lda, in
   }
 }
 
+// dot: R grad_output rows x T taps, 32 positions (16 pairs) per vdpbf16ps; the lanes are
+// added once at the end (_mm512_reduce_add_ps: a fixed tree).
+template <int R, int T>
+TC3D_INLINE void dot_block(const uint16_t* g, int64_t ldg, const uint16_t* b,
+                           const int64_t* offs, int64_t n, float* out, int64_t ldo) {
+  __m512 acc[R][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const uint16_t* bp[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) bp[t] = b + offs[t];
+  for (int64_t f = 0; f < n; f += 32) {
+    __m512bh gv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) gv[r] = (__m512bh)_mm512_loadu_si512(g + r * ldg + f);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const __m512bh bv = (__m512bh)_mm512_loadu_si512(bp[t] + f);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], gv[r], bv);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) out[r * ldo + t] += _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// The float kernel's dot block: 4 rows x 6 taps.
+constexpr int kDotRows = 4;
+constexpr int kDotCols = 6;
+
+template <int R, int T>
+TC3D_INLINE void dot_block_t(int64_t t, const uint16_t* g, int64_t ldg, const uint16_t* b,
+                             const int64_t* offs, int64_t n, float* out, int64_t ldo) {
+  if constexpr (T > 1) {
+    if (t < T) return dot_block_t<R, T - 1>(t, g, ldg, b, offs, n, out, ldo);
+  }
+  dot_block<R, T>(g, ldg, b, offs, n, out, ldo);
+}
+
+template <int R>
+TC3D_INLINE void dot_rows(int64_t r, const uint16_t* g, int64_t ldg, const uint16_t* b,
+                          const int64_t* offs, int64_t cols, int64_t n, float* out,
+                          int64_t ldo) {
+  if constexpr (R > 1) {
+    if (r < R) return dot_rows<R - 1>(r, g, ldg, b, offs, cols, n, out, ldo);
+  }
+  for (int64_t j = 0; j < cols; j += kDotCols)
+    dot_block_t<R, kDotCols>(std::min<int64_t>(kDotCols, cols - j), g, ldg, b, offs + j, n,
+                             out + j, ldo);
+}
+
+TC3D_FN void dot(int64_t rows, const uint16_t* g, int64_t ldg, const uint16_t* b,
+                 const int64_t* offs, int64_t cols, int64_t n, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; r += kDotRows)
+    dot_rows<kDotRows>(std::min<int64_t>(kDotRows, rows - r), g + r * ldg, ldg, b, offs, cols,
+                       n, out + r * ldo, ldo);
+}
+
 }  // namespace
 
 bool have_avx512_bf16_kernels() {
@@ -181,7 +243,7 @@ bool have_avx512_bf16_kernels() {
 }
 
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{&gemm, &gemm_cl, kRows};
+  static const Bf16Kernels k{&gemm, &gemm_cl, &dot, kRows};
   return k;
 }
 
@@ -192,7 +254,7 @@ const Bf16Kernels& avx512_bf16_kernels() {
 namespace torchconv3d::cpu {
 bool have_avx512_bf16_kernels() { return false; }
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{nullptr, nullptr, 0};
+  static const Bf16Kernels k{nullptr, nullptr, nullptr, 0};
   return k;
 }
 }  // namespace torchconv3d::cpu
