@@ -77,12 +77,14 @@ DW_CONFIGS = [
 # channels per group to fill the vector lanes, or depthwise): several weight panels and
 # term blocks, channel blocks past 128, an odd channel count (bfloat16 pairs), groups,
 # depthwise with ragged channel counts and rows too narrow for an interior stretch, 1x1x1.
+# Batches of 2 (or groups): torch, and so our allocation, gives float32 channels_last results
+# only outside its single-sample slow path.
 CL_CONFIGS = [
     ("cl_dense", (2, 8, 5, 6, 7), 24, 3, dict(padding=1)),
-    ("cl_panels_stride", (1, 10, 4, 5, 6), 72, 3, dict(padding=1, stride=(1, 2, 1))),
-    ("cl_channel_blocks", (1, 130, 3, 4, 5), 32, (1, 2, 2), dict(padding=((0, 0), (1, 0), (0, 1)))),
+    ("cl_panels_stride", (2, 10, 4, 5, 6), 72, 3, dict(padding=1, stride=(1, 2, 1))),
+    ("cl_channel_blocks", (2, 130, 3, 4, 5), 32, (1, 2, 2), dict(padding=((0, 0), (1, 0), (0, 1)))),
     ("cl_groups_dilation", (2, 32, 4, 5, 6), 64, 3, dict(groups=2, dilation=(1, 2, 1), padding=2)),
-    ("cl_odd_channels_same", (1, 9, 4, 5, 6), 32, (2, 3, 3), dict(padding="same")),
+    ("cl_odd_channels_same", (2, 9, 4, 5, 6), 32, (2, 3, 3), dict(padding="same")),
     ("cl_depthwise_ragged", (2, 20, 5, 6, 9), 20, 3, dict(groups=20, stride=(1, 2, 2), padding=1)),
     ("cl_depthwise_narrow", (1, 17, 3, 4, 2), 17, 3, dict(groups=17, padding=2, dilation=(1, 1, 2))),
     # 1x1x1 read in place (no packed tile), and with an odd channel count (packed for bfloat16)
@@ -94,8 +96,8 @@ CL_CONFIGS = [
     # and an odd C_out (the bfloat16 pairs of the phase forward's input channels).
     ("cl_grad_phases", (2, 32, 7, 6, 9), 16, 3,
      dict(stride=(2, 3, 2), padding=((1, 0), (1, 1), (0, 2)), dilation=(1, 1, 2))),
-    ("cl_grad_zero_phases", (1, 40, 5, 7, 6), 13, (1, 2, 1), dict(stride=(2, 3, 2))),
-    ("cl_grad_crop_dilation", (1, 48, 7, 9, 8), 12, 3,
+    ("cl_grad_zero_phases", (2, 40, 5, 7, 6), 13, (1, 2, 1), dict(stride=(2, 3, 2))),
+    ("cl_grad_crop_dilation", (2, 48, 7, 9, 8), 12, 3,
      dict(stride=2, padding=(2, 2, 1), dilation=(1, 2, 1))),
 ]
 
