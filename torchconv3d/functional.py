@@ -2,6 +2,7 @@
 import operator
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .ops import forward as _forward
 
@@ -139,6 +140,14 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     (MegEngine's name for the same with the kernel flipped in D, H and W).
     Returns (N, C_out, D_out, H_out, W_out), channels_last_3d when input or weight is.
     """
+    # The __torch_function__ protocol, as torch.nn.functional's Python functions follow it:
+    # torch.fx's Proxy (symbolic_trace, FX quantization) then records one call to conv3d,
+    # a leaf, instead of tracing into its Python, and tensor subclasses can override it.
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            conv3d, (input, weight, bias), input, weight, bias=bias, stride=stride,
+            padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+            data_format=data_format, conv_mode=conv_mode)
     _check_tensor("input", 1, input)
     _check_tensor("weight", 2, weight)
     _check_tensor("bias", 3, bias, optional=True)

@@ -81,6 +81,17 @@ class Conv3d(nn.Conv3d):
                       data_format=self.data_format,
                       conv_mode=self.conv_mode)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this before compiling a module. It cannot compile conv3d's
+        # Python (keyword-only arguments, padding forms of any type) and is deprecated
+        # itself; the error names what does run this layer.
+        raise RuntimeError(
+            "torchconv3d.Conv3d cannot be compiled by torch.jit.script (deprecated, and its "
+            "forward is Python that TorchScript cannot compile). Use torch.compile or "
+            "torch.export, or torch.jit.trace for TorchScript: each records the "
+            "torch.ops.torchconv3d operators."
+        )
+
     def extra_repr(self):
         s = super().extra_repr()
         if self.data_format != "NCDHW":

@@ -1,0 +1,86 @@
+"""The PyTorch features users apply to nn.Conv3d, applied to a model converted to ours:
+each must give nn.Conv3d's numbers (or, where one cannot work, say what does)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import torchconv3d
+from conftest import rel_err
+
+
+class _Net(nn.Module):
+    """Three layers and a call of the functional from user code."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(3, 6, 3, padding=1, padding_mode="reflect")
+        self.b = nn.Conv3d(6, 6, 3, stride=(1, 2, 2), padding="valid", groups=3)
+        self.c = nn.Conv3d(6, 4, (3, 1, 1), padding="same", bias=False)
+        self.extra = nn.Parameter(torch.randn(4, 4, 1, 1, 1))
+
+    def forward(self, x):
+        y = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return torchconv3d.conv3d(y, self.extra.to(y.dtype))
+
+
+def _pair(dtype=torch.float64):
+    """(nn.Conv3d model, the same converted to ours, an input)."""
+    torch.manual_seed(0)
+    ref = _Net().to(dtype)
+    ours = torchconv3d.convert(_Net().to(dtype))
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours, torch.randn(2, 3, 5, 9, 8, dtype=dtype)
+
+
+def _uses_our_layers(model):
+    return sum(isinstance(m, torchconv3d.Conv3d) for m in model.modules()) == 3
+
+
+def _grads(model, x):
+    y = model(x)
+    y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+    return [y] + [p.grad for p in model.parameters()]
+
+
+def _assert_same(got, want, tol=1e-10):
+    for g, w in zip(got, want, strict=True):
+        assert w.abs().max() > 0 and rel_err(g, w) <= tol
+
+
+def test_fx_symbolic_trace_keeps_conv3d_a_leaf():
+    """symbolic_trace once failed inside conv3d's Python ('symbolically traced variables
+    cannot be used as inputs to control flow'); now each call is one node."""
+    ref, ours, x = _pair()
+    assert _uses_our_layers(ours)
+    gm = torch.fx.symbolic_trace(ours)
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torchconv3d.conv3d) == 4
+    _assert_same(_grads(gm, x), _grads(ref, x))
+
+
+def test_fx_quantization_prepare_and_convert():
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    _, ours, x = _pair(torch.float32)
+    ours.eval()
+    want = ours(x)
+    prepared = prepare_fx(ours, get_default_qconfig_mapping(), (x,))
+    assert torch.equal(prepared(x), want)  # observers only watch
+    quantized = convert_fx(prepared)
+    # Our conv stays float; what FX quantizes around it (the ReLUs' outputs) is 8-bit.
+    assert rel_err(quantized(x), want) < 0.05
+
+
+def test_jit_script_names_what_works_instead():
+    _, ours, _ = _pair()
+    with pytest.raises(RuntimeError, match=r"torch.jit.script.*torch.compile.*torch.export.*"
+                       r"torch.jit.trace"):
+        torch.jit.script(ours)
+
+
+def test_jit_trace_records_our_operator():
+    ref, ours, x = _pair()
+    traced = torch.jit.trace(ours, x)
+    assert "torchconv3d::conv3d_forward" in str(traced.inlined_graph)
+    _assert_same(_grads(traced, x), _grads(ref, x))
