@@ -84,3 +84,26 @@ def test_jit_trace_records_our_operator():
     traced = torch.jit.trace(ours, x)
     assert "torchconv3d::conv3d_forward" in str(traced.inlined_graph)
     _assert_same(_grads(traced, x), _grads(ref, x))
+
+
+def test_per_sample_gradients_with_functional_call():
+    """vmap(grad) over a model's parameters with torch.func.functional_call, the way
+    differential-privacy training (Opacus' functorch mode) gets per-sample gradients."""
+    from torch.func import functional_call, grad, vmap
+
+    torch._C._functorch._set_vmap_fallback_enabled(False)  # our batching rules only
+    try:
+        per_sample = {}
+        for name, model in zip(("ref", "ours"), _pair()[:2]):
+            params = {k: v.detach() for k, v in model.named_parameters()}
+            x = _pair()[2]
+
+            def loss(params, sample):
+                return functional_call(model, params, (sample.unsqueeze(0),)).square().sum()
+
+            per_sample[name] = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(True)
+    for k, want in per_sample["ref"].items():
+        assert want.shape[0] == 2
+        _assert_same([per_sample["ours"][k]], [want])

@@ -262,6 +262,123 @@ _lib.impl("conv3d_forward", _autograd_kernel(_Forward, forward_op, 3), "Autograd
 _lib.impl("conv3d_backward", _autograd_kernel(_Backward, backward_op, 3), "Autograd")
 
 
+# --- vmap ---------------------------------------------------------------------------------
+# The vmapped dimension (size B) is folded into one operator call, never looped over:
+#   only activations carry it  -> into the batch (B * N samples);
+#   input and weight carry it  -> into the groups (B * groups: sample b's input channels
+#                                 meet only sample b's weights);
+#   only the weight carries it -> into the output channels (the input is shared);
+#   only the bias carries it   -> added to the unbatched convolution.
+# The backward op folds into the groups (per-sample weight and bias gradients, the
+# per-sample-gradient case of differential privacy), or into the batch when grad_input is
+# all it is asked for and the weight is shared. Operands are laid out per sample as the
+# operator takes them; an unbatched (C, D, H, W) sample becomes N = 1 and goes back.
+
+
+def _vmapped_first(t, dim):
+    return t if t is None or dim is None else t.movedim(dim, 0)
+
+
+def _sample(t, dim):
+    """One sample of a vmapped operand (for the checker's messages)."""
+    return t if t is None or dim is None else t.select(dim, 0)
+
+
+def _with_n(t, vmapped, unbatched):
+    """A (possibly vmapped) per-sample tensor with its N dimension, N = 1 if unbatched."""
+    return t.unsqueeze(1 if vmapped else 0) if unbatched else t
+
+
+def _expand_to(t, vmapped, batch):
+    return t if vmapped else t.expand(batch, *t.shape)
+
+
+def _to_groups(t, batch):
+    """(B, N, C, ...) -> (N, B * C, ...): sample b's channels as group block b."""
+    return t.movedim(0, 1).flatten(1, 2)
+
+
+@torch.library.register_vmap("torchconv3d::conv3d_forward")
+def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups,
+                  padding_mode):
+    B = info.batch_size
+    xd, wd, bd = in_dims[:3]
+    if B > 0:  # messages name one sample's sizes, not the folded ones
+        _check.conv3d_args(_sample(input, xd), _sample(weight, wd), _sample(bias, bd), None,
+                           stride, padding, dilation, groups, padding_mode)
+    x, w, b = _vmapped_first(input, xd), _vmapped_first(weight, wd), _vmapped_first(bias, bd)
+    unbatched = input.dim() - (xd is not None) == 4
+    x = _with_n(x, xd is not None, unbatched)
+    args = (stride, padding, dilation)
+    co = w.shape[-5]
+
+    def add_vmapped_bias(out):  # out: (B, N, C_out, D, H, W)
+        return out + b.view(B, 1, co, 1, 1, 1)
+
+    if wd is None and xd is None:
+        out = add_vmapped_bias(forward_op(x, w, None, *args, groups, padding_mode).unsqueeze(0))
+    elif wd is None:
+        n = x.shape[1]
+        out = forward_op(x.flatten(0, 1), w, None if bd is not None else b, *args, groups,
+                         padding_mode).unflatten(0, (B, n))
+        if bd is not None:
+            out = add_vmapped_bias(out)
+    else:
+        if b is not None and bd is None:
+            b = b.expand(B, co)
+        if xd is None:
+            # Output channels ordered (group, sample, channel) so each group's block stays
+            # whole: (B, g, co/g, ...) -> (g, B, co/g, ...).
+            g = groups
+            def by_group(t):
+                return t.unflatten(1, (g, co // g)).transpose(0, 1).flatten(0, 2)
+            out = forward_op(x, by_group(w), None if b is None else by_group(b), *args, g,
+                             padding_mode)
+            out = out.unflatten(1, (g, B, co // g)).transpose(1, 2).flatten(2, 3).movedim(1, 0)
+        else:
+            out = forward_op(_to_groups(x, B), w.flatten(0, 1),
+                             None if b is None else b.flatten(), *args, B * groups,
+                             padding_mode)
+            out = out.unflatten(1, (B, co)).movedim(1, 0)
+    return (out.squeeze(1) if unbatched else out), 0
+
+
+@torch.library.register_vmap("torchconv3d::conv3d_backward")
+def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, dilation,
+                   groups, padding_mode, output_mask):
+    B = info.batch_size
+    gd, xd, wd = in_dims[:3]
+    _check.output_mask(output_mask)
+    if B > 0:
+        _check.conv3d_args(_sample(input, xd), _sample(weight, wd), None,
+                           _sample(grad_output, gd), stride, padding, dilation, groups,
+                           padding_mode)
+    unbatched = input.dim() - (xd is not None) == 4
+    gy = _with_n(_vmapped_first(grad_output, gd), gd is not None, unbatched)
+    x = _with_n(_vmapped_first(input, xd), xd is not None, unbatched)
+    gy, x = _expand_to(gy, gd is not None, B), _expand_to(x, xd is not None, B)
+    w = _vmapped_first(weight, wd)
+    args = (stride, padding, dilation)
+    mask = list(output_mask)
+    n, c = x.shape[1], x.shape[2]
+    if wd is None and not mask[1] and not mask[2]:
+        gi = backward_op(gy.flatten(0, 1), x.flatten(0, 1), w, *args, groups, padding_mode,
+                         mask)[0].unflatten(0, (B, n))
+        gw = gb = None
+    else:
+        w = _expand_to(w, wd is not None, B)
+        co = w.shape[1]
+        gi, gw, gb = backward_op(_to_groups(gy, B), _to_groups(x, B), w.flatten(0, 1), *args,
+                                 B * groups, padding_mode, mask)
+        gi = None if gi is None else gi.unflatten(1, (B, c)).movedim(1, 0)
+        gw = None if gw is None else gw.unflatten(0, (B, co))
+        gb = None if gb is None else gb.unflatten(0, (B, co))
+    if gi is not None and unbatched:
+        gi = gi.squeeze(1)
+    outs = (gi, gw, gb)
+    return outs, tuple(None if t is None else 0 for t in outs)
+
+
 _forward_default = forward_op.default
 
 
