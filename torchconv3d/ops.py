@@ -18,6 +18,7 @@ import torch
 from torch.autograd import forward_ad as _forward_ad
 from torch._functorch.utils import enable_single_level_autograd_function
 from torch._prims_common import suggest_memory_format
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import _check, _loader
 
@@ -51,18 +52,67 @@ def _empty_like_format(shape, like, fmt):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
+def _mkldnn_supports(dtype):
+    """csrc/ops.cpp's mkldnn_supports, asked once (the CPU does not change)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+            torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}.get(dtype)
+
+
+_MKLDNN_HALF = {dtype: _mkldnn_supports(dtype) for dtype in (torch.bfloat16, torch.float16)}
+
+
+def _torch_uses_channels_last_backend(x, weight, stride, padding, dilation, groups, mode):
+    """csrc/ops.cpp's torch_uses_channels_last_backend, condition for condition. Sizes
+    come last in each disjunction: with symbolic sizes, a guard is added only where the
+    answer depends on them."""
+    if guard_or_false(x.shape[0] == 0) or guard_or_false(x.shape[1] == 0):
+        return False
+    if x.dtype == torch.float64:
+        return False
+    if x.device.type == "cuda":
+        return torch.backends.cudnn.enabled and torch.backends.cudnn.is_available()
+    if (x.device.type != "cpu" or not torch.backends.mkldnn.is_available()
+            or not torch.backends.mkldnn.enabled):
+        return False
+    if x.dtype in _MKLDNN_HALF:
+        return _MKLDNN_HALF[x.dtype]
+    if x.dtype != torch.float32:
+        return False
+    pads = mode != "zeros"
+    n, c = x.shape[0], x.shape[1]
+    d = x.shape[2] + (padding[0] + padding[1] if pads else 0)
+    h = x.shape[3] + (padding[2] + padding[3] if pads else 0)
+    kh, kw = weight.shape[3], weight.shape[4]
+    return ((any(v != 1 for v in stride) or any(v != 1 for v in dilation) or kw != 1
+             or kh != 1 or torch.get_num_threads() > 1 or n >= 16)
+            and (groups > 1 or (kw > 3 and kh > 3) or n > 1 or n * c * d * h > 20480))
+
+
+def torch_formats(x, weight, stride, padding, dilation, groups, mode):
+    """csrc/ops.cpp's torch_formats: nn.Conv3d's (output, grad_input, grad_weight) memory
+    formats for the batched input x."""
+    cl, contiguous = torch.channels_last_3d, torch.contiguous_format
+    input_cl = suggest_memory_format(x) == cl and mode != "circular"
+    conv = (cl if _torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
+                                                    groups, mode)
+            and (input_cl or suggest_memory_format(weight) == cl) else contiguous)
+    grad_input = conv
+    if mode == "circular":
+        grad_input = contiguous
+    elif mode != "zeros":
+        grad_input = cl if input_cl else contiguous
+    return conv, grad_input, conv
+
+
 @torch.library.register_fake("torchconv3d::conv3d_forward")
 def _forward_fake(input, weight, bias, stride, padding, dilation, groups, padding_mode):
     _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
                        padding_mode)
     x = _batched(input)
     shape = _output_shape(x, weight, stride, padding, dilation)
-    cl = torch.channels_last_3d
-    fmt = (
-        cl
-        if suggest_memory_format(x) == cl or suggest_memory_format(weight) == cl
-        else torch.contiguous_format
-    )
+    fmt = torch_formats(x, weight, stride, padding, dilation, groups, padding_mode)[0]
     out = _empty_like_format(shape, x, fmt)
     return out.squeeze(0) if input.dim() == 4 else out
 
@@ -75,13 +125,15 @@ def _backward_fake(
     _check.conv3d_args(input, weight, None, grad_output, stride, padding, dilation, groups,
                        padding_mode)
     grad_input = grad_weight = grad_bias = None
+    x = _batched(input)
+    _, input_format, weight_format = torch_formats(x, weight, stride, padding, dilation,
+                                                   groups, padding_mode)
     if output_mask[0]:
-        x = _batched(input)
-        grad_input = _empty_like_format(x.shape, x, suggest_memory_format(x))
+        grad_input = _empty_like_format(x.shape, x, input_format)
         if input.dim() == 4:
             grad_input = grad_input.squeeze(0)
     if output_mask[1]:
-        grad_weight = _empty_like_format(weight.shape, weight, suggest_memory_format(weight))
+        grad_weight = _empty_like_format(weight.shape, weight, weight_format)
     if output_mask[2]:
         grad_bias = grad_output.new_empty((weight.shape[0],))
     return grad_input, grad_weight, grad_bias
