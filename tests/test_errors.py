@@ -179,6 +179,27 @@ def test_fake_kernels_reject_like_the_checker(case):
         assert _raised(case[1]) == eager
 
 
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c[0] for c in ALL_CASES])
+def test_compile_and_export_reject_like_eager(case):
+    """Each rejected call, traced: torch.export raises the eager exception, type and text;
+    torch.compile(fullgraph=True) raises dynamo's wrapper of it (a RuntimeError, as it does
+    for F.conv3d) with the eager text."""
+    eager = _raised(case[1])
+    assert eager is not None, "the call was accepted"
+    torch.compiler.reset()  # (the CASES lambdas share one code object)
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException) as compiled:
+        torch.compile(case[1], fullgraph=True)()
+    assert eager[1] in str(compiled.value)
+
+    class Call(torch.nn.Module):
+        def forward(self, x):
+            return case[1]()
+
+    with pytest.raises(eager[0]) as exported:
+        torch.export.export(Call(), (torch.randn(1),))
+    assert str(exported.value) == eager[1]
+
+
 def test_errors_leave_the_process_usable():
     for case in CASES:
         with pytest.raises(Exception):

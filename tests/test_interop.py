@@ -107,3 +107,36 @@ def test_per_sample_gradients_with_functional_call():
     for k, want in per_sample["ref"].items():
         assert want.shape[0] == 2
         _assert_same([per_sample["ours"][k]], [want])
+
+
+@pytest.mark.parametrize("batch", [2, 1])
+def test_export_with_dynamic_batch_and_depth(batch):
+    """Dims without a max: the fake kernels' checks add no guard that would bound them
+    (the int64-overflow rules are left to the C++ checker on real sizes). (min=4: _Net's
+    'valid' layer needs a depth of 3, and torch specialises its output depth of 1.)"""
+    ref, ours, x = _pair(torch.float32)
+    x = x[:batch]
+    dims = {2: torch.export.Dim("depth", min=4)}
+    if batch > 1:
+        dims[0] = torch.export.Dim("batch")
+    ep = torch.export.export(ours.eval(), (x,), dynamic_shapes=(dims,))
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "torchconv3d.conv3d_forward.default" in ops
+    for shape in [(batch, 3, 5, 9, 8), (batch + (batch > 1), 3, 11, 9, 8)]:
+        x2 = torch.randn(shape)
+        _assert_same([ep.module()(x2)], [ref.eval()(x2)], tol=1e-5)
+
+
+def test_compile_dynamic_shapes_across_layouts_and_sizes():
+    """torch.compile(dynamic=True): one graph for several sizes, channels_last_3d inputs
+    included, forward and backward; the fake kernels' strides match the real ones (inductor
+    asserts them)."""
+    ref, ours, _ = _pair(torch.float32)
+    compiled = torch.compile(ours, dynamic=True, fullgraph=True)
+    for shape, cl in [((2, 3, 5, 9, 8), False), ((3, 3, 7, 9, 10), True),
+                      ((1, 3, 6, 9, 8), True)]:
+        x = torch.randn(shape)
+        x = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
+        ours.zero_grad()
+        ref.zero_grad()
+        _assert_same(_grads(compiled, x), _grads(ref, x), tol=1e-5)

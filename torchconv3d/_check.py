@@ -6,6 +6,7 @@ errors. tests/test_errors.py runs every rejected call both ways and requires the
 exception type and text, so the two cannot drift apart unseen.
 """
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_false
 
 _MAX_PADDING = 2**62 - 1
 _INT64_MAX = 2**63 - 1
@@ -44,6 +45,17 @@ def _check_value(cond, message):
     torch._check_value(cond, lambda: message)
 
 
+def _check_fits(cond, message):
+    """An int64-overflow rule (a ValueError). On symbolic sizes it fails only where it is
+    false for every size, adding no guard: one would bound each dynamic dimension (and
+    torch.export refuses a Dim without a max), and check.cpp runs it again on the real sizes
+    before any kernel does."""
+    if isinstance(cond, bool):
+        _check_value(cond, message)
+    elif statically_known_false(cond):
+        raise ValueError(message)
+
+
 def padding_mode(mode):
     _check_value(mode in _MODES, "padding_mode must be one of 'zeros', 'reflect', 'replicate', "
                  f"'circular', but got padding_mode='{mode}'")
@@ -66,8 +78,9 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
                f"dilation should be greater than zero, but got dilation={dilation}")
         _check(padding[2 * i] >= 0 and padding[2 * i + 1] >= 0,
                f"negative padding is not supported, got padding={padding}")
-        _check_value(padding[2 * i] <= _MAX_PADDING and padding[2 * i + 1] <= _MAX_PADDING,
-                     f"padding must be at most 2^62 - 1, got padding={padding}")
+        for pad in padding[2 * i:2 * i + 2]:
+            _check_fits(pad <= _MAX_PADDING, f"padding must be at most 2^62 - 1, got "
+                        f"padding={padding}")
 
     _check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to conv3d, but "
            f"got input of size: {_sizes(input)}")
@@ -114,11 +127,11 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
         _check(kernel[i] > 0, f"kernel size must be positive, but got weight of size "
                f"{_sizes(weight)}")
         padded.append(spatial[i] + padding[2 * i] + padding[2 * i + 1])
-        _check_value(padded[i] <= _INT64_MAX, f"padding={padding} with input of size "
-                     f"{_sizes(input)} gives a padded size past 2^63 - 1")
+        _check_fits(padded[i] <= _INT64_MAX, f"padding={padding} with input of size "
+                    f"{_sizes(input)} gives a padded size past 2^63 - 1")
         dilated.append(dilation[i] * (kernel[i] - 1) + 1)
-        _check_value(dilated[i] <= _INT64_MAX, f"dilation={dilation} with kernel of size "
-                     f"{_sizes(weight)} gives a dilated kernel past 2^63 - 1")
+        _check_fits(dilated[i] <= _INT64_MAX, f"dilation={dilation} with kernel of size "
+                    f"{_sizes(weight)} gives a dilated kernel past 2^63 - 1")
     out = []
     for i in range(3):
         _check(padded[i] >= dilated[i], f"Calculated padded input size per channel: "
@@ -128,8 +141,8 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     numel = batch
     for n in [out_channels] + out:
         numel = numel * n
-        _check_value(numel <= _INT64_MAX, f"the output of size ({batch}, {out_channels}, "
-                     f"{out[0]}, {out[1]}, {out[2]}) has more than 2^63 - 1 elements")
+        _check_fits(numel <= _INT64_MAX, f"the output of size ({batch}, {out_channels}, "
+                    f"{out[0]}, {out[1]}, {out[2]}) has more than 2^63 - 1 elements")
 
     _check(batch == 0 or in_channels == 0 or all(n > 0 for n in spatial),
            "Only zero batch or zero channel inputs are supported, but got input of size "
