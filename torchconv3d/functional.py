@@ -172,11 +172,15 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         unbatched = input.dim() == 4
         # A channels_last_3d view (the batch dimension makes it one when unbatched): the
         # kernels read it as is and the result comes back channels_last_3d, i.e. NDHWC.
-        input = (input.unsqueeze(0) if unbatched else input).movedim(-1, 1)
+        # (dims counted from the front: the TorchScript ONNX exporter writes movedim(-1, 1)
+        # as a Transpose with a negative perm, which ONNX refuses)
+        input = (input.unsqueeze(0) if unbatched else input).movedim(4, 1)
     stride, pads, dilation = resolve_args(input, weight, stride, padding, dilation)
     out = _forward(input, weight, bias, stride, pads, dilation, groups, padding_mode)
     if ndhwc:
-        out = out.movedim(1, -1)
+        # A contiguous NDHWC result, as TensorFlow's: free where the operator's output is
+        # channels_last_3d (nn.Conv3d's rule for this dtype); a copy where it is not.
+        out = out.movedim(1, 4).contiguous()
         return out.squeeze(0) if unbatched else out
     return out
 
