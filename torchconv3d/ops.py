@@ -13,8 +13,10 @@ kernels here run its mirror (_check.py), then compute shapes and memory formats 
 csrc/ops.cpp does.
 """
 import contextlib
+import sys
 
 import torch
+import torch.nn.functional as F
 from torch.autograd import forward_ad as _forward_ad
 from torch._functorch.utils import enable_single_level_autograd_function
 from torch._prims_common import suggest_memory_format
@@ -431,6 +433,38 @@ def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, d
     return outs, tuple(None if t is None else 0 for t in outs)
 
 
+# --- ONNX ---------------------------------------------------------------------------------
+# ONNX has no torchconv3d domain: while torch.onnx exports (either exporter), forward writes
+# the convolution as F.pad + F.conv3d, which both exporters turn into ONNX Pad (constant,
+# reflect, edge or wrap) and Conv.
+
+
+def _exporting_to_onnx():
+    """torch.onnx.is_in_onnx_export() without its two imports per call (~1.3 us): its two
+    flags, read once an export has loaded their modules."""
+    dynamo = sys.modules.get("torch.onnx._internal.exporter._flags")
+    script = sys.modules.get("torch.onnx._internal.torchscript_exporter._globals")
+    return bool((dynamo is not None and dynamo._is_onnx_exporting)
+                or (script is not None and script.GLOBALS.in_onnx_export))
+
+
+def _as_standard_ops(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """conv3d_forward as F.pad + F.conv3d (F.conv3d's own padding where it is zeros on both
+    sides), after our checker's rules. (The TorchScript exporter's trace gives sizes as
+    tensors, which the rules cannot take; there F.pad's and F.conv3d's own checks run.)"""
+    if torch._C._get_tracing_state() is None:
+        _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
+                           padding_mode)
+    before, after = list(padding[0::2]), list(padding[1::2])
+    if padding_mode == "zeros" and before == after:
+        return F.conv3d(input, weight, bias, stride, before, dilation, groups)
+    x = _batched(input)
+    x = F.pad(x, [padding[4], padding[5], padding[2], padding[3], padding[0], padding[1]],
+              mode="constant" if padding_mode == "zeros" else padding_mode)
+    out = F.conv3d(x, weight, bias, stride, 0, dilation, groups)
+    return out.squeeze(0) if input.dim() == 4 else out
+
+
 _forward_default = forward_op.default
 
 
@@ -455,5 +489,10 @@ def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode
         with torch._C._AutoDispatchBelowAutograd():
             return _forward_default(input, weight, bias, stride, padding, dilation, groups,
                                     padding_mode)
+    # (not while dynamo traces: torch.onnx's flags are code it refuses to trace; torch.onnx
+    # exports through torch.export's non-strict trace, which reaches this)
+    if not torch.compiler.is_dynamo_compiling() and _exporting_to_onnx():
+        return _as_standard_ops(input, weight, bias, stride, padding, dilation, groups,
+                                padding_mode)
     return forward_op(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
