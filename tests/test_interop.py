@@ -1,5 +1,7 @@
 """The PyTorch features users apply to nn.Conv3d, applied to a model converted to ours:
 each must give nn.Conv3d's numbers (or, where one cannot work, say what does)."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -140,3 +142,60 @@ def test_compile_dynamic_shapes_across_layouts_and_sizes():
         ours.zero_grad()
         ref.zero_grad()
         _assert_same(_grads(compiled, x), _grads(ref, x), tol=1e-5)
+
+
+def _weight_norm(model):
+    from torch.nn.utils.parametrizations import weight_norm
+
+    for name in ("a", "b", "c"):
+        weight_norm(getattr(model, name))
+    return model
+
+
+def _fuse_batch_norm(model):
+    """fuse_conv_bn_eval, as inference tooling does; batch-norm statistics made nontrivial."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(1)
+    bn = nn.BatchNorm3d(6, dtype=model.a.weight.dtype).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.uniform_(-1, 1)
+    model.a = fuse_conv_bn_eval(model.eval().a, bn)
+    return model
+
+
+def _pickled(model):
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return pickle.loads(pickle.dumps(torch.load(buffer, weights_only=False)))
+
+
+def _hooked(model):
+    """Forward pre-hooks, forward hooks and full backward hooks that change what flows."""
+    for m in (model.a, model.b, model.c):
+        m.register_forward_pre_hook(lambda m, args: (args[0] * 1.5,))
+        m.register_forward_hook(lambda m, args, out: out - 0.25)
+        m.register_full_backward_hook(
+            lambda m, gin, gout: (None if gin[0] is None else gin[0] * 2,))
+    return model
+
+
+TRANSFORMS = {"weight_norm": _weight_norm, "fuse_conv_bn_eval": _fuse_batch_norm,
+              "torch.save/load and pickle": _pickled, "copy.deepcopy": copy.deepcopy,
+              "hooks": _hooked}
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_module_transforms_match_nn_conv3d(name):
+    """What users apply to nn.Conv3d modules (after convert): the result still runs our
+    layer and gives nn.Conv3d's outputs and parameter gradients."""
+    ref, ours, x = _pair()
+    ref, ours = TRANSFORMS[name](ref), TRANSFORMS[name](ours)
+    assert _uses_our_layers(ours) and not _uses_our_layers(ref)
+    _assert_same(_grads(ours, x), _grads(ref, x))
