@@ -263,7 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
   // Weight and bias first: their workspace is freed before grad_input (the largest
   // result) is allocated, which lowers the peak.
   if (output_mask[1]) {
-    grad_weight = at::empty(weight.sizes(), weight.options().memory_format(formats.grad_weight));
+    grad_weight =
+        at::empty(weight.sizes(), weight.options().memory_format(formats.grad_weight));
     if (empty) {
       grad_weight.zero_();
     } else {

@@ -133,9 +133,9 @@ NCDHW_CASES = [c for c in CASES if "data_format" not in c[0]]
 @pytest.mark.parametrize("case", NCDHW_CASES, ids=lambda c: str(c[0]))
 def test_operator_translation_for_each_exporter(case):
     """Graphs that hold our operator: an ExportedProgram given to the dynamo exporter with
-    torchconv3d.onnx.TRANSLATION_TABLE, and the TorchScript exporter with the symbolic that
-    importing torchconv3d.onnx registers; both write Pad + Conv."""
-    import torchconv3d.onnx as ours_onnx
+    torchconv3d.onnx_export.TRANSLATION_TABLE, and the TorchScript exporter with the
+    symbolic that importing torchconv3d.onnx_export registers; both write Pad + Conv."""
+    import torchconv3d.onnx_export as ours_onnx
 
     kwargs, shape = case
     torch.manual_seed(0)
@@ -159,7 +159,7 @@ def test_operator_translation_for_each_exporter(case):
 
 
 def test_circular_padding_before_opset_19_is_refused_by_name():
-    import torchconv3d.onnx  # noqa: F401  (registers the symbolic)
+    import torchconv3d.onnx_export  # noqa: F401  (registers the symbolic)
 
     x = torch.randn(1, 4, 5, 6, 7)
     model = _raw_op_model(dict(kernel_size=3, padding=1, padding_mode="circular"), x)

@@ -138,7 +138,8 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     'circular', applied inside the kernels (no padded copy).
     conv_mode: 'cross_correlation' (what every framework's conv computes) or 'convolution'
     (MegEngine's name for the same with the kernel flipped in D, H and W).
-    Returns (N, C_out, D_out, H_out, W_out), channels_last_3d when input or weight is.
+    Returns (N, C_out, D_out, H_out, W_out), channels_last_3d exactly when nn.Conv3d's
+    output would be (torchconv3d.ops.torch_formats).
     """
     # The __torch_function__ protocol, as torch.nn.functional's Python functions follow it:
     # torch.fx's Proxy (symbolic_trace, FX quantization) then records one call to conv3d,
@@ -171,7 +172,7 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 f"input, but got input of size {list(input.shape)}")
         unbatched = input.dim() == 4
         # A channels_last_3d view (the batch dimension makes it one when unbatched): the
-        # kernels read it as is and the result comes back channels_last_3d, i.e. NDHWC.
+        # kernels read it as is.
         # (dims counted from the front: the TorchScript ONNX exporter writes movedim(-1, 1)
         # as a Transpose with a negative perm, which ONNX refuses)
         input = (input.unsqueeze(0) if unbatched else input).movedim(4, 1)

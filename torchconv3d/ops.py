@@ -347,7 +347,7 @@ def _expand_to(t, vmapped, batch):
     return t if vmapped else t.expand(batch, *t.shape)
 
 
-def _to_groups(t, batch):
+def _to_groups(t):
     """(B, N, C, ...) -> (N, B * C, ...): sample b's channels as group block b."""
     return t.movedim(0, 1).flatten(1, 2)
 
@@ -384,13 +384,14 @@ def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation,
             # Output channels ordered (group, sample, channel) so each group's block stays
             # whole: (B, g, co/g, ...) -> (g, B, co/g, ...).
             g = groups
+
             def by_group(t):
                 return t.unflatten(1, (g, co // g)).transpose(0, 1).flatten(0, 2)
             out = forward_op(x, by_group(w), None if b is None else by_group(b), *args, g,
                              padding_mode)
             out = out.unflatten(1, (g, B, co // g)).transpose(1, 2).flatten(2, 3).movedim(1, 0)
         else:
-            out = forward_op(_to_groups(x, B), w.flatten(0, 1),
+            out = forward_op(_to_groups(x), w.flatten(0, 1),
                              None if b is None else b.flatten(), *args, B * groups,
                              padding_mode)
             out = out.unflatten(1, (B, co)).movedim(1, 0)
@@ -422,7 +423,7 @@ def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, d
     else:
         w = _expand_to(w, wd is not None, B)
         co = w.shape[1]
-        gi, gw, gb = backward_op(_to_groups(gy, B), _to_groups(x, B), w.flatten(0, 1), *args,
+        gi, gw, gb = backward_op(_to_groups(gy), _to_groups(x), w.flatten(0, 1), *args,
                                  B * groups, padding_mode, mask)
         gi = None if gi is None else gi.unflatten(1, (B, c)).movedim(1, 0)
         gw = None if gw is None else gw.unflatten(0, (B, co))

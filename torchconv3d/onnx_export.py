@@ -5,10 +5,11 @@ torch.ops.torchconv3d directly.
 A model that calls torchconv3d.Conv3d / conv3d needs none of this: while torch.onnx exports,
 conv3d is written as F.pad + F.conv3d (torchconv3d/ops.py), which both exporters translate.
 
-    import torchconv3d.onnx
+    import torchconv3d.onnx_export
     # dynamo=True (torch.onnx's default):
-    torch.onnx.export(program, dynamo=True,
-                      custom_translation_table=torchconv3d.onnx.TRANSLATION_TABLE)
+    torch.onnx.export(
+        program, dynamo=True,
+        custom_translation_table=torchconv3d.onnx_export.TRANSLATION_TABLE)
     # the TorchScript exporter: importing this module registered the symbolic (opset >= 13;
     # circular padding needs opset 19, ONNX's first Pad with mode 'wrap').
 """
