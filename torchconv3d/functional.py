@@ -15,7 +15,7 @@ def _as_int(name, whole, value, expected=_INT_OR_INTS):
     """value as torch's argument parser takes an integer: an int, a numpy integer or an
     integer tensor of one element. A bool or a float is a TypeError, as in F.conv3d (int()
     would truncate stride=2.5 to 2)."""
-    if isinstance(value, torch.SymInt):
+    if type(value) is int or isinstance(value, torch.SymInt):  # (the common case first)
         return value
     if not isinstance(value, bool):
         try:
