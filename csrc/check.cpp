@@ -67,17 +67,20 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   g.mode = parse_padding_mode(padding_mode);
 
   // Scalar arguments first: they need no tensor.
-  TORCH_CHECK(stride.size() == 3, "expected stride to have 3 values (D, H, W), but got stride=",
-              stride);
+  // (F.conv3d's wording; the schema's int[3] already turns a single int into three)
+  TORCH_CHECK(stride.size() == 3,
+              "expected stride to be a single integer value or a list of 3 values to match "
+              "the convolution dimensions, but got stride=", stride);
   TORCH_CHECK(dilation.size() == 3,
-              "expected dilation to have 3 values (D, H, W), but got dilation=", dilation);
+              "expected dilation to be a single integer value or a list of 3 values to match "
+              "the convolution dimensions, but got dilation=", dilation);
   TORCH_CHECK(padding.size() == 6,
               "expected padding to have 6 values (d_before, d_after, h_before, h_after, "
               "w_before, w_after), but got padding=", padding);
   TORCH_CHECK(groups > 0, "non-positive groups is not supported, got groups=", groups);
   for (int i = 0; i < 3; ++i) {
     TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
-    TORCH_CHECK(dilation[i] > 0, "non-positive dilation is not supported, got dilation=",
+    TORCH_CHECK(dilation[i] > 0, "dilation should be greater than zero, but got dilation=",
                 dilation);
     TORCH_CHECK(padding[2 * i] >= 0 && padding[2 * i + 1] >= 0,
                 "negative padding is not supported, got padding=", padding);
@@ -96,9 +99,8 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(weight.dim() == 5,
               "Expected 5D weight (out_channels, in_channels/groups, kD, kH, kW), but got "
               "weight of size ", weight.sizes());
-  TORCH_CHECK(is_supported_dtype(input.scalar_type()),
-              "torchconv3d supports float32, float64, bfloat16 and float16 tensors, but got "
-              "input of dtype ", input.scalar_type());
+  // Mismatched dtypes before unsupported ones: an integer input with a float bias gets
+  // F.conv3d's "should be the same", as PyTorch's own error_inputs expect.
   TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "Input type (",
               input.scalar_type(), ") and weight type (", weight.scalar_type(),
               ") should be the same");
@@ -114,6 +116,9 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                 "Expected input and bias on the same device, but got input on ", input.device(),
                 " and bias on ", bias->device());
   }
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()),
+              "torchconv3d supports float32, float64, bfloat16 and float16 tensors (not "
+              "integer or complex ones), but got input of dtype ", input.scalar_type());
   for (const at::Tensor* t : {&input, &weight}) {
     TORCH_CHECK(t->layout() == at::kStrided, "torchconv3d needs strided (dense) tensors, got ",
                 t->layout());
@@ -125,8 +130,9 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   g.in_channels = input.size(batched ? 1 : 0);
   g.out_channels = weight.size(0);
   g.groups = groups;
-  TORCH_CHECK(g.out_channels > 0, "Given groups=", groups,
-              ", expected weight to be at least 1 at dimension 0, but got weight of size ",
+  TORCH_CHECK(g.out_channels >= groups, "Given groups=", groups,
+              ", expected weight to be at least ", groups,
+              " at dimension 0, but got weight of size ",
               weight.sizes(), " instead");
   TORCH_CHECK(g.out_channels % groups == 0, "Given groups=", groups,
               ", expected weight to be divisible by ", groups,

@@ -114,6 +114,16 @@ const DeviceKernels& cpu_kernels();
 const DeviceKernels& cuda_kernels();
 #endif
 
+// The memory formats nn.Conv3d gives its output and gradients for these arguments (x is the
+// batched 5-D input): ATen's rule, which follows its backend choice and, for the padding modes,
+// F.pad's layouts. Results are allocated so; torchconv3d/ops.py's fake kernels mirror it.
+struct TorchFormats {
+  at::MemoryFormat output, grad_input, grad_weight;
+};
+TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
+                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                           c10::IntArrayRef dilation, int64_t groups, PadMode mode);
+
 // The operators with a given kernel table (ops.cpp): check, allocate outputs in nn.Conv3d's
 // memory format, run the kernels. Gradients not asked for in output_mask come back undefined.
 at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,

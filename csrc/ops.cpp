@@ -4,6 +4,10 @@
 #include "conv3d.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <limits>
@@ -12,13 +16,70 @@
 namespace torchconv3d {
 namespace {
 
-// nn.Conv3d's rule: the output is channels_last_3d when the input or the weight is.
-at::MemoryFormat output_format(const at::Tensor& input5d, const at::Tensor& weight) {
-  const auto cl = at::MemoryFormat::ChannelsLast3d;
-  return (input5d.suggest_memory_format() == cl || weight.suggest_memory_format() == cl)
-             ? cl
-             : at::MemoryFormat::Contiguous;
+// Whether a oneDNN capability op (mkldnn::_is_mkldnn_bf16_supported / _fp16_) says yes;
+// false where torch was built without oneDNN.
+bool mkldnn_supports(const char* op) {
+  const auto handle = c10::Dispatcher::singleton().findSchema({op, ""});
+  return handle.has_value() && handle->typed<bool()>().call();
 }
+
+// Where nn.Conv3d computes in oneDNN (CPU) or cuDNN (CUDA): ATen's select_conv_backend
+// (Convolution.cpp) for these dtypes and sizes.
+bool torch_uses_channels_last_backend(const at::Tensor& x, const at::Tensor& weight,
+                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                      c10::IntArrayRef dilation, int64_t groups,
+                                      PadMode mode) {
+  if (x.size(0) == 0 || x.size(1) == 0) return false;  // its Empty backend
+  const auto dtype = x.scalar_type();
+  if (dtype == at::kDouble) return false;
+  if (x.is_cuda()) {
+    return at::globalContext().userEnabledCuDNN() &&
+           at::detail::getCUDAHooks().compiledWithCuDNN();
+  }
+  if (!x.is_cpu() || !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return false;
+  static const bool bf16 = mkldnn_supports("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool fp16 = mkldnn_supports("mkldnn::_is_mkldnn_fp16_supported");
+  if (dtype == at::kBFloat16) return bf16;
+  if (dtype == at::kHalf) return fp16;
+  if (dtype != at::kFloat) return false;
+  // torch's float32 heuristic (its own slow path is faster on small single-sample layers).
+  // Other padding modes reach torch's conv through F.pad: it sees the padded sizes.
+  const bool pads = mode != PadMode::Zeros;
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t d = x.size(2) + (pads ? padding[0] + padding[1] : 0);
+  const int64_t h = x.size(3) + (pads ? padding[2] + padding[3] : 0);
+  const int64_t kh = weight.size(3), kw = weight.size(4);
+  const auto not_one = [](c10::IntArrayRef a) {
+    return std::any_of(a.begin(), a.end(), [](int64_t v) { return v != 1; });
+  };
+  return (not_one(stride) || not_one(dilation) || kw != 1 || kh != 1 ||
+          at::get_num_threads() > 1 || n >= 16) &&
+         (groups > 1 || (kw > 3 && kh > 3) || n > 1 || n * c * d * h > 20480);
+}
+
+}  // namespace
+
+TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
+                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                           c10::IntArrayRef dilation, int64_t groups, PadMode mode) {
+  const auto cl = at::MemoryFormat::ChannelsLast3d, contiguous = at::MemoryFormat::Contiguous;
+  // F.pad's circular copy of a channels_last_3d input is contiguous; its other modes keep it.
+  const bool input_cl = x.suggest_memory_format() == cl && mode != PadMode::Circular;
+  const auto conv = torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
+                                                     groups, mode) &&
+                            (input_cl || weight.suggest_memory_format() == cl)
+                        ? cl
+                        : contiguous;
+  at::MemoryFormat grad_input = conv;  // zeros: the convolution's own
+  if (mode == PadMode::Circular) {
+    grad_input = contiguous;
+  } else if (mode != PadMode::Zeros) {
+    grad_input = input_cl ? cl : contiguous;  // F.pad's backward: the input's format
+  }
+  return {conv, grad_input, conv};
+}
+
+namespace {
 
 at::Tensor batched(const at::Tensor& t) { return t.dim() == 4 ? t.unsqueeze(0) : t; }
 
@@ -176,9 +237,10 @@ at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
   const Geometry g = check_conv3d_args(input, weight, bias, std::nullopt, stride, padding,
                                        dilation, groups, padding_mode);
   const at::Tensor x = batched(input);
-  at::Tensor out =
-      at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
-                x.options().memory_format(output_format(x, weight)));
+  const TorchFormats formats =
+      torch_formats(x, weight, stride, padding, dilation, groups, g.mode);
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
+                             x.options().memory_format(formats.output));
   if (out.numel() > 0) {
     forward_pass(k, g, x, weight, bias.value_or(at::Tensor()), out);
   }
@@ -195,12 +257,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
   const at::Tensor x = batched(input);
   const at::Tensor gy = batched(grad_output);
   const bool empty = gy.numel() == 0;
+  const TorchFormats formats =
+      torch_formats(x, weight, stride, padding, dilation, groups, g.mode);
   at::Tensor grad_input, grad_weight, grad_bias;
   // Weight and bias first: their workspace is freed before grad_input (the largest
   // result) is allocated, which lowers the peak.
   if (output_mask[1]) {
-    const auto opts = weight.options().memory_format(weight.suggest_memory_format());
-    grad_weight = at::empty(weight.sizes(), opts);
+    grad_weight =
+        at::empty(weight.sizes(), weight.options().memory_format(formats.grad_weight));
     if (empty) {
       grad_weight.zero_();
     } else {
@@ -216,8 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     }
   }
   if (output_mask[0]) {
-    const auto opts = x.options().memory_format(x.suggest_memory_format());
-    grad_input = at::empty(x.sizes(), opts);
+    grad_input = at::empty(x.sizes(), x.options().memory_format(formats.grad_input));
     if (!empty && x.numel() > 0) {
       grad_input_pass(k, g, gy, weight, grad_input);
     } else {

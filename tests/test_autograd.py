@@ -181,12 +181,8 @@ def _func_transforms(conv, x, w, b):
     return out
 
 
-@pytest.mark.parametrize("case", GRAD_CASES)
-def test_torch_func_transforms_match_nn_conv3d(case):
-    """Forward-mode AD gave zero tangents once (the operators had no JVP); every transform
-    must give nn.Conv3d's numbers."""
-    torch.manual_seed(0)
-    x, w, b = (t.detach() for t in _tensors(case))
+def _ours_and_ref(case):
+    """(our conv3d, F.pad + F.conv3d) with case's arguments, as functions of (x, w, b)."""
     ours = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
 
     def ref(x, w, b):
@@ -195,7 +191,10 @@ def test_torch_func_transforms_match_nn_conv3d(case):
         return reference(x, w, b, stride, pads, dilation, case.get("groups", 1),
                          case.get("padding_mode", "zeros"))
 
-    got, want = _func_transforms(ours, x, w, b), _func_transforms(ref, x, w, b)
+    return ours, ref
+
+
+def _assert_same_results(got, want):
     for name in want:
         got_leaves = torch.utils._pytree.tree_leaves(got[name])
         want_leaves = torch.utils._pytree.tree_leaves(want[name])
@@ -203,3 +202,76 @@ def test_torch_func_transforms_match_nn_conv3d(case):
         for g, r in zip(got_leaves, want_leaves):
             assert r.abs().max() > 0, name  # a zero tangent would compare equal to nothing
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_torch_func_transforms_match_nn_conv3d(case):
+    """Forward-mode AD gave zero tangents once (the operators had no JVP); every transform
+    must give nn.Conv3d's numbers."""
+    torch.manual_seed(0)
+    x, w, b = (t.detach() for t in _tensors(case))
+    ours, ref = _ours_and_ref(case)
+    _assert_same_results(_func_transforms(ours, x, w, b), _func_transforms(ref, x, w, b))
+
+
+@pytest.fixture
+def no_vmap_fallback():
+    """vmap of an operator without a batching rule runs it once per sample (with a
+    warning); here it raises instead, so a test passes only through our batching rules."""
+    enabled = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    yield
+    torch._C._functorch._set_vmap_fallback_enabled(enabled)
+
+
+def _vmap_transforms(conv, in_dims, x, w, b):
+    """vmap over conv and over its derivatives, with in_dims for (x, w, b)."""
+    from torch.func import grad, jvp, vmap
+
+    loss = lambda x, w, b: conv(x, w, b).pow(3).sum()  # noqa: E731
+    tangents = tuple(torch.cos(t) for t in (x, w, b))
+    outer = tuple(None if d is None else 0 for d in in_dims)
+    return {
+        "vmap": vmap(conv, in_dims)(x, w, b),
+        # per-sample gradients (what differential-privacy training computes)
+        "vmap(grad)": vmap(grad(loss, argnums=(0, 1, 2)), in_dims)(x, w, b),
+        "grad(vmap)": grad(lambda x, w, b: vmap(conv, in_dims)(x, w, b).pow(3).sum(),
+                           argnums=(0, 1, 2))(x, w, b),
+        "vmap(jvp)": vmap(lambda *a: jvp(conv, a[:3], a[3:]), in_dims * 2)(x, w, b,
+                                                                            *tangents),
+        "vmap(vmap)": vmap(vmap(conv, in_dims), outer)(
+            *(t if d is None else torch.stack([t, t.flip(0)]) for t, d in
+              zip((x, w, b), in_dims))),
+    }
+
+
+VMAP_IN_DIMS = [(0, None, None), (None, 0, None), (None, None, 0), (1, 0, None),
+                (0, None, 1), (None, 2, 0), (2, 1, 0)]
+
+
+@pytest.mark.parametrize("unbatched", [False, True], ids=["NCDHW", "CDHW"])
+@pytest.mark.parametrize("in_dims", VMAP_IN_DIMS, ids=str)
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_vmap_batching_rules_match_nn_conv3d(case, in_dims, unbatched, no_vmap_fallback):
+    """A real batching rule for each operator (the vmapped dimension folded into batch,
+    groups or output channels), tested with the per-sample fallback turned off; every
+    vmapped operand, per-sample inputs batched or not."""
+    torch.manual_seed(0)
+    x, w, b = (t.detach() for t in _tensors(case, unbatched))
+    # A vmapped operand gets 3 samples along its in_dim (not always the first).
+    x, w, b = (t if d is None else torch.stack([t, t.sin(), -t], d)
+               for t, d in zip((x, w, b), in_dims))
+    ours, ref = _ours_and_ref(case)
+    _assert_same_results(_vmap_transforms(ours, in_dims, x, w, b),
+                         _vmap_transforms(ref, in_dims, x, w, b))
+
+
+def test_vmap_errors_name_one_samples_sizes(no_vmap_fallback):
+    """The batching rules check one sample's arguments, so a message names the sizes the
+    caller's function saw, not the folded ones."""
+    from torch.func import vmap
+
+    x, w = torch.randn(3, 2, 4, 5, 6, 7), torch.randn(3, 8, 3, 3, 3, 3)
+    with pytest.raises(RuntimeError, match=r"weight of size \[8, 3, 3, 3, 3\], expected "
+                       r"input\[2, 4, 5, 6, 7\] to have 3 channels, but got 4"):
+        vmap(torchconv3d.conv3d)(x, w)

@@ -1,12 +1,15 @@
 """Differential tests: output and all three gradients against F.conv3d / nn.Conv3d."""
+import itertools
+
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import torchconv3d
 from torchconv3d.functional import resolve_padding
 
-from conftest import TOL, make_layout, reference, rel_err, round_tf32
+from conftest import CL, TOL, make_layout, reference, rel_err, round_tf32
 
 # (name, input shape, C_out, kernel, kwargs). Small shapes with odd, anisotropic sizes;
 # every kernel path (implicit GEMM, depthwise) and every argument appears.
@@ -271,21 +274,63 @@ def test_expanded_grad_output():
     assert rel_err(w.grad, wr.grad) <= 1e-10
 
 
-@pytest.mark.parametrize("x_cl", [False, True])
-@pytest.mark.parametrize("w_cl", [False, True])
-def test_memory_format_follows_nn_conv3d(x_cl, w_cl):
-    x = torch.randn(2, 4, 5, 6, 7)
-    w = torch.randn(8, 4, 3, 3, 3)
-    if x_cl:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    if w_cl:
-        w = w.contiguous(memory_format=torch.channels_last_3d)
-    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
-    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
-    ya = F.conv3d(xa, wa, padding=1)
-    yb = torchconv3d.conv3d(xb, wb, padding=1)
-    assert ya.stride() == yb.stride()
-    ya.backward(torch.ones_like(ya))
-    yb.backward(torch.ones_like(yb))
-    assert xa.grad.stride() == xb.grad.stride()
-    assert wa.grad.stride() == wb.grad.stride()
+def _layout(t):
+    """(contiguous, channels_last_3d) of t, an unbatched one read with its batch of 1."""
+    t = t if t.dim() == 5 else t.unsqueeze(0)
+    return t.is_contiguous(), t.is_contiguous(memory_format=CL)
+
+
+# (kernel, stride, groups, batch, threads): torch's choice of backend, hence of layout,
+# follows the dtype, then for float32 these (a single small sample on its slow path).
+LAYOUT_SHAPES = [((3, 2, 3), 1, 1, 2, None), ((3, 3, 3), 1, 1, 1, None),
+                 ((1, 1, 1), 1, 1, 1, 1), ((5, 5, 5), 2, 2, 1, None)]
+
+
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
+                                   torch.float16])
+def test_memory_formats_are_nn_conv3d_s(dtype, mode, shape):
+    """Output, grad_input and grad_weight are contiguous / channels_last_3d exactly when
+    nn.Conv3d's are (torch.autograd.grad: .grad would be restrided to the parameter), over
+    every input x weight x grad_output layout, batched and unbatched; and the fake kernels
+    (torch.compile, torch.export) predict the same."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    kernel, stride, groups, batch, threads = shape
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for x_cl, w_cl, gy_cl, batched in itertools.product([False, True], repeat=4):
+            x = torch.randn(batch, 4, 5, 6, 7, dtype=dtype)
+            w = torch.randn(6, 4 // groups, *kernel, dtype=dtype)
+            x = x.contiguous(memory_format=CL) if x_cl else x
+            w = w.contiguous(memory_format=CL) if w_cl else w
+            x = x if batched else x[0]
+            ref = nn.Conv3d(4, 6, kernel, stride, 1, groups=groups, bias=False,
+                            padding_mode=mode, dtype=dtype)
+            ref.weight = nn.Parameter(w)
+            xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+            wo = w.clone().requires_grad_()  # (clone keeps each layout)
+            y_ref = ref(xr)
+            y = torchconv3d.conv3d(xo, wo, None, stride, 1, 1, groups, mode)
+            gy = torch.randn(y.shape if batched else (1, *y.shape), dtype=dtype)
+            gy = gy.contiguous(memory_format=CL) if gy_cl else gy
+            gy = gy if batched else gy[0]
+            got = (y, *torch.autograd.grad(y, (xo, wo), gy))
+            want = (y_ref, *torch.autograd.grad(y_ref, (xr, ref.weight), gy))
+            case = f"x_cl={x_cl} w_cl={w_cl} gy_cl={gy_cl} batched={batched}"
+            for name, a, b in zip(("output", "grad_input", "grad_weight"), got, want):
+                assert _layout(a) == _layout(b), f"{name}: {case}"
+
+            args = ([stride] * 3, [1] * 6, [1] * 3, groups, mode)
+            with FakeTensorMode() as fake:
+                fx, fw, fgy = (fake.from_tensor(t) for t in (x, w, gy))
+                fy = torch.ops.torchconv3d.conv3d_forward(fx, fw, None, *args)
+                fgrads = torch.ops.torchconv3d.conv3d_backward(fgy, fx, fw, *args,
+                                                                [True, True, False])[:2]
+            for name, a, b in zip(("output", "grad_input", "grad_weight"), (fy, *fgrads), got):
+                assert a.stride() == b.stride(), f"fake {name}: {case}"
+    finally:
+        torch.set_num_threads(saved_threads)

@@ -34,9 +34,15 @@ CASES = [
     ("zero_stride", lambda f: f(X, W, stride=(1, 0, 1)), RuntimeError,
      r"non-positive stride is not supported, got stride=\[1, 0, 1\]"),
     ("zero_dilation", lambda f: f(X, W, dilation=0), RuntimeError,
-     r"non-positive dilation"),
+     r"dilation should be greater than zero"),
     ("stride_length", lambda f: f(X, W, stride=(1, 1)), RuntimeError,
-     r"stride to have 3 values.*\[1, 1\]"),
+     r"expected stride to be a single integer value or a list of 3 values.*\[1, 1\]"),
+    ("padding_length", lambda f: f(X, W, padding=(1, 1)), RuntimeError,
+     r"expected padding to be a single integer value or a list of 3 values.*\[1, 1\]"),
+    ("groups_above_out_channels", lambda f: f(X, torch.randn(2, 1, 3, 3, 3), groups=4),
+     RuntimeError, r"groups=4, expected weight to be at least 4 at dimension 0"),
+    ("integer_input_float_bias", lambda f: f(X.long(), W.long(), torch.randn(8)),
+     RuntimeError, r"(?i)Input type \(long\) and bias type \(float\) should be the same"),
     ("padding_string", lambda f: f(X, W, padding="full"), (ValueError, RuntimeError),
      r"[Ii]nvalid padding string"),
     ("dtype_mismatch", lambda f: f(X.double(), W), RuntimeError,
@@ -61,9 +67,15 @@ def test_functional_rejects_like_torch(case):
         call(conv3d)
 
 
-def test_unsupported_dtype():
-    with pytest.raises(RuntimeError, match=r"float32, float64, bfloat16 and float16.*Long"):
-        conv3d(X.long(), W.long())
+@pytest.mark.parametrize("dtype,name", [(torch.int64, "Long"), (torch.int32, "Int"),
+                                        (torch.complex64, "ComplexFloat"),
+                                        (torch.complex128, "ComplexDouble")])
+def test_integer_and_complex_dtypes_are_refused(dtype, name):
+    """torch's CPU conv3d takes both; README's limits say we do not."""
+    F.conv3d(X.to(dtype), W.to(dtype))
+    with pytest.raises(RuntimeError, match=r"float32, float64, bfloat16 and float16 tensors "
+                       rf"\(not integer or complex ones\), but got input of dtype {name}"):
+        conv3d(X.to(dtype), W.to(dtype))
 
 
 def test_unknown_padding_mode():
@@ -100,7 +112,7 @@ def test_circular_padding_wrapping_twice():
 
 
 def test_bad_padding_spec():
-    with pytest.raises(ValueError, match=r"3 \(before, after\) pairs"):
+    with pytest.raises(RuntimeError, match=r"or 3 \(before, after\) pairs"):
         conv3d(X, W, padding=(1, 1))
     with pytest.raises(ValueError, match=r"\(before, after\) pair of ints, but got \(1, 2, 3\)"):
         conv3d(X, W, padding=((1, 2, 3), 1, 1))
@@ -131,6 +143,7 @@ RAW_CASES = [
     ("mode", lambda: torch.ops.torchconv3d.conv3d_forward(X, W, None, [1] * 3, [0] * 6, [1] * 3,
                                                           1, "bogus")),
     ("integer_dtype", lambda: conv3d(X.long(), W.long())),
+    ("complex_dtype", lambda: conv3d(X.to(torch.complex64), W.to(torch.complex64))),
     ("stride_one_value", lambda: torch.ops.torchconv3d.conv3d_forward(X, W, None, [2], [0] * 6,
                                                                       [1] * 3, 1, "zeros")),
     ("dilation_overflow", lambda: conv3d(X, W, dilation=(1, 1, 2**62))),
@@ -164,6 +177,27 @@ def test_fake_kernels_reject_like_the_checker(case):
     assert eager is not None, "the call was accepted"
     with FakeTensorMode(allow_non_fake_inputs=True):
         assert _raised(case[1]) == eager
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c[0] for c in ALL_CASES])
+def test_compile_and_export_reject_like_eager(case):
+    """Each rejected call, traced: torch.export raises the eager exception, type and text;
+    torch.compile(fullgraph=True) raises dynamo's wrapper of it (a RuntimeError, as it does
+    for F.conv3d) with the eager text."""
+    eager = _raised(case[1])
+    assert eager is not None, "the call was accepted"
+    torch.compiler.reset()  # (the CASES lambdas share one code object)
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException) as compiled:
+        torch.compile(case[1], fullgraph=True)()
+    assert eager[1] in str(compiled.value)
+
+    class Call(torch.nn.Module):
+        def forward(self, x):
+            return case[1]()
+
+    with pytest.raises(eager[0]) as exported:
+        torch.export.export(Call(), (torch.randn(1),))
+    assert str(exported.value) == eager[1]
 
 
 def test_errors_leave_the_process_usable():

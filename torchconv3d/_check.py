@@ -6,6 +6,7 @@ errors. tests/test_errors.py runs every rejected call both ways and requires the
 exception type and text, so the two cannot drift apart unseen.
 """
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_false
 
 _MAX_PADDING = 2**62 - 1
 _INT64_MAX = 2**63 - 1
@@ -44,6 +45,17 @@ def _check_value(cond, message):
     torch._check_value(cond, lambda: message)
 
 
+def _check_fits(cond, message):
+    """An int64-overflow rule (a ValueError). On symbolic sizes it fails only where it is
+    false for every size, adding no guard: one would bound each dynamic dimension (and
+    torch.export refuses a Dim without a max), and check.cpp runs it again on the real sizes
+    before any kernel does."""
+    if isinstance(cond, bool):
+        _check_value(cond, message)
+    elif statically_known_false(cond):
+        raise ValueError(message)
+
+
 def padding_mode(mode):
     _check_value(mode in _MODES, "padding_mode must be one of 'zeros', 'reflect', 'replicate', "
                  f"'circular', but got padding_mode='{mode}'")
@@ -54,26 +66,26 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     spatial size."""
     padding_mode(mode)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    _check(len(stride) == 3, f"expected stride to have 3 values (D, H, W), but got stride={stride}")
-    _check(len(dilation) == 3,
-           f"expected dilation to have 3 values (D, H, W), but got dilation={dilation}")
+    for name, values in (("stride", stride), ("dilation", dilation)):
+        _check(len(values) == 3, f"expected {name} to be a single integer value or a list of 3 "
+               f"values to match the convolution dimensions, but got {name}={values}")
     _check(len(padding) == 6, "expected padding to have 6 values (d_before, d_after, h_before, "
            f"h_after, w_before, w_after), but got padding={padding}")
     _check(groups > 0, f"non-positive groups is not supported, got groups={groups}")
     for i in range(3):
         _check(stride[i] > 0, f"non-positive stride is not supported, got stride={stride}")
-        _check(dilation[i] > 0, f"non-positive dilation is not supported, got dilation={dilation}")
+        _check(dilation[i] > 0,
+               f"dilation should be greater than zero, but got dilation={dilation}")
         _check(padding[2 * i] >= 0 and padding[2 * i + 1] >= 0,
                f"negative padding is not supported, got padding={padding}")
-        _check_value(padding[2 * i] <= _MAX_PADDING and padding[2 * i + 1] <= _MAX_PADDING,
-                     f"padding must be at most 2^62 - 1, got padding={padding}")
+        for pad in padding[2 * i:2 * i + 2]:
+            _check_fits(pad <= _MAX_PADDING, f"padding must be at most 2^62 - 1, got "
+                        f"padding={padding}")
 
     _check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to conv3d, but "
            f"got input of size: {_sizes(input)}")
     _check(weight.dim() == 5, "Expected 5D weight (out_channels, in_channels/groups, kD, kH, kW), "
            f"but got weight of size {_sizes(weight)}")
-    _check(input.dtype in _SUPPORTED, "torchconv3d supports float32, float64, bfloat16 and "
-           f"float16 tensors, but got input of dtype {_dtype(input)}")
     _check(input.dtype == weight.dtype,
            f"Input type ({_dtype(input)}) and weight type ({_dtype(weight)}) should be the same")
     _check(input.device == weight.device, "Expected input and weight on the same device, but "
@@ -83,6 +95,9 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
                f"Input type ({_dtype(input)}) and bias type ({_dtype(bias)}) should be the same")
         _check(input.device == bias.device, "Expected input and bias on the same device, but "
                f"got input on {input.device} and bias on {bias.device}")
+    _check(input.dtype in _SUPPORTED, "torchconv3d supports float32, float64, bfloat16 and "
+           "float16 tensors (not integer or complex ones), but got input of dtype "
+           f"{_dtype(input)}")
     for t in (input, weight):
         _check(t.layout == torch.strided, "torchconv3d needs strided (dense) tensors, got "
                f"{_LAYOUT_NAMES.get(t.layout, str(t.layout))}")
@@ -91,8 +106,8 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     batch = input.shape[0] if batched else 1
     in_channels = input.shape[1 if batched else 0]
     out_channels = weight.shape[0]
-    _check(out_channels > 0, f"Given groups={groups}, expected weight to be at least 1 at "
-           f"dimension 0, but got weight of size {_sizes(weight)} instead")
+    _check(out_channels >= groups, f"Given groups={groups}, expected weight to be at least "
+           f"{groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
     _check(out_channels % groups == 0, f"Given groups={groups}, expected weight to be divisible "
            f"by {groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
     batched_sizes = _sizes(input) if batched else str([1] + list(input.shape))
@@ -112,11 +127,11 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
         _check(kernel[i] > 0, f"kernel size must be positive, but got weight of size "
                f"{_sizes(weight)}")
         padded.append(spatial[i] + padding[2 * i] + padding[2 * i + 1])
-        _check_value(padded[i] <= _INT64_MAX, f"padding={padding} with input of size "
-                     f"{_sizes(input)} gives a padded size past 2^63 - 1")
+        _check_fits(padded[i] <= _INT64_MAX, f"padding={padding} with input of size "
+                    f"{_sizes(input)} gives a padded size past 2^63 - 1")
         dilated.append(dilation[i] * (kernel[i] - 1) + 1)
-        _check_value(dilated[i] <= _INT64_MAX, f"dilation={dilation} with kernel of size "
-                     f"{_sizes(weight)} gives a dilated kernel past 2^63 - 1")
+        _check_fits(dilated[i] <= _INT64_MAX, f"dilation={dilation} with kernel of size "
+                    f"{_sizes(weight)} gives a dilated kernel past 2^63 - 1")
     out = []
     for i in range(3):
         _check(padded[i] >= dilated[i], f"Calculated padded input size per channel: "
@@ -126,8 +141,8 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     numel = batch
     for n in [out_channels] + out:
         numel = numel * n
-        _check_value(numel <= _INT64_MAX, f"the output of size ({batch}, {out_channels}, "
-                     f"{out[0]}, {out[1]}, {out[2]}) has more than 2^63 - 1 elements")
+        _check_fits(numel <= _INT64_MAX, f"the output of size ({batch}, {out_channels}, "
+                    f"{out[0]}, {out[1]}, {out[2]}) has more than 2^63 - 1 elements")
 
     _check(batch == 0 or in_channels == 0 or all(n > 0 for n in spatial),
            "Only zero batch or zero channel inputs are supported, but got input of size "

@@ -1,13 +1,50 @@
 """conv3d: F.conv3d plus padding_mode and the padding extensions."""
+import operator
+
+import torch
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
 from .ops import forward as _forward
 
 PADDING_STRINGS = ("valid", "same", "causal")
 
+_INT_OR_INTS = "an int or a tuple of ints"
 
-def _triple(value):
-    if isinstance(value, int):
-        return [value] * 3
-    return [int(v) for v in value]  # length is checked by the operator
+
+def _as_int(name, whole, value, expected=_INT_OR_INTS):
+    """value as torch's argument parser takes an integer: an int, a numpy integer or an
+    integer tensor of one element. A bool or a float is a TypeError, as in F.conv3d (int()
+    would truncate stride=2.5 to 2)."""
+    if type(value) is int or isinstance(value, torch.SymInt):  # (the common case first)
+        return value
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"conv3d(): argument '{name}' must be {expected}, but got {name}={whole!r} "
+                    f"(a {type(value).__name__})")
+
+
+def _ints(name, value):
+    """An int list argument as torch's parser reads it: a list or tuple of integers, or one
+    integer (a one-element list)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_int(name, value, v) for v in value]
+    return [_as_int(name, value, value)]
+
+
+def _triple(name, value):
+    """stride or dilation: one integer, or a list of 1 or 3, expanded as F.conv3d does (any
+    other length is left to the operator's checker, which names it in F.conv3d's words)."""
+    values = _ints(name, value)
+    return values * 3 if len(values) == 1 else values
+
+
+def _check_tensor(name, position, value, optional=False):
+    if not (isinstance(value, torch.Tensor) or (optional and value is None)):
+        raise TypeError(f"conv3d(): argument '{name}' (position {position}) must be Tensor, "
+                        f"not {type(value).__name__}")
 
 
 def _same_pads(in_size, k, s, d):
@@ -34,7 +71,9 @@ def check_causal(padding, padding_mode):
 def resolve_padding(padding, kernel, stride, dilation, in_size):
     """Turns a padding spec into (d_before, d_after, h_before, h_after, w_before, w_after).
 
-    padding: int, 3 ints, 3 (before, after) pairs (ints and pairs may mix), 'valid',
+    padding: an integer, 1 or 3 integers, 3 (before, after) pairs (integers and pairs may
+    mix; an integer is what F.conv3d takes as one: int, numpy integer, integer tensor of one
+    element), 'valid',
     'same' (any stride, TensorFlow rule) or 'causal' (depth padded only before, by
     (kd - 1) * dilation_d; height and width as 'same'). kernel, stride, dilation and
     in_size are the three spatial values each.
@@ -54,26 +93,30 @@ def resolve_padding(padding, kernel, stride, dilation, in_size):
         if padding == "causal":
             pads[0], pads[1] = (kernel[0] - 1) * dilation[0], 0
         return pads
-    if isinstance(padding, int):
-        return [padding] * 6
+    expected = "an int, a string, or a tuple of ints or of (before, after) pairs"
+    if not isinstance(padding, (list, tuple)):
+        return [_as_int("padding", padding, padding, expected)] * 6
     entries = list(padding)
+    if len(entries) == 1 and not isinstance(entries[0], (list, tuple)):
+        entries *= 3  # F.conv3d expands padding=[1]
     if len(entries) != 3:
-        raise ValueError(
-            "padding must be an int, 3 values or 3 (before, after) pairs for (D, H, W), "
-            f"but got padding={padding!r}"
+        # (a RuntimeError with F.conv3d's words)
+        raise RuntimeError(
+            "expected padding to be a single integer value or a list of 3 values to match the "
+            "convolution dimensions (or 3 (before, after) pairs), but got "
+            f"padding={list(padding)!r}"
         )
     pads = []
     for e in entries:
-        if isinstance(e, int):
-            pads += [e, e]
-        else:
-            pair = list(e)
-            if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-                raise ValueError(
-                    f"each padding entry must be an int or a (before, after) pair of ints, "
-                    f"but got {e!r} in padding={padding!r}"
-                )
-            pads += pair
+        if not isinstance(e, (list, tuple)):
+            pads += [_as_int("padding", padding, e, expected)] * 2
+            continue
+        if len(e) != 2:
+            raise ValueError(
+                f"each padding entry must be an int or a (before, after) pair of ints, "
+                f"but got {e!r} in padding={padding!r}"
+            )
+        pads += [_as_int("padding", padding, v, expected) for v in e]
     return pads
 
 
@@ -95,8 +138,24 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     'circular', applied inside the kernels (no padded copy).
     conv_mode: 'cross_correlation' (what every framework's conv computes) or 'convolution'
     (MegEngine's name for the same with the kernel flipped in D, H and W).
-    Returns (N, C_out, D_out, H_out, W_out), channels_last_3d when input or weight is.
+    Returns (N, C_out, D_out, H_out, W_out), channels_last_3d exactly when nn.Conv3d's
+    output would be (torchconv3d.ops.torch_formats).
     """
+    # The __torch_function__ protocol, as torch.nn.functional's Python functions follow it:
+    # torch.fx's Proxy (symbolic_trace, FX quantization) then records one call to conv3d,
+    # a leaf, instead of tracing into its Python, and tensor subclasses can override it.
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            conv3d, (input, weight, bias), input, weight, bias=bias, stride=stride,
+            padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+            data_format=data_format, conv_mode=conv_mode)
+    _check_tensor("input", 1, input)
+    _check_tensor("weight", 2, weight)
+    _check_tensor("bias", 3, bias, optional=True)
+    groups = _as_int("groups", groups, groups, "an int")
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"conv3d(): argument 'padding_mode' must be a str, but got "
+                        f"padding_mode={padding_mode!r}")
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
     check_causal(padding, padding_mode)
@@ -113,12 +172,16 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 f"input, but got input of size {list(input.shape)}")
         unbatched = input.dim() == 4
         # A channels_last_3d view (the batch dimension makes it one when unbatched): the
-        # kernels read it as is and the result comes back channels_last_3d, i.e. NDHWC.
-        input = (input.unsqueeze(0) if unbatched else input).movedim(-1, 1)
+        # kernels read it as is.
+        # (dims counted from the front: the TorchScript ONNX exporter writes movedim(-1, 1)
+        # as a Transpose with a negative perm, which ONNX refuses)
+        input = (input.unsqueeze(0) if unbatched else input).movedim(4, 1)
     stride, pads, dilation = resolve_args(input, weight, stride, padding, dilation)
     out = _forward(input, weight, bias, stride, pads, dilation, groups, padding_mode)
     if ndhwc:
-        out = out.movedim(1, -1)
+        # A contiguous NDHWC result, as TensorFlow's: free where the operator's output is
+        # channels_last_3d (nn.Conv3d's rule for this dtype); a copy where it is not.
+        out = out.movedim(1, 4).contiguous()
         return out.squeeze(0) if unbatched else out
     return out
 
@@ -158,8 +221,8 @@ def _check_int64(name, values):
 
 def resolve_args(input, weight, stride, padding, dilation):
     """The operator's (stride[3], padding[6], dilation[3]) from conv3d's arguments."""
-    stride = _check_int64("stride", _triple(stride))
-    dilation = _check_int64("dilation", _triple(dilation))
+    stride = _check_int64("stride", _triple("stride", stride))
+    dilation = _check_int64("dilation", _triple("dilation", dilation))
     spatial = list(input.shape[-3:]) if input.dim() in (4, 5) else []
     kernel = list(weight.shape[2:]) if weight.dim() == 5 else []
     pads = _check_int64("padding", resolve_padding(padding, kernel, stride, dilation, spatial))

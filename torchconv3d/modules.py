@@ -8,16 +8,17 @@ from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal
 
 
 def _torch_accepts(padding, stride):
-    """Whether nn.Conv3d itself would take this padding (then it may validate it)."""
+    """Whether nn.Conv3d itself would take this padding (then it may validate it). Values
+    of the wrong type are left to it as well: like nn.Conv3d, the forward then raises."""
     if isinstance(padding, str):
         return padding == "valid" or (padding == "same" and all(s == 1 for s in _as3(stride)))
-    if isinstance(padding, int):
-        return True
-    return isinstance(padding, (tuple, list)) and all(isinstance(p, int) for p in padding)
+    if isinstance(padding, (tuple, list)):
+        return not any(isinstance(p, (tuple, list)) for p in padding)
+    return True
 
 
 def _as3(v):
-    return (v,) * 3 if isinstance(v, int) else tuple(v)
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
 
 
 def _check_sizes(in_channels, out_channels, kernel_size):
@@ -79,6 +80,17 @@ class Conv3d(nn.Conv3d):
                       self.groups, self.padding_mode,
                       data_format=self.data_format,
                       conv_mode=self.conv_mode)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this before compiling a module. It cannot compile conv3d's
+        # Python (keyword-only arguments, padding forms of any type) and is deprecated
+        # itself; the error names what does run this layer.
+        raise RuntimeError(
+            "torchconv3d.Conv3d cannot be compiled by torch.jit.script (deprecated, and its "
+            "forward is Python that TorchScript cannot compile). Use torch.compile or "
+            "torch.export, or torch.jit.trace for TorchScript: each records the "
+            "torch.ops.torchconv3d operators."
+        )
 
     def extra_repr(self):
         s = super().extra_repr()

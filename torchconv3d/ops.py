@@ -13,11 +13,14 @@ kernels here run its mirror (_check.py), then compute shapes and memory formats 
 csrc/ops.cpp does.
 """
 import contextlib
+import sys
 
 import torch
+import torch.nn.functional as F
 from torch.autograd import forward_ad as _forward_ad
 from torch._functorch.utils import enable_single_level_autograd_function
 from torch._prims_common import suggest_memory_format
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import _check, _loader
 
@@ -51,18 +54,67 @@ def _empty_like_format(shape, like, fmt):
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
+def _mkldnn_supports(dtype):
+    """csrc/ops.cpp's mkldnn_supports, asked once (the CPU does not change)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+            torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}.get(dtype)
+
+
+_MKLDNN_HALF = {dtype: _mkldnn_supports(dtype) for dtype in (torch.bfloat16, torch.float16)}
+
+
+def _torch_uses_channels_last_backend(x, weight, stride, padding, dilation, groups, mode):
+    """csrc/ops.cpp's torch_uses_channels_last_backend, condition for condition. Sizes
+    come last in each disjunction: with symbolic sizes, a guard is added only where the
+    answer depends on them."""
+    if guard_or_false(x.shape[0] == 0) or guard_or_false(x.shape[1] == 0):
+        return False
+    if x.dtype == torch.float64:
+        return False
+    if x.device.type == "cuda":
+        return torch.backends.cudnn.enabled and torch.backends.cudnn.is_available()
+    if (x.device.type != "cpu" or not torch.backends.mkldnn.is_available()
+            or not torch.backends.mkldnn.enabled):
+        return False
+    if x.dtype in _MKLDNN_HALF:
+        return _MKLDNN_HALF[x.dtype]
+    if x.dtype != torch.float32:
+        return False
+    pads = mode != "zeros"
+    n, c = x.shape[0], x.shape[1]
+    d = x.shape[2] + (padding[0] + padding[1] if pads else 0)
+    h = x.shape[3] + (padding[2] + padding[3] if pads else 0)
+    kh, kw = weight.shape[3], weight.shape[4]
+    return ((any(v != 1 for v in stride) or any(v != 1 for v in dilation) or kw != 1
+             or kh != 1 or torch.get_num_threads() > 1 or n >= 16)
+            and (groups > 1 or (kw > 3 and kh > 3) or n > 1 or n * c * d * h > 20480))
+
+
+def torch_formats(x, weight, stride, padding, dilation, groups, mode):
+    """csrc/ops.cpp's torch_formats: nn.Conv3d's (output, grad_input, grad_weight) memory
+    formats for the batched input x."""
+    cl, contiguous = torch.channels_last_3d, torch.contiguous_format
+    input_cl = suggest_memory_format(x) == cl and mode != "circular"
+    conv = (cl if _torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
+                                                    groups, mode)
+            and (input_cl or suggest_memory_format(weight) == cl) else contiguous)
+    grad_input = conv
+    if mode == "circular":
+        grad_input = contiguous
+    elif mode != "zeros":
+        grad_input = cl if input_cl else contiguous
+    return conv, grad_input, conv
+
+
 @torch.library.register_fake("torchconv3d::conv3d_forward")
 def _forward_fake(input, weight, bias, stride, padding, dilation, groups, padding_mode):
     _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
                        padding_mode)
     x = _batched(input)
     shape = _output_shape(x, weight, stride, padding, dilation)
-    cl = torch.channels_last_3d
-    fmt = (
-        cl
-        if suggest_memory_format(x) == cl or suggest_memory_format(weight) == cl
-        else torch.contiguous_format
-    )
+    fmt = torch_formats(x, weight, stride, padding, dilation, groups, padding_mode)[0]
     out = _empty_like_format(shape, x, fmt)
     return out.squeeze(0) if input.dim() == 4 else out
 
@@ -75,13 +127,15 @@ def _backward_fake(
     _check.conv3d_args(input, weight, None, grad_output, stride, padding, dilation, groups,
                        padding_mode)
     grad_input = grad_weight = grad_bias = None
+    x = _batched(input)
+    _, input_format, weight_format = torch_formats(x, weight, stride, padding, dilation,
+                                                   groups, padding_mode)
     if output_mask[0]:
-        x = _batched(input)
-        grad_input = _empty_like_format(x.shape, x, suggest_memory_format(x))
+        grad_input = _empty_like_format(x.shape, x, input_format)
         if input.dim() == 4:
             grad_input = grad_input.squeeze(0)
     if output_mask[1]:
-        grad_weight = _empty_like_format(weight.shape, weight, suggest_memory_format(weight))
+        grad_weight = _empty_like_format(weight.shape, weight, weight_format)
     if output_mask[2]:
         grad_bias = grad_output.new_empty((weight.shape[0],))
     return grad_input, grad_weight, grad_bias
@@ -262,6 +316,156 @@ _lib.impl("conv3d_forward", _autograd_kernel(_Forward, forward_op, 3), "Autograd
 _lib.impl("conv3d_backward", _autograd_kernel(_Backward, backward_op, 3), "Autograd")
 
 
+# --- vmap ---------------------------------------------------------------------------------
+# The vmapped dimension (size B) is folded into one operator call, never looped over:
+#   only activations carry it  -> into the batch (B * N samples);
+#   input and weight carry it  -> into the groups (B * groups: sample b's input channels
+#                                 meet only sample b's weights);
+#   only the weight carries it -> into the output channels (the input is shared);
+#   only the bias carries it   -> added to the unbatched convolution.
+# The backward op folds into the groups (per-sample weight and bias gradients, the
+# per-sample-gradient case of differential privacy), or into the batch when grad_input is
+# all it is asked for and the weight is shared. Operands are laid out per sample as the
+# operator takes them; an unbatched (C, D, H, W) sample becomes N = 1 and goes back.
+
+
+def _vmapped_first(t, dim):
+    return t if t is None or dim is None else t.movedim(dim, 0)
+
+
+def _sample(t, dim):
+    """One sample of a vmapped operand (for the checker's messages)."""
+    return t if t is None or dim is None else t.select(dim, 0)
+
+
+def _with_n(t, vmapped, unbatched):
+    """A (possibly vmapped) per-sample tensor with its N dimension, N = 1 if unbatched."""
+    return t.unsqueeze(1 if vmapped else 0) if unbatched else t
+
+
+def _expand_to(t, vmapped, batch):
+    return t if vmapped else t.expand(batch, *t.shape)
+
+
+def _to_groups(t):
+    """(B, N, C, ...) -> (N, B * C, ...): sample b's channels as group block b."""
+    return t.movedim(0, 1).flatten(1, 2)
+
+
+@torch.library.register_vmap("torchconv3d::conv3d_forward")
+def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups,
+                  padding_mode):
+    B = info.batch_size
+    xd, wd, bd = in_dims[:3]
+    if B > 0:  # messages name one sample's sizes, not the folded ones
+        _check.conv3d_args(_sample(input, xd), _sample(weight, wd), _sample(bias, bd), None,
+                           stride, padding, dilation, groups, padding_mode)
+    x, w, b = _vmapped_first(input, xd), _vmapped_first(weight, wd), _vmapped_first(bias, bd)
+    unbatched = input.dim() - (xd is not None) == 4
+    x = _with_n(x, xd is not None, unbatched)
+    args = (stride, padding, dilation)
+    co = w.shape[-5]
+
+    def add_vmapped_bias(out):  # out: (B, N, C_out, D, H, W)
+        return out + b.view(B, 1, co, 1, 1, 1)
+
+    if wd is None and xd is None:
+        out = add_vmapped_bias(forward_op(x, w, None, *args, groups, padding_mode).unsqueeze(0))
+    elif wd is None:
+        n = x.shape[1]
+        out = forward_op(x.flatten(0, 1), w, None if bd is not None else b, *args, groups,
+                         padding_mode).unflatten(0, (B, n))
+        if bd is not None:
+            out = add_vmapped_bias(out)
+    else:
+        if b is not None and bd is None:
+            b = b.expand(B, co)
+        if xd is None:
+            # Output channels ordered (group, sample, channel) so each group's block stays
+            # whole: (B, g, co/g, ...) -> (g, B, co/g, ...).
+            g = groups
+
+            def by_group(t):
+                return t.unflatten(1, (g, co // g)).transpose(0, 1).flatten(0, 2)
+            out = forward_op(x, by_group(w), None if b is None else by_group(b), *args, g,
+                             padding_mode)
+            out = out.unflatten(1, (g, B, co // g)).transpose(1, 2).flatten(2, 3).movedim(1, 0)
+        else:
+            out = forward_op(_to_groups(x), w.flatten(0, 1),
+                             None if b is None else b.flatten(), *args, B * groups,
+                             padding_mode)
+            out = out.unflatten(1, (B, co)).movedim(1, 0)
+    return (out.squeeze(1) if unbatched else out), 0
+
+
+@torch.library.register_vmap("torchconv3d::conv3d_backward")
+def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, dilation,
+                   groups, padding_mode, output_mask):
+    B = info.batch_size
+    gd, xd, wd = in_dims[:3]
+    _check.output_mask(output_mask)
+    if B > 0:
+        _check.conv3d_args(_sample(input, xd), _sample(weight, wd), None,
+                           _sample(grad_output, gd), stride, padding, dilation, groups,
+                           padding_mode)
+    unbatched = input.dim() - (xd is not None) == 4
+    gy = _with_n(_vmapped_first(grad_output, gd), gd is not None, unbatched)
+    x = _with_n(_vmapped_first(input, xd), xd is not None, unbatched)
+    gy, x = _expand_to(gy, gd is not None, B), _expand_to(x, xd is not None, B)
+    w = _vmapped_first(weight, wd)
+    args = (stride, padding, dilation)
+    mask = list(output_mask)
+    n, c = x.shape[1], x.shape[2]
+    if wd is None and not mask[1] and not mask[2]:
+        gi = backward_op(gy.flatten(0, 1), x.flatten(0, 1), w, *args, groups, padding_mode,
+                         mask)[0].unflatten(0, (B, n))
+        gw = gb = None
+    else:
+        w = _expand_to(w, wd is not None, B)
+        co = w.shape[1]
+        gi, gw, gb = backward_op(_to_groups(gy), _to_groups(x), w.flatten(0, 1), *args,
+                                 B * groups, padding_mode, mask)
+        gi = None if gi is None else gi.unflatten(1, (B, c)).movedim(1, 0)
+        gw = None if gw is None else gw.unflatten(0, (B, co))
+        gb = None if gb is None else gb.unflatten(0, (B, co))
+    if gi is not None and unbatched:
+        gi = gi.squeeze(1)
+    outs = (gi, gw, gb)
+    return outs, tuple(None if t is None else 0 for t in outs)
+
+
+# --- ONNX ---------------------------------------------------------------------------------
+# ONNX has no torchconv3d domain: while torch.onnx exports (either exporter), forward writes
+# the convolution as F.pad + F.conv3d, which both exporters turn into ONNX Pad (constant,
+# reflect, edge or wrap) and Conv.
+
+
+def _exporting_to_onnx():
+    """torch.onnx.is_in_onnx_export() without its two imports per call (~1.3 us): its two
+    flags, read once an export has loaded their modules."""
+    dynamo = sys.modules.get("torch.onnx._internal.exporter._flags")
+    script = sys.modules.get("torch.onnx._internal.torchscript_exporter._globals")
+    return bool((dynamo is not None and dynamo._is_onnx_exporting)
+                or (script is not None and script.GLOBALS.in_onnx_export))
+
+
+def _as_standard_ops(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """conv3d_forward as F.pad + F.conv3d (F.conv3d's own padding where it is zeros on both
+    sides), after our checker's rules. (The TorchScript exporter's trace gives sizes as
+    tensors, which the rules cannot take; there F.pad's and F.conv3d's own checks run.)"""
+    if torch._C._get_tracing_state() is None:
+        _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
+                           padding_mode)
+    before, after = list(padding[0::2]), list(padding[1::2])
+    if padding_mode == "zeros" and before == after:
+        return F.conv3d(input, weight, bias, stride, before, dilation, groups)
+    x = _batched(input)
+    x = F.pad(x, [padding[4], padding[5], padding[2], padding[3], padding[0], padding[1]],
+              mode="constant" if padding_mode == "zeros" else padding_mode)
+    out = F.conv3d(x, weight, bias, stride, 0, dilation, groups)
+    return out.squeeze(0) if input.dim() == 4 else out
+
+
 _forward_default = forward_op.default
 
 
@@ -286,5 +490,10 @@ def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode
         with torch._C._AutoDispatchBelowAutograd():
             return _forward_default(input, weight, bias, stride, padding, dilation, groups,
                                     padding_mode)
+    # (not while dynamo traces: torch.onnx's flags are code it refuses to trace; torch.onnx
+    # exports through torch.export's non-strict trace, which reaches this)
+    if not torch.compiler.is_dynamo_compiling() and _exporting_to_onnx():
+        return _as_standard_ops(input, weight, bias, stride, padding, dilation, groups,
+                                padding_mode)
     return forward_op(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
