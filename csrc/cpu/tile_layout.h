@@ -1,8 +1,9 @@
 // The tile plan the CPU passes share: where a tile's phase planes and positions lie
 // (Layout), which input column each plane column reads (ColumnMap), how items are cut into
-// blocks (Blocks), and the forward's tiles. See conv3d_tiled.cpp's opening comment for the
-// phase-plane scheme; the planar passes (conv3d_tiled.cpp) and the channels-innermost
-// forward (forward_channels_last.cpp) both read it.
+// blocks (Blocks), the forward's tiles, and the channels-innermost packing. See
+// conv3d_tiled.cpp's opening comment for the phase-plane scheme; the planar passes
+// (conv3d_tiled.cpp) and the channels-innermost ones (forward_channels_last.cpp,
+// grad_weight_channels_last.cpp) read it.
 #pragma once
 
 #include "common.h"
