@@ -46,19 +46,17 @@ PhaseDim phase_dim(const Geometry& g, int d, int64_t r) {
   PhaseDim pd;
   pd.first = r;
   pd.count = ceil_div(g.in[d] - r, s);
-  const int64_t rho = ((r + p) % s + s) % s;
-  std::vector<int64_t> reach;
-  for (int64_t t = 0; t < k; ++t)
-    if (t * dil % s == rho) reach.push_back(t);
-  if (reach.empty()) return pd;
-  const int64_t step_dil = dil / std::gcd(dil, s);
-  pd.dilation = reach.size() > 1 ? step_dil : 1;
+  // The taps reaching phase r, in the forward's (reversed) order; spaced s / gcd(d, s)
+  // apart, i.e. d / gcd(d, s) in grad_output.
+  for (int64_t t = k - 1; t >= 0; --t)
+    if (t * dil % s == (r + p) % s) pd.taps.push_back(t);
+  if (pd.taps.empty()) return pd;
+  pd.dilation = dil / std::gcd(dil, s);
   // The forward reads gy[m + j * dilation - pad_before] through its tap j, the original
-  // tap reach[J - 1 - j]: pad_before = -(r + p - last tap * dil) / s.
-  pd.taps.assign(reach.rbegin(), reach.rend());
-  const int64_t J = static_cast<int64_t>(reach.size());
-  int64_t pb = -(r + p - reach.back() * dil) / s;
-  int64_t pa = pd.count - out - pb + (J - 1) * pd.dilation;
+  // tap taps[j]: pad_before = -(r + p - taps[0] * dil) / s.
+  const int64_t J = static_cast<int64_t>(pd.taps.size());
+  const int64_t pb = -(r + p - pd.taps.front() * dil) / s;
+  const int64_t pa = pd.count - out - pb + (J - 1) * pd.dilation;
   // Negative padding crops grad_output instead.
   pd.gy_first = std::max<int64_t>(0, -pb);
   pd.gy_count = out - pd.gy_first - std::max<int64_t>(0, -pa);

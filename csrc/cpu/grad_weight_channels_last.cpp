@@ -87,21 +87,21 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
             pack_channels_innermost(L, cm, xp + n * xsn + (grp * cig + ci0) * input.stride(1),
                                     cis, ldb, xs, od, 1, oh0, th + L.qh_max, buf);
             const T* gy = gyp + n * gysn + co0 * gysc + od * gys[0] + oh0 * gys[1];
-            const A* gv;
-            int64_t ldg, ldgr;
-            if (gy_in_place) {
-              gv = reinterpret_cast<const A*>(gy);
-              ldg = gys[2];
-              ldgr = gys[1];
-            } else {
+            const A* gv = gyb;
+            int64_t ldg = cos, ldgr = g.out[2] * cos;
+            if constexpr (std::is_same_v<T, A>) {
+              if (gy_in_place) {
+                gv = gy;
+                ldg = gys[2];
+                ldgr = gys[1];
+              }
+            }
+            if (!gy_in_place) {
               for (int64_t r = 0; r < th; ++r)
                 for (int64_t ow = 0; ow < g.out[2]; ++ow)
                   for (int64_t j = 0; j < cos; ++j)
                     gyb[(r * g.out[2] + ow) * cos + j] =
                         static_cast<A>(gy[j * gysc + r * gys[1] + ow * gys[2]]);
-              gv = gyb;
-              ldg = cos;
-              ldgr = g.out[2] * cos;
             }
             mk.outer_cl(th, g.out[2], taps, cos, ldb, gv, ldg, ldgr, buf, ldb, L.lw * ldb,
                         offs.data() + k0, acc, cos * ldb, ldb);
