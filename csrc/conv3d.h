@@ -137,4 +137,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     c10::IntArrayRef dilation, int64_t groups, std::string_view padding_mode,
     std::array<bool, 3> output_mask);
 
+// The geometry the kernels receive for these arguments: checked, with the taps that read
+// only zero padding dropped (ops.cpp). For tools that describe what a kernel will do.
+Geometry kernel_geometry(const at::Tensor& input, const at::Tensor& weight,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding,
+                         c10::IntArrayRef dilation, int64_t groups,
+                         std::string_view padding_mode);
+
 }  // namespace torchconv3d

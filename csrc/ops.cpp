@@ -229,6 +229,15 @@ void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tenso
 
 }  // namespace
 
+Geometry kernel_geometry(const at::Tensor& input, const at::Tensor& weight,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding,
+                         c10::IntArrayRef dilation, int64_t groups,
+                         std::string_view padding_mode) {
+  return trim_dead_taps(check_conv3d_args(input, weight, std::nullopt, std::nullopt, stride,
+                                          padding, dilation, groups, padding_mode))
+      .g;
+}
+
 at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
                        const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        c10::IntArrayRef stride, c10::IntArrayRef padding,

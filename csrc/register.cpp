@@ -2,6 +2,7 @@
 // are run_forward / run_backward (ops.cpp) with the kernel table of the tensors' device.
 #include "conv3d.h"
 #include "cpu/microkernel.h"
+#include "cpu/plan.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -72,6 +73,18 @@ bool register_operators() {
       "-> (Tensor, Tensor, Tensor)");
   // Which build of the CPU micro-kernels this process runs (microkernel.h, cpu_isa).
   def.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
+  // The plan a planar CPU pass makes for these arguments on the current thread count
+  // (cpu/plan.h), as "key=value ...": what tests read to check tiles and workspace.
+  def.def(
+      "cpu_plan(str which, Tensor input, Tensor weight, int[3] stride, int[6] padding, "
+      "int[3] dilation, int groups, str padding_mode) -> str",
+      [](c10::string_view pass, const at::Tensor& input, const at::Tensor& weight,
+         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+         int64_t groups, c10::string_view padding_mode) {
+        const Geometry g =
+            kernel_geometry(input, weight, stride, padding, dilation, groups, padding_mode);
+        return cpu::describe_plan(pass, g, input.scalar_type());
+      });
 
   static Library cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::CPU, __FILE__, __LINE__);
   cpu.impl("conv3d_forward", &conv3d_forward);

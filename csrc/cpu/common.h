@@ -24,6 +24,12 @@ inline int64_t tap_source(const Geometry& g, int d, int64_t o, int64_t t) {
                       g.pad_before[d], g.pad_after[d], g.mode);
 }
 
+// The weight in the accumulation type, contiguous [C_out, C_in/groups, kd, kh, kw].
+template <typename A>
+at::Tensor weight_as(const at::Tensor& weight) {
+  return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
+}
+
 // A per-thread scratch buffer; at::empty gives 64-byte aligned memory.
 template <typename T>
 T* scratch(at::Tensor& holder, int64_t n) {

@@ -1,6 +1,6 @@
 // Forward for channels_last tensors with the channels innermost all the way through.
 //
-// The planar passes (conv3d_tiled.cpp) give every channel its own phase plane and put
+// The planar passes (tile_layout.h) give every channel its own phase plane and put
 // positions in the vector lanes; fed a channels_last tensor, their packing transposes the
 // input and their stores scatter the output one channel at a time. Here the tile keeps
 // the tensor's own order: the same phase planes (tile_layout.h), but each plane position
@@ -17,7 +17,7 @@
 // 32-bit operands of vdpbf16ps (Bf16Kernels::gemm_cl): the pairs are adjacent in NDHWC
 // already, so packing stays a copy.
 #include "kernels.h"
-#include "tile_layout.h"
+#include "packing.h"
 
 #include <ATen/OpMathType.h>
 
@@ -113,13 +113,13 @@ inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64
 // `channels` input channels of its group with row stride ldb (buffer elements of type B),
 // then for each output depth and chunk of positions calls
 //   gemm(grp, window, ldb, positions, ct)   ct[f * cols + j] for output channel j of the group
-// and stores ct + bias into the output (cog channels per group).
+// and stores ct + bias into the output (out_per_group channels per group).
 template <typename T, typename B, typename C, typename Gemm>
 void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64_t ldb,
                int64_t cols, const std::vector<C>& bias, at::Tensor& output, Gemm&& gemm) {
   const Geometry& g = L.g;
   const ColumnMap cm(L);
-  const int64_t cog = g.out_per_group();
+  const int64_t out_per_group = g.out_per_group();
   const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
@@ -142,7 +142,7 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
       const int64_t n = (t.th - 1) * L.lw + g.out[2];
       for (int64_t dl = 0; dl < t.depths; ++dl) {
         const B* window = buf + dl * L.depth_step() * ldb;
-        T* yd = yp + t.n * ysn + t.grp * cog * ysc + (t.od0 + dl) * ys[0];
+        T* yd = yp + t.n * ysn + t.grp * out_per_group * ysc + (t.od0 + dl) * ys[0];
         for (int64_t f0 = 0; f0 < n; f0 += chunk) {
           const int64_t nf = std::min(chunk, n - f0);
           gemm(t.grp, window + f0 * ldb, ldb, nf, ct);
@@ -150,7 +150,7 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
             const int64_t t_row = f / L.lw, ow = f % L.lw;
             if (ow >= g.out[2]) continue;
             store_run(yd + (t.oh0 + t_row) * ys[1] + ow * ys[2], ysc, ct + (f - f0) * cols,
-                      bias.data() + t.grp * cog, cog);
+                      bias.data() + t.grp * out_per_group, out_per_group);
           }
         }
       }
@@ -173,7 +173,7 @@ bool pointwise_in_place(const Geometry& g, const at::Tensor& input) {
 template <typename T, typename C, typename Gemm>
 void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
                    const std::vector<C>& bias, at::Tensor& output, Gemm&& gemm) {
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
   const int64_t positions = g.out[0] * g.out[1] * g.out[2];
   const int64_t chunk = result_chunk(cols, sizeof(C));
   const int64_t chunks = ceil_div(positions, chunk);
@@ -188,12 +188,14 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (g.groups * chunks), grp = task / chunks % g.groups;
       const int64_t p0 = task % chunks * chunk, np = std::min(chunk, positions - p0);
-      gemm(grp, xp + n * xsn + grp * cig + p0 * xstep, xstep, np, ct);
+      gemm(grp, xp + n * xsn + grp * in_per_group + p0 * xstep, xstep, np, ct);
       for (int64_t f = 0; f < np; ++f) {
         const int64_t p = p0 + f, ow = p % g.out[2], oh = p / g.out[2] % g.out[1];
         const int64_t od = p / (g.out[2] * g.out[1]);
-        store_run(yp + n * ysn + od * ys[0] + oh * ys[1] + ow * ys[2] + grp * cog * ysc, ysc,
-                  ct + f * cols, bias.data() + grp * cog, cog);
+        store_run(yp + n * ysn + od * ys[0] + oh * ys[1] + ow * ys[2] +
+                      grp * out_per_group * ysc,
+                  ysc,
+                  ct + f * cols, bias.data() + grp * out_per_group, out_per_group);
       }
     }
   });
@@ -215,18 +217,20 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
                    const at::Tensor& bias, at::Tensor& output) {
   using A = at::opmath_type<T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
-  const int64_t cols = round_up(cog, kLanes);
-  const Layout L = forward_layout(g, cig, sizeof(A));
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t kvol = g.kernel_volume();
+  const int64_t cols = round_up(out_per_group, kLanes);
+  const Layout L = forward_layout(g, in_per_group, sizeof(A));
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
   const A* wp = w.const_data_ptr<A>();
-  const Panels P(cols, kvol, cig);
-  std::vector<A> a(P.size(g.groups), A(0));  // zero past cog
+  const Panels P(cols, kvol, in_per_group);
+  std::vector<A> a(P.size(g.groups), A(0));  // zero past out_per_group
   for (int64_t co = 0; co < g.out_channels; ++co)
-    for (int64_t e = 0; e < cig; ++e)
+    for (int64_t e = 0; e < in_per_group; ++e)
       for (int64_t k = 0; k < kvol; ++k)
-        a[P.index(co / cog, k, e, co % cog)] = wp[(co * cig + e) * kvol + k];
-  const std::vector<int64_t> offs = P.offsets(tap_offsets(L, cig));
+        a[P.index(co / out_per_group, k, e, co % out_per_group)] =
+            wp[(co * in_per_group + e) * kvol + k];
+  const std::vector<int64_t> offs = P.offsets(tap_offsets(L, in_per_group));
   auto gemm = [&](int64_t grp, const A* b, int64_t ldb, int64_t n, A* c) {
     P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c);
   };
@@ -234,7 +238,8 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
     if (pointwise_in_place(g, input))
       return run_pointwise<T, A>(g, input, cols, bias_or_zeros<A>(g, bias), output, gemm);
   }
-  run_tiles<T, A, A>(L, input, cig, cig, cols, bias_or_zeros<A>(g, bias), output, gemm);
+  run_tiles<T, A, A>(L, input, in_per_group, in_per_group, cols, bias_or_zeros<A>(g, bias),
+                     output, gemm);
 }
 
 // bfloat16 on vdpbf16ps: the tile stays bfloat16 with an even channel count per position
@@ -242,21 +247,22 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
 void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                         const at::Tensor& bias, at::Tensor& output, const Bf16Kernels& bk) {
   using T = c10::BFloat16;
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
-  const int64_t pairs = ceil_div(cig, 2), ldb = 2 * pairs;
-  const int64_t cols = round_up(cog, kLanes);
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t kvol = g.kernel_volume();
+  const int64_t pairs = ceil_div(in_per_group, 2), ldb = 2 * pairs;
+  const int64_t cols = round_up(out_per_group, kLanes);
   const Layout L = forward_layout(g, ldb, sizeof(T));
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
   const Panels P(cols, kvol, pairs);
   std::vector<uint32_t> a(P.size(g.groups), 0u);
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    const T* row = wp + co * cig * kvol;
+    const T* row = wp + co * in_per_group * kvol;
     for (int64_t p = 0; p < pairs; ++p)
       for (int64_t k = 0; k < kvol; ++k) {
         const uint32_t lo = row[2 * p * kvol + k].x;
-        const uint32_t hi = 2 * p + 1 < cig ? row[(2 * p + 1) * kvol + k].x : 0u;
-        a[P.index(co / cog, k, p, co % cog)] = lo | hi << 16;
+        const uint32_t hi = 2 * p + 1 < in_per_group ? row[(2 * p + 1) * kvol + k].x : 0u;
+        a[P.index(co / out_per_group, k, p, co % out_per_group)] = lo | hi << 16;
       }
   }
   // Offsets in pairs: every element offset is even (ldb is).
@@ -270,11 +276,12 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   };
   // In place only with whole, 4-byte aligned pairs per group and position: an odd channel
   // count would pair the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
-  const bool whole_pairs = cig % 2 == 0 && input.stride(4) % 2 == 0 &&
+  const bool whole_pairs = in_per_group % 2 == 0 && input.stride(4) % 2 == 0 &&
                            reinterpret_cast<uintptr_t>(input.const_data_ptr()) % 4 == 0;
   if (whole_pairs && pointwise_in_place(g, input))
     return run_pointwise<T, float>(g, input, cols, bias_or_zeros<float>(g, bias), output, gemm);
-  run_tiles<T, T, float>(L, input, cig, ldb, cols, bias_or_zeros<float>(g, bias), output, gemm);
+  run_tiles<T, T, float>(L, input, in_per_group, ldb, cols, bias_or_zeros<float>(g, bias),
+                         output, gemm);
 }
 
 // Element distance from base to p; the two may lie in different buffers (the zero row).
@@ -384,8 +391,8 @@ ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& i
                                           const at::Tensor& output) {
   if (input.stride(1) != 1 || output.stride(1) != 1 || g.in_channels < 2)
     return ChannelsLastForward::None;
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
-  if (cig == 1 && cog == 1) {
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  if (in_per_group == 1 && out_per_group == 1) {
     return zero_row_size(g, input.stride(4)) > kMaxZeroRow ? ChannelsLastForward::None
                                                            : ChannelsLastForward::Depthwise;
   }
@@ -395,8 +402,9 @@ ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& i
   // Below 8 input channels per group (an RGB stem) the planar kernels win too: their
   // copy of a few channels is cheap and their sums run along positions, not a short
   // channel run per tap.
-  const int64_t cols = round_up(cog, kLanes);
-  if (cols < 2 * kLanes || 4 * cog < 3 * cols || cig < 8) return ChannelsLastForward::None;
+  const int64_t cols = round_up(out_per_group, kLanes);
+  if (cols < 2 * kLanes || 4 * out_per_group < 3 * cols || in_per_group < 8)
+    return ChannelsLastForward::None;
   return ChannelsLastForward::Dense;
 }
 

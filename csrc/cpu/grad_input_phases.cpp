@@ -12,11 +12,11 @@
 //
 // So the forward computes grad_input too, reading grad_output and writing grad_input where
 // they lie: no transposed copy and no adjoint scatter. Used where the forward is faster
-// than conv3d_tiled.cpp's grad_input pass: channels innermost (forward_channels_last.cpp:
+// than the planar grad_input pass: channels innermost (forward_channels_last.cpp:
 // gemm_cl, depthwise_cl) and bfloat16 in either layout (vdpbf16ps). Only zero padding
 // (the other modes add a padded position's gradient back to the element it copied, which
 // a forward cannot express) and finite weights (a padding zero of grad_output times an
-// infinite weight would make a NaN where no term exists; conv3d_tiled.cpp's pass adds
+// infinite weight would make a NaN where no term exists; grad_input_planar.cpp adds
 // those terms exactly, nonfinite.h).
 #include "kernels.h"
 #include "microkernel.h"
@@ -129,9 +129,9 @@ bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
 
   // The phase's weight: [C_in, C_out / groups, taps...], input and output channels
   // swapped within each group, the taps picked and reversed per dimension.
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
   const at::Tensor w6 = weight.reshape(
-      {g.groups, cog, cig, g.kernel[0], g.kernel[1], g.kernel[2]});
+      {g.groups, out_per_group, in_per_group, g.kernel[0], g.kernel[1], g.kernel[2]});
   for (Phase& ph : phases) {
     if (ph.zero) {
       ph.gx.zero_();
@@ -142,7 +142,7 @@ bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
       const std::vector<int64_t>& taps = ph.dim[d]->taps;
       w = w.index_select(3 + d, at::tensor(taps, at::TensorOptions().dtype(at::kLong)));
     }
-    w = w.transpose(1, 2).reshape({g.in_channels, cog, ph.g.kernel[0], ph.g.kernel[1],
+    w = w.transpose(1, 2).reshape({g.in_channels, out_per_group, ph.g.kernel[0], ph.g.kernel[1],
                                    ph.g.kernel[2]});
     tiled_forward(ph.g, ph.gy, w.contiguous(), at::Tensor(), ph.gx);
   }

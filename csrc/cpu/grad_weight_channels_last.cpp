@@ -3,7 +3,7 @@
 //   grad_weight[co, ci, tap] = sum over samples and output positions f of
 //                              grad_output[f, co] * input[f + tap, ci]
 // is, per tap, an outer product summed over positions: input channels in the vector lanes
-// (a row of the channels-innermost tile, tile_layout.h's pack_channels_innermost, so a tap
+// (a row of the channels-innermost tile, packing.h's pack_channels_innermost, so a tap
 // is a row offset as in the forward), grad_output's channels broadcast (read where they lie
 // when grad_output is channels_last in the accumulation type). MicroKernels::outer_cl keeps
 // an R x V block of sums in registers over a whole band of output rows.
@@ -18,7 +18,7 @@
 // and thread counts).
 #include "kernels.h"
 #include "microkernel.h"
-#include "tile_layout.h"
+#include "packing.h"
 
 #include <ATen/OpMathType.h>
 
@@ -35,8 +35,9 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
                         at::Tensor& grad_weight) {
   using A = at::opmath_type<T>;
   const MicroKernels<A>& mk = micro_kernels(A{});
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
-  const Blocks ciblocks(cig, kChannelBlock);
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t kvol = g.kernel_volume();
+  const Blocks ciblocks(in_per_group, kChannelBlock);
   const int64_t ldb = round_up(ciblocks.size(0), kLanes);
 
   Layout L(g);
@@ -50,8 +51,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
   const int64_t want = 2 * at::get_num_threads(), base = g.groups * ciblocks.count;
   const Blocks tapb(kvol, ceil_div(kvol, std::clamp<int64_t>(ceil_div(want, base), 1, kvol)));
   const int64_t coblocks =
-      std::clamp<int64_t>(ceil_div(want, base * tapb.count), 1, ceil_div(cog, 6));
-  const Blocks cob(cog, ceil_div(cog, coblocks));
+      std::clamp<int64_t>(ceil_div(want, base * tapb.count), 1, ceil_div(out_per_group, 6));
+  const Blocks cob(out_per_group, ceil_div(out_per_group, coblocks));
   // grad_output is read in place when its channels are contiguous values of A.
   const bool gy_in_place = std::is_same_v<T, A> && grad_output.stride(1) == 1;
 
@@ -77,14 +78,15 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
       const int64_t cb = task / (tapb.count * cob.count) % ciblocks.count;
       const int64_t grp = task / (tapb.count * cob.count * ciblocks.count);
       const int64_t ci0 = ciblocks.start(cb), cis = ciblocks.size(cb);
-      const int64_t co0 = grp * cog + cob.start(ob), cos = cob.size(ob);
+      const int64_t co0 = grp * out_per_group + cob.start(ob), cos = cob.size(ob);
       const int64_t k0 = tapb.start(tb), taps = tapb.size(tb);
       std::fill(acc, acc + taps * cos * ldb, A(0));
       for (int64_t n = 0; n < g.batch; ++n)
         for (int64_t od = 0; od < g.out[0]; ++od)
           for (int64_t oh0 = 0; oh0 < g.out[1]; oh0 += L.th) {
             const int64_t th = L.band_rows(oh0);
-            pack_channels_innermost(L, cm, xp + n * xsn + (grp * cig + ci0) * input.stride(1),
+            pack_channels_innermost(L, cm,
+                                    xp + n * xsn + (grp * in_per_group + ci0) * input.stride(1),
                                     cis, ldb, xs, od, 1, oh0, th + L.qh_max, buf);
             const T* gy = gyp + n * gysn + co0 * gysc + od * gys[0] + oh0 * gys[1];
             const A* gv = gyb;
@@ -124,8 +126,9 @@ bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
                                const at::Tensor& input, at::Tensor& grad_weight) {
   // Input channels fill the vector lanes (at least one register, 3/4 of the lanes in use);
   // output channels are broadcast, a few per loaded register at least.
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
-  if (input.stride(1) != 1 || cig < kLanes || 4 * cig < 3 * round_up(cig, kLanes) || cog < 4)
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  if (input.stride(1) != 1 || in_per_group < kLanes ||
+      4 * in_per_group < 3 * round_up(in_per_group, kLanes) || out_per_group < 4)
     return false;
   // bfloat16 on AVX512-BF16: the planar pass's vdpbf16ps dot products (pairs of positions)
   // beat float outer products here, its transposing copy included (1.0-1.35x measured).

@@ -11,7 +11,8 @@
 
 namespace torchconv3d::cpu {
 
-// Shifted-plane convolution for every shape and pass (conv3d_tiled.cpp).
+// Shifted-plane convolution for every shape and pass (forward_planar.cpp,
+// grad_input_planar.cpp, grad_weight_planar.cpp; plans in plan.h).
 void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output);
 void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,

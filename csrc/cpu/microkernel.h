@@ -1,6 +1,6 @@
 // The two inner loops every CPU convolution pass reduces to, over "shifted planes".
 //
-// conv3d_tiled.cpp lays a tile of the input out so that kernel tap k reads, for the
+// The planar passes (tile_layout.h) lay a tile of the input out so that kernel tap k reads, for the
 // tile's flattened position f, the element b[offs[k] + f]: a convolution becomes a GEMM
 // whose B operand is a different shifted window of one buffer for each k. Both loops
 // vectorise along f, which is contiguous in every operand.

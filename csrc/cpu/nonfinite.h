@@ -35,12 +35,12 @@ template <typename A>
 std::vector<WeightTerm<A>> nonfinite_weights(const Geometry& g, const at::Tensor& w) {
   std::vector<WeightTerm<A>> out;
   const A* p = w.const_data_ptr<A>();
-  const int64_t cig = g.in_per_group();
+  const int64_t in_per_group = g.in_per_group();
   const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
   for (int64_t e = 0; e < w.numel(); ++e) {
     if (std::isfinite(p[e])) continue;
     const int64_t l = e % kw, j = e / kw % kh, i = e / (kw * kh) % kd;
-    const int64_t ci = e / (kw * kh * kd) % cig, co = e / (kw * kh * kd * cig);
+    const int64_t ci = e / (kw * kh * kd) % in_per_group, co = e / (kw * kh * kd * in_per_group);
     out.push_back({co, ci, {i, j, l}, p[e]});
   }
   return out;
@@ -52,7 +52,7 @@ std::vector<WeightTerm<A>> nonfinite_weights(const Geometry& g, const at::Tensor
 template <typename T, typename A>
 void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
                       const std::vector<WeightTerm<A>>& terms, at::Tensor& grad_input) {
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group();
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
   const T* gyp = grad_output.const_data_ptr<T>();
   T* gxp = grad_input.mutable_data_ptr<T>();
   const auto gys = spatial_strides(grad_output), gxs = spatial_strides(grad_input);
@@ -62,7 +62,7 @@ void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
       const int64_t n = task / g.in_channels, c = task % g.in_channels;
       T* gx = gxp + n * grad_input.stride(0) + c * grad_input.stride(1);
       for (const WeightTerm<A>& term : terms) {
-        if (term.ci != c % cig || term.co / cog != c / cig) continue;
+        if (term.ci != c % in_per_group || term.co / out_per_group != c / in_per_group) continue;
         const T* gy = gyp + n * grad_output.stride(0) + term.co * grad_output.stride(1);
         for (int64_t od = 0; od < g.out[0]; ++od) {
           const int64_t id = tap_source(g, 0, od, term.tap[0]);
@@ -121,7 +121,8 @@ std::vector<std::array<int64_t, 5>> nonfinite_inputs(const Geometry& g, const at
 template <typename T, typename A>
 void add_input_terms(const Geometry& g, const at::Tensor& grad_output, const at::Tensor& x,
                      const std::vector<std::array<int64_t, 5>>& where, A* acc) {
-  const int64_t cig = g.in_per_group(), cog = g.out_per_group(), kvol = g.kernel_volume();
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t kvol = g.kernel_volume();
   // Per dimension and input index: the (tap, output index) pairs reading it.
   std::array<std::vector<std::vector<std::pair<int64_t, int64_t>>>, 3> readers;
   for (int d = 0; d < 3; ++d) {
@@ -138,14 +139,14 @@ void add_input_terms(const Geometry& g, const at::Tensor& grad_output, const at:
   // A thread owns output channels: the rows of acc it adds into.
   at::parallel_for(0, g.out_channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t co = begin; co < end; ++co) {
-      const int64_t grp = co / cog;
-      A* row = acc + co * cig * kvol;
+      const int64_t grp = co / out_per_group;
+      A* row = acc + co * in_per_group * kvol;
       for (const auto& [n, c, d, h, w] : where) {
-        if (c / cig != grp) continue;
+        if (c / in_per_group != grp) continue;
         const A v = static_cast<A>(
             xp[n * x.stride(0) + c * x.stride(1) + d * xs[0] + h * xs[1] + w * xs[2]]);
         const T* gy = gyp + n * grad_output.stride(0) + co * grad_output.stride(1);
-        A* taps = row + (c % cig) * kvol;
+        A* taps = row + (c % in_per_group) * kvol;
         for (const auto& [td, od] : readers[0][d])
           for (const auto& [th, oh] : readers[1][h])
             for (const auto& [tw, ow] : readers[2][w])

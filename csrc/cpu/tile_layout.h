@@ -1,9 +1,21 @@
-// The tile plan the CPU passes share: where a tile's phase planes and positions lie
+// The tiles every CPU pass works on: where a tile's phase planes and positions lie
 // (Layout), which input column each plane column reads (ColumnMap), how items are cut into
-// blocks (Blocks), the forward's tiles, and the channels-innermost packing. See
-// conv3d_tiled.cpp's opening comment for the phase-plane scheme; the planar passes
-// (conv3d_tiled.cpp) and the channels-innermost ones (forward_channels_last.cpp,
-// grad_weight_channels_last.cpp) read it.
+// blocks (Blocks), and the forward's tiles. packing.h fills and reads them, plan.h sizes
+// them per pass.
+//
+// Shifted phase planes, one design for every pass, groups (depthwise included), kernel,
+// stride, dilation and padding mode. A tile is a band of `th` output rows of `td` output
+// depths (usually one). Its input is copied into a small buffer as "phase planes": for input
+// channel c, padded input depth (slot) and stride phase (rh, rw), plane[t_row][t_col] holds
+// the padded input at row (oh0 + t_row) * sh + rh and column t_col * sw + rw, where the
+// padding mode (through source_index) decides what a padded coordinate reads. Rows are
+// lw = W_out + qw_max long, so for a tile position f = r * lw + ow, tap (c, i, j, l) reads
+//     plane(c, slot of (od, i), (j*dh) % sh, (l*dw) % sw)[f + (j*dh / sh) * lw + (l*dw / sw)]
+// - a fixed shift per tap. The convolution becomes a GEMM with one shifted window of the
+// buffer per k (microkernel.h), vectorised along f. Columns ow >= W_out are computed and
+// dropped (qw_max / lw of the work: 3-12% on the suite's shapes). The channels-innermost
+// passes (forward_channels_last.cpp, grad_weight_channels_last.cpp) use the same tiles
+// with the channel as the fastest index.
 #pragma once
 
 #include "common.h"
@@ -180,18 +192,19 @@ inline int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t r
 // the planes), then shorter while there are too few tiles; whole planes take several
 // depths per tile while the budget and the tile count allow (thin layers, where copying
 // the input is a large share of the work).
-inline Layout forward_layout(const Geometry& g, int64_t cig, int64_t elem) {
+inline Layout forward_layout(const Geometry& g, int64_t channels, int64_t elem,
+                             int64_t threads = at::get_num_threads()) {
   Layout L(g);
-  int64_t band = kTileBytes / (cig * L.row_bytes(elem)) - L.qh_max;
+  int64_t band = kTileBytes / (channels * L.row_bytes(elem)) - L.qh_max;
   const int64_t planes = g.batch * g.groups * g.out[0];
-  const int64_t want = 4 * at::get_num_threads();
+  const int64_t want = 4 * threads;
   if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
     band = std::min(band, ceil_div(g.out[1], ceil_div(want, planes)));
   L.set_band(band);
   if (L.th == g.out[1]) {
     const int64_t per_plane = planes / g.out[0];
     L.grow_depths([&](const Layout& t) {
-      return t.planes_bytes(cig, elem) <= kTileBytes && per_plane * t.depth_blocks() >= want;
+      return t.planes_bytes(channels, elem) <= kTileBytes && per_plane * t.depth_blocks() >= want;
     });
   }
   return L;
@@ -215,49 +228,6 @@ struct ForwardTile {
     return L.g.batch * L.g.groups * L.depth_blocks() * L.bands();
   }
 };
-
-// A tile's phase planes, channels innermost: element (plane p, position f, channel e) at
-// buf[(p * L.plane + f) * ldb + e], planes in Layout's order (slot, rh, rw). Channels
-// [channels, ldb) are left as they are (the caller zeroes the buffer once).
-template <typename T, typename B>
-void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
-                             int64_t channels, int64_t ldb, const std::array<int64_t, 3>& xs,
-                             int64_t od0, int64_t depths, int64_t oh0, int64_t rows, B* buf) {
-  const Geometry& g = L.g;
-  const int64_t row = L.lw * ldb;
-  for (int64_t slot = 0; slot < L.slots; ++slot) {
-    if (!L.slot_used(slot, depths)) continue;
-    const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                    g.pad_before[0], g.pad_after[0], g.mode);
-    for (int64_t rh = 0; rh < L.sh; ++rh)
-      for (int64_t rw = 0; rw < L.sw; ++rw) {
-        B* base = buf + L.plane_offset(0, slot, rh, rw) * ldb;
-        const int64_t* col = cm.col.data() + rw * L.lw;
-        for (int64_t t_row = 0; t_row < rows; ++t_row) {
-          B* d = base + t_row * row;
-          const int64_t ih = id < 0 ? -1 : row_source(L, oh0, t_row, rh);
-          if (ih < 0) {
-            std::fill(d, d + row, B(0));
-            continue;
-          }
-          const T* src = x + id * xs[0] + ih * xs[1];
-          for (int64_t t = 0; t < L.lw; ++t) {
-            B* dt = d + t * ldb;
-            if (col[t] < 0) {
-              std::fill(dt, dt + channels, B(0));
-              continue;
-            }
-            const T* sp = src + col[t] * xs[2];
-            if constexpr (std::is_same_v<T, B>) {
-              std::memcpy(dt, sp, channels * sizeof(T));
-            } else {
-              for (int64_t e = 0; e < channels; ++e) dt[e] = static_cast<B>(sp[e]);
-            }
-          }
-        }
-      }
-  }
-}
 
 // tap_offset of every tap, in weight order, for planes with ldb elements per position.
 inline std::vector<int64_t> tap_offsets(const Layout& L, int64_t ldb) {

@@ -1,0 +1,205 @@
+// The forward on phase planes (tile_layout.h): tiles (sample, group, depth block, band), each
+// C[c_out x f] = W x shifted planes. A forward on channels_last tensors goes to
+// forward_channels_last.cpp first; it hands back the layers these kernels do better.
+#include "common.h"
+#include "kernels.h"
+#include "microkernel.h"
+#include "packing.h"
+#include "plan.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
+
+namespace torchconv3d::cpu {
+namespace {
+
+// The forward's result rows of one tile, from the GEMM's rows ct (row stride L.n):
+// out[co, od, oh0 + t_row, :] = ct + bias, for `rows` output channels from co0.
+template <typename T, typename A>
+void store_forward_rows(const Layout& L, const A* ct, int64_t rows, int64_t co0, const A* bp,
+                        T* yp, int64_t ysc, const std::array<int64_t, 3>& ys, int64_t od,
+                        int64_t oh0, int64_t th) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t co = co0 + r;
+    const A bc = bp ? bp[co] : A(0);
+    for (int64_t t_row = 0; t_row < th; ++t_row) {
+      const A* src = ct + r * L.n + t_row * L.lw;
+      T* dst = yp + co * ysc + od * ys[0] + (oh0 + t_row) * ys[1];
+      if (ys[2] == 1) {
+        for (int64_t ow = 0; ow < L.g.out[2]; ++ow) dst[ow] = static_cast<T>(src[ow] + bc);
+      } else {
+        for (int64_t ow = 0; ow < L.g.out[2]; ++ow)
+          dst[ow * ys[2]] = static_cast<T>(src[ow] + bc);
+      }
+    }
+  }
+}
+
+// Weight blocks of output channels (out_blocks within each group) laid out [k][r], the
+// order gemm reads them: element(co, k) for k < K.
+template <typename E, typename Element>
+std::vector<E> pack_weight_blocks(const Geometry& g, const Blocks& out_blocks, int64_t K,
+                                  Element&& element) {
+  const int64_t out_per_group = g.out_per_group();
+  std::vector<E> wpack(g.out_channels * K);
+  for (int64_t co = 0; co < g.out_channels; ++co) {
+    const int64_t grp = co / out_per_group, m = co % out_per_group, mb = out_blocks.of(m);
+    const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+    E* blk = wpack.data() + (grp * out_per_group + m0) * K;
+    for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = element(co, k);
+  }
+  return wpack;
+}
+
+uint32_t bf16_bits(c10::BFloat16 v) { return v.x; }
+
+// bfloat16 on the dot-product kernels (Bf16Kernels): the planes of input channels
+// (2p, 2p + 1) interleaved into one plane of 32-bit pairs, the weights paired the same way,
+// so each vdpbf16ps does 16 positions x 2 channels, summing in float. A tile is packed as
+// bfloat16 planes (no conversion), then paired.
+void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& bias, at::Tensor& output, const Bf16Kernels& bk) {
+  using T = c10::BFloat16;
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t kvol = g.kernel_volume(), pairs = ceil_div(in_per_group, 2), K = pairs * kvol;
+  // The GEMM reads only the pairs (2 B per channel element); the staging planes are
+  // written and read once per tile.
+  const ForwardPlan plan =
+      plan_forward(g, sizeof(T), bk.max_rows, true, at::get_num_threads());
+  const Layout& L = plan.layout;
+  const ColumnMap cm(L);
+
+  const at::Tensor w = weight.contiguous();
+  const T* wp = w.const_data_ptr<T>();
+  const std::vector<uint32_t> wpack =
+      pack_weight_blocks<uint32_t>(g, plan.out_blocks, K, [&](int64_t co, int64_t k) {
+        const int64_t p = k / kvol, tap = k % kvol, c = 2 * p;
+        const T* row = wp + co * in_per_group * kvol;
+        const uint32_t lo = bf16_bits(row[c * kvol + tap]);
+        const uint32_t hi = c + 1 < in_per_group ? bf16_bits(row[(c + 1) * kvol + tap]) : 0;
+        return lo | hi << 16;
+      });
+  const std::vector<int64_t> offs = L.tap_offsets(pairs);
+
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  const T* xp = input.const_data_ptr<T>();
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(input), ys = spatial_strides(output);
+  const int64_t xsn = input.stride(0), xsc = input.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
+  const int64_t cstride = L.channel_stride();
+  const Blocks& out_blocks = plan.out_blocks;
+
+  at::parallel_for(0, plan.tasks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_planes, h_pairs, h_c;
+    const int64_t planes_size = L.buffer_size(2 * pairs);
+    T* planes = scratch<T>(h_planes, planes_size);
+    std::fill(planes, planes + planes_size, T(0));  // an odd last channel stays 0
+    const int64_t pairs_size = L.buffer_size(pairs);
+    uint32_t* buf = reinterpret_cast<uint32_t*>(scratch<int32_t>(h_pairs, pairs_size));
+    std::fill(buf, buf + pairs_size, 0u);
+    float* ct = scratch<float>(h_c, bk.max_rows * L.n);
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(planes);
+    for (int64_t task = begin; task < end; ++task) {
+      const ForwardTile t(L, task);
+      pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
+                  t.od0, t.depths, t.oh0, t.th + L.qh_max, planes);
+      for (int64_t p = 0; p < pairs; ++p) {
+        const uint16_t* lo = bits + 2 * p * cstride;
+        const uint16_t* hi = lo + cstride;
+        uint32_t* d = buf + p * cstride;
+        for (int64_t e = 0; e < cstride; ++e) d[e] = lo[e] | uint32_t(hi[e]) << 16;
+      }
+      for (int64_t dl = 0; dl < t.depths; ++dl) {
+        const int64_t od = t.od0 + dl;
+        for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
+          const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+          bk.gemm(rows, wpack.data() + (t.grp * out_per_group + m0) * K, K,
+                  buf + dl * L.depth_step(), offs.data(), t.np, ct, L.n);
+          store_forward_rows(L, ct, rows, t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc,
+                             ys, od, t.oh0, t.th);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                    const at::Tensor& bias, at::Tensor& output) {
+  using A = at::opmath_type<T>;
+  const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
+  const int64_t K = in_per_group * g.kernel_volume();
+  if (K == 0) {  // no input channels: the output is the bias
+    if (bias.defined()) {
+      output.copy_(bias.view({1, g.out_channels, 1, 1, 1}).expand_as(output));
+    } else {
+      output.zero_();
+    }
+    return;
+  }
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    // One input channel would pair with a zero: no gain over the float kernels.
+    if (const Bf16Kernels* bk = bf16_kernels(); bk && in_per_group >= 2)
+      return forward_bf16_pairs(g, input, weight, bias, output, *bk);
+  }
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  const ForwardPlan plan = plan_forward(g, sizeof(A), mk.max_rows, false, at::get_num_threads());
+  const Layout& L = plan.layout;
+  const Blocks& out_blocks = plan.out_blocks;
+  const ColumnMap cm(L);
+
+  const at::Tensor w = weight_as<A>(weight);
+  const A* wp = w.const_data_ptr<A>();
+  const std::vector<A> wpack = pack_weight_blocks<A>(
+      g, out_blocks, K, [&](int64_t co, int64_t k) { return wp[co * K + k]; });
+  const std::vector<int64_t> offs = L.tap_offsets(in_per_group);
+
+  const at::Tensor b =
+      bias.defined() ? bias.to(c10::CppTypeToScalarType<A>::value).contiguous() : bias;
+  const A* bp = b.defined() ? b.const_data_ptr<A>() : nullptr;
+  const T* xp = input.const_data_ptr<T>();
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(input), ys = spatial_strides(output);
+  const int64_t xsn = input.stride(0), xsc = input.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
+
+  at::parallel_for(0, plan.tasks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor h_buf, h_c;
+    const int64_t bufsize = L.buffer_size(in_per_group);
+    A* buf = scratch<A>(h_buf, bufsize);
+    std::fill(buf, buf + bufsize, A(0));
+    A* ct = scratch<A>(h_c, mk.max_rows * L.n);
+    for (int64_t task = begin; task < end; ++task) {
+      const ForwardTile t(L, task);
+      pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
+                  t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
+      for (int64_t dl = 0; dl < t.depths; ++dl) {
+        const int64_t od = t.od0 + dl;
+        for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
+          const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+          mk.gemm(rows, wpack.data() + (t.grp * out_per_group + m0) * K, K,
+                  buf + dl * L.depth_step(), offs.data(), t.np, ct, L.n, false);
+          store_forward_rows(L, ct, rows, t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc,
+                             ys, od, t.oh0, t.th);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                   const at::Tensor& bias, at::Tensor& output) {
+  // (It takes only layers with input channels, so the K == 0 case stays in forward_kernel.)
+  if (forward_channels_last(g, input, weight, bias, output)) return;
+  TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
+                [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });
+}
+
+}  // namespace torchconv3d::cpu

@@ -1,0 +1,107 @@
+"""The CPU passes' plans (csrc/cpu/plan.h), read through torch.ops.torchconv3d.cpu_plan:
+workspace bounded by the tile budget whatever the volume, sum grouping independent of the
+thread count, and the split tasks of the half types' grad_input computing what F.conv3d
+does."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchconv3d
+
+from conftest import rel_err
+
+KTILE = 384 * 1024  # kTileBytes
+
+
+def plan(which, x, w, stride=1, padding=1, dilation=1, groups=1, mode="zeros"):
+    as3 = lambda v: [v] * 3 if isinstance(v, int) else list(v)  # noqa: E731
+    pads = [p for p in as3(padding) for _ in range(2)]
+    text = torch.ops.torchconv3d.cpu_plan(which, x, w, as3(stride), pads, as3(dilation),
+                                          groups, mode)
+    return {k: int(v) for k, v in (item.split("=") for item in text.split())}
+
+
+def meta(shape, dtype):
+    return torch.empty(shape, device="meta", dtype=dtype)
+
+
+# (input, weight): volumes up to a 512 x 512 plane with many channels, where a whole
+# plane per channel would be tens of MB.
+LAYERS = [
+    ((1, 64, 8, 512, 512), (32, 64, 3, 3, 3)),
+    ((2, 256, 4, 128, 160), (256, 256, 3, 3, 3)),
+    ((1, 16, 64, 256, 256), (16, 16, 1, 3, 3)),
+    ((1, 4, 16, 1024, 1024), (8, 4, 3, 3, 3)),
+]
+
+
+ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@pytest.mark.parametrize("which", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: "x".join(map(str, l[0])))
+def test_workspace_stops_growing_with_the_volume(layer, dtype, which):
+    # A thread's workspace follows the tile (rows, channels, the kernel), not the volume:
+    # four times the depth and height leave it as it is, but for the few rows by which
+    # equal bands differ. (The half types' grad_input slab used to hold whole D x H x W
+    # planes, grad_weight's grad_output tile whole planes of every output channel.)
+    (n, c, d, h, w), wshape = layer
+    small = plan(which, meta(layer[0], dtype), meta(wshape, dtype))
+    big = plan(which, meta((n, c, 4 * d, 4 * h, w), dtype), meta(wshape, dtype))
+    assert big["workspace_bytes"] <= 1.4 * small["workspace_bytes"], (small, big)
+    if which == "grad_input" and dtype in (torch.float16, torch.bfloat16):
+        assert big["workspace_bytes"] <= 4 * KTILE, big
+
+
+@pytest.mark.parametrize("which", ["grad_input", "grad_weight"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: "x".join(map(str, l[0])))
+def test_sum_grouping_does_not_depend_on_threads(layer, dtype, which):
+    # Bands and depths per tile group the terms of grad_input's and grad_weight's sums;
+    # results are bitwise stable across thread counts only if these depend on the shape alone.
+    saved = torch.get_num_threads()
+    try:
+        plans = []
+        for threads in (1, 3, 8):
+            torch.set_num_threads(threads)
+            plans.append(plan(which, meta(layer[0], dtype), meta(layer[1], dtype)))
+    finally:
+        torch.set_num_threads(saved)
+    keys = ("band_rows", "depths_per_tile")
+    assert len({tuple(p[k] for k in keys) for p in plans}) == 1, plans
+
+
+# Layers whose half-type grad_input is split across input channels and rows (the slab would
+# pass the budget): bands read by two row ranges, circular padding wrapping rows around,
+# H stride 2.
+SPLIT = [
+    ("circular", (1, 32, 2, 128, 64), (64, 32, 3, 3, 3), dict(padding=1), "circular"),
+    ("reflect_stride", (1, 32, 3, 320, 64), (64, 32, 3, 3, 3),
+     dict(padding=1, stride=(1, 2, 1)), "reflect"),
+    ("zeros_dilated", (1, 40, 2, 150, 48), (96, 40, 3, 3, 3),
+     dict(padding=(1, 2, 1), dilation=(1, 2, 1)), "zeros"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", SPLIT, ids=[c[0] for c in SPLIT])
+def test_split_half_grad_input_matches_torch(case, dtype):
+    name, xshape, wshape, kw, mode = case
+    p = plan("grad_input", meta(xshape, dtype), meta(wshape, dtype), mode=mode, **kw)
+    assert p["direct"] == 0 and p["channel_tasks"] > 1 and p["row_tasks"] > 1, p
+    x = torch.randn(xshape).to(dtype)
+    w = torch.randn(wshape).to(dtype)
+    y = torchconv3d.conv3d(x.requires_grad_(), w, padding_mode=mode, **kw)
+    gy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, gy)
+
+    x64 = x.detach().double().requires_grad_()
+    pad = kw["padding"]
+    pads = [pad] * 3 if isinstance(pad, int) else list(pad)
+    xp = F.pad(x64, [q for q in reversed(pads) for _ in range(2)],
+               mode="constant" if mode == "zeros" else mode)
+    ref = F.conv3d(xp, w.double(), stride=kw.get("stride", 1), dilation=kw.get("dilation", 1))
+    (gx64,) = torch.autograd.grad(ref, x64, gy.double())
+    # Float sums rounded once to the half type.
+    assert rel_err(gx, gx64) < (4e-3 if dtype == torch.bfloat16 else 5e-4), name
