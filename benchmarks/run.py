@@ -4,6 +4,7 @@
     python benchmarks/run.py --dtype float32 float64 --layout contiguous channels_last \\
         --markdown benchmarks/results/cpu.md --chart benchmarks/results/cpu.png
     python benchmarks/run.py --padding-mode reflect --pass fwdbwd
+    python benchmarks/run.py --transposed     # decoders' nn.ConvTranspose3d layers
     python benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 --tf32 on off
 
 On a GPU: batch x --batch-scale (default 16), CUDA-event timing, float32 with TF32 on
