@@ -4,6 +4,7 @@
     python benchmarks/run.py --dtype float32 float64 --layout contiguous channels_last \\
         --markdown benchmarks/results/cpu.md --chart benchmarks/results/cpu.png
     python benchmarks/run.py --padding-mode reflect --pass fwdbwd
+    python benchmarks/run.py --transposed     # decoders' nn.ConvTranspose3d layers
     python benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 --tf32 on off
 
 On a GPU: batch x --batch-scale (default 16), CUDA-event timing, float32 with TF32 on
@@ -33,7 +34,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torchconv3d import _loader  # noqa: E402
-from torchconv3d.benchmark import SUITE, ours, peak_memory, time_impls, torch_conv  # noqa: E402
+from torchconv3d.benchmark import (SUITE, TRANSPOSED, ours, peak_memory, time_impls,  # noqa: E402
+                                   torch_conv)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -115,6 +117,9 @@ def main(argv=None):
     ap.add_argument("--peak-tbs", type=float, help="CUDA: the roofline's memory bandwidth")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="layer names to run")
+    ap.add_argument("--transposed", action="store_true",
+                    help="run the decoders' transposed layers (vs nn.ConvTranspose3d) "
+                         "instead of the convolution suite")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     ap.add_argument("--markdown", help="also write the table to this markdown file")
     ap.add_argument("--chart", help="also draw the speedups into this PNG (needs matplotlib)")
@@ -123,7 +128,10 @@ def main(argv=None):
     cpu = torch.device(args.device).type == "cpu"
     passes = ["fwd", "fwdbwd"] if args.passes == "both" else [args.passes]
     scale = args.batch_scale or (1 if cpu else 16)
-    layers = [dataclasses.replace(l, batch=l.batch * scale) for l in SUITE
+    if args.transposed and args.padding_mode != ["zeros"]:
+        ap.error("nn.ConvTranspose3d has no padding modes: --transposed takes only zeros")
+    layers = [dataclasses.replace(l, batch=l.batch * scale)
+              for l in (TRANSPOSED if args.transposed else SUITE)
               if not args.only or l.name in args.only]
     tl = "oneDNN" if cpu else "cuDNN"
     # float32 on a GPU runs once per TF32 setting; other dtypes once.
@@ -202,7 +210,7 @@ def main(argv=None):
         sel = [r for r in rows if r["pass"] == p and r["dtype"] == dname
                and r["layout"] == lname and r["mode"] == mode]
         parts = [f"all {geomean([r['vs_torch'] for r in sel]):.2f}x"]
-        for tag in ("dense", "depthwise", "dilated"):
+        for tag in ("dense", "depthwise", "dilated", "transposed"):
             tagged = [r["vs_torch"] for r in sel if tag in r["tags"]]
             if tagged:
                 parts.append(f"{tag} {geomean(tagged):.2f}x")

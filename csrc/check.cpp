@@ -6,7 +6,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <limits>
 #include <sstream>
+#include <vector>
 
 namespace torchconv3d {
 
@@ -25,6 +28,54 @@ bool is_supported_dtype(at::ScalarType t) {
 // torch's own cap on padding. Beyond it, every size sum and product below is checked for
 // int64 overflow where it is formed (stride only ever divides).
 constexpr int64_t kMaxPadding = (int64_t(1) << 62) - 1;
+
+// Ranks, dtypes, devices and layouts: the same rules for every operator.
+void check_tensor_kinds(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, const char* op,
+                        const char* weight_dims) {
+  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
+              "Expected 4D (unbatched) or 5D (batched) input to ", op,
+              ", but got input of size: ", input.sizes());
+  TORCH_CHECK(weight.dim() == 5,
+              "Expected 5D weight ", weight_dims, ", but got weight of size ",
+              weight.sizes());
+  // Mismatched dtypes before unsupported ones: an integer input with a float bias gets
+  // F.conv3d's "should be the same", as PyTorch's own error_inputs expect.
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "Input type (",
+              input.scalar_type(), ") and weight type (", weight.scalar_type(),
+              ") should be the same");
+  TORCH_CHECK(input.device() == weight.device(),
+              "Expected input and weight on the same device, but got input on ",
+              input.device(), " and weight on ", weight.device());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(input.scalar_type() == bias->scalar_type(), "Input type (",
+                input.scalar_type(), ") and bias type (", bias->scalar_type(),
+                ") should be the same");
+    TORCH_CHECK(input.device() == bias->device(),
+                "Expected input and bias on the same device, but got input on ", input.device(),
+                " and bias on ", bias->device());
+  }
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()),
+              "torchconv3d supports float32, float64, bfloat16 and float16 tensors (not "
+              "integer or complex ones), but got input of dtype ", input.scalar_type());
+  for (const at::Tensor* t : {&input, &weight}) {
+    TORCH_CHECK(t->layout() == at::kStrided, "torchconv3d needs strided (dense) tensors, got ",
+                t->layout());
+  }
+}
+
+// grad_output must be what the forward returned for these arguments.
+void check_grad_output(const at::Tensor& go, const at::Tensor& input,
+                       const std::vector<int64_t>& expected) {
+  TORCH_CHECK(go.sizes() == c10::IntArrayRef(expected), "Expected grad_output of size ",
+              c10::IntArrayRef(expected), " (the output of this convolution), but got ",
+              go.sizes());
+  TORCH_CHECK(go.scalar_type() == input.scalar_type(), "grad_output type (", go.scalar_type(),
+              ") and input type (", input.scalar_type(), ") should be the same");
+  TORCH_CHECK(go.device() == input.device(),
+              "Expected grad_output and input on the same device, but got grad_output on ",
+              go.device(), " and input on ", input.device());
+}
 
 }  // namespace
 
@@ -92,37 +143,9 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
     g.pad_after[i] = padding[2 * i + 1];
   }
 
-  // Ranks, dtypes, devices.
-  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
-              "Expected 4D (unbatched) or 5D (batched) input to conv3d, but got input of size: ",
-              input.sizes());
-  TORCH_CHECK(weight.dim() == 5,
-              "Expected 5D weight (out_channels, in_channels/groups, kD, kH, kW), but got "
-              "weight of size ", weight.sizes());
-  // Mismatched dtypes before unsupported ones: an integer input with a float bias gets
-  // F.conv3d's "should be the same", as PyTorch's own error_inputs expect.
-  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "Input type (",
-              input.scalar_type(), ") and weight type (", weight.scalar_type(),
-              ") should be the same");
-  TORCH_CHECK(input.device() == weight.device(),
-              "Expected input and weight on the same device, but got input on ",
-              input.device(), " and weight on ", weight.device());
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK(input.scalar_type() == bias->scalar_type(), "Input type (",
-                input.scalar_type(), ") and bias type (", bias->scalar_type(),
-                ") should be the same");
-    TORCH_CHECK(input.device() == bias->device(),
-                "Expected input and bias on the same device, but got input on ", input.device(),
-                " and bias on ", bias->device());
-  }
-  TORCH_CHECK(is_supported_dtype(input.scalar_type()),
-              "torchconv3d supports float32, float64, bfloat16 and float16 tensors (not "
-              "integer or complex ones), but got input of dtype ", input.scalar_type());
-  for (const at::Tensor* t : {&input, &weight}) {
-    TORCH_CHECK(t->layout() == at::kStrided, "torchconv3d needs strided (dense) tensors, got ",
-                t->layout());
-  }
+  check_tensor_kinds(input, weight, bias, "conv3d",
+                     "(out_channels, in_channels/groups, kD, kH, kW)");
 
   // Channels and groups.
   const bool batched = input.dim() == 5;
@@ -213,20 +236,132 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   }
 
   if (grad_output.has_value() && grad_output->defined()) {
-    const at::Tensor& go = *grad_output;
     std::vector<int64_t> expected{g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]};
     if (!batched) expected.erase(expected.begin());
-    TORCH_CHECK(go.sizes() == c10::IntArrayRef(expected), "Expected grad_output of size ",
-                c10::IntArrayRef(expected), " (the output of this convolution), but got ",
-                go.sizes());
-    TORCH_CHECK(go.scalar_type() == input.scalar_type(), "grad_output type (",
-                go.scalar_type(), ") and input type (", input.scalar_type(),
-                ") should be the same");
-    TORCH_CHECK(go.device() == input.device(),
-                "Expected grad_output and input on the same device, but got grad_output on ",
-                go.device(), " and input on ", input.device());
+    check_grad_output(*grad_output, input, expected);
   }
   return g;
+}
+
+TransposeGeometry check_conv_transpose3d_args(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& grad_output, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef output_padding, c10::IntArrayRef dilation,
+    int64_t groups) {
+  TransposeGeometry t;
+  Geometry& g = t.conv;
+  g.mode = PadMode::Zeros;  // (nn.ConvTranspose3d has no other)
+
+  // (F.conv_transpose3d's wording throughout)
+  const std::pair<const char*, c10::IntArrayRef> lists[] = {
+      {"stride", stride}, {"padding", padding}, {"output_padding", output_padding},
+      {"dilation", dilation}};
+  for (const auto& [name, values] : lists) {
+    TORCH_CHECK(values.size() == 3, "expected ", name,
+                " to be a single integer value or a list of 3 values to match the "
+                "convolution dimensions, but got ", name, "=", values);
+  }
+  TORCH_CHECK(groups > 0, "non-positive groups is not supported, got groups=", groups);
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
+    TORCH_CHECK(dilation[i] > 0, "dilation should be greater than zero, but got dilation=",
+                dilation);
+    TORCH_CHECK(padding[i] >= 0, "negative padding is not supported, got padding=", padding);
+    TORCH_CHECK(output_padding[i] >= 0,
+                "negative output_padding is not supported, got output_padding=",
+                output_padding);
+    TORCH_CHECK_VALUE(padding[i] <= kMaxPadding,
+                      "padding must be at most 2^62 - 1, got padding=", padding);
+    // The extra rows must lie within one stride (or dilation) step: past it, a larger
+    // input would give the same output size.
+    TORCH_CHECK(output_padding[i] < stride[i] || output_padding[i] < dilation[i],
+                "output padding must be smaller than either stride or dilation, but got "
+                "output_padding=", output_padding, ", stride=", stride, ", dilation=", dilation);
+  }
+
+  check_tensor_kinds(input, weight, bias, "conv_transpose3d",
+                     "(in_channels, out_channels/groups, kD, kH, kW)");
+
+  const bool batched = input.dim() == 5;
+  g.batch = batched ? input.size(0) : 1;
+  const int64_t in_channels = input.size(batched ? 1 : 0);
+  g.out_channels = weight.size(0);  // the convolution's output: the input's channels
+  g.groups = groups;
+  TORCH_CHECK(weight.size(0) >= groups, "Given groups=", groups,
+              ", expected weight to be at least ", groups,
+              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  TORCH_CHECK(weight.size(0) % groups == 0, "Given groups=", groups,
+              ", expected weight to be divisible by ", groups,
+              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  TORCH_CHECK(in_channels == weight.size(0), "Given transposed=1, weight of size ",
+              weight.sizes(), ", expected input",
+              batched ? input.sizes() : input.unsqueeze(0).sizes(), " to have ",
+              weight.size(0), " channels, but got ", in_channels, " channels instead");
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(weight.size(1), groups, &g.in_channels),
+                    "weight of size ", weight.sizes(), " with groups=", groups,
+                    " gives more than 2^63 - 1 output channels");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.in_channels,
+                "Given transposed=1, weight of size ", weight.sizes(),
+                ", expected bias to be 1-dimensional with ", g.in_channels,
+                " elements, but got bias of size ", bias->sizes(), " instead");
+  }
+
+  std::array<int64_t, 3> in{};
+  for (int i = 0; i < 3; ++i) {
+    in[i] = input.size(input.dim() - 3 + i);
+    g.kernel[i] = weight.size(2 + i);
+    TORCH_CHECK(g.kernel[i] > 0, "kernel size must be positive, but got weight of size ",
+                weight.sizes());
+  }
+  TORCH_CHECK(g.batch == 0 || in_channels == 0 || (in[0] > 0 && in[1] > 0 && in[2] > 0),
+              "Only zero batch or zero channel inputs are supported, but got input of size ",
+              input.sizes(), " (an empty depth, height or width)");
+  // out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1,
+  // formed in __int128 so that no intermediate wraps.
+  std::array<__int128, 3> out{};
+  for (int i = 0; i < 3; ++i) {
+    out[i] = (static_cast<__int128>(in[i]) - 1) * stride[i] -
+             2 * static_cast<__int128>(padding[i]) +
+             static_cast<__int128>(dilation[i]) * (g.kernel[i] - 1) + output_padding[i] + 1;
+    TORCH_CHECK_VALUE(out[i] <= std::numeric_limits<int64_t>::max(), "stride=", stride,
+                      ", dilation=", dilation, " with input of size ", input.sizes(),
+                      " and weight of size ", weight.sizes(),
+                      " give an output size past 2^63 - 1");
+  }
+  TORCH_CHECK(out[0] > 0 && out[1] > 0 && out[2] > 0, "Given input size per channel: ",
+              dims_str(in), ". Calculated output size per channel: (",
+              static_cast<int64_t>(out[0]), " x ", static_cast<int64_t>(out[1]), " x ",
+              static_cast<int64_t>(out[2]), "). Output size is too small");
+  int64_t out_numel = g.batch;
+  for (int64_t n : {g.in_channels, static_cast<int64_t>(out[0]), static_cast<int64_t>(out[1]),
+                    static_cast<int64_t>(out[2])})
+    TORCH_CHECK_VALUE(!__builtin_mul_overflow(out_numel, n, &out_numel),
+                      "the output of size (", g.batch, ", ", g.in_channels, ", ",
+                      static_cast<int64_t>(out[0]), ", ", static_cast<int64_t>(out[1]), ", ",
+                      static_cast<int64_t>(out[2]), ") has more than 2^63 - 1 elements");
+
+  // The convolution whose adjoint this is: padding p before and p - output_padding after,
+  // where that is >= 0; where output_padding exceeds p, its last output_padding - p rows
+  // are beyond every tap (zero) and conv.in stops before them (it may be empty: with
+  // kernel 1, output_padding < dilation can leave every row beyond the one tap).
+  for (int i = 0; i < 3; ++i) {
+    t.out[i] = static_cast<int64_t>(out[i]);
+    g.out[i] = in[i];
+    g.stride[i] = stride[i];
+    g.dilation[i] = dilation[i];
+    g.pad_before[i] = padding[i];
+    g.pad_after[i] = std::max<int64_t>(padding[i] - output_padding[i], 0);
+    g.in[i] = std::max<int64_t>(t.out[i] - std::max<int64_t>(output_padding[i] - padding[i], 0), 0);
+  }
+  normalise(g);
+
+  if (grad_output.has_value() && grad_output->defined()) {
+    std::vector<int64_t> expected{g.batch, g.in_channels, t.out[0], t.out[1], t.out[2]};
+    if (!batched) expected.erase(expected.begin());
+    check_grad_output(*grad_output, input, expected);
+  }
+  return t;
 }
 
 }  // namespace torchconv3d

@@ -82,6 +82,28 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
                            c10::IntArrayRef dilation, int64_t groups,
                            std::string_view padding_mode);
 
+// A transposed convolution (nn.ConvTranspose3d) is the adjoint of a convolution in its
+// input: conv_transpose(x, w) = grad_input of the convolution `conv` (weight w, zero
+// padding) at grad_output x. conv.in is the part of the transposed output that conv's taps
+// can reach; `out` is the whole transposed output, which extends past conv.in by the
+// output_padding rows no tap reaches (they hold zero, plus the bias).
+struct TransposeGeometry {
+  Geometry conv;  // conv.out = the input's D, H, W; conv.in_channels = output channels
+  std::array<int64_t, 3> out{};  // transposed output D, H, W
+  // Whether conv.in is empty along some dimension (every output row is past the taps).
+  bool unreached() const { return conv.in[0] == 0 || conv.in[1] == 0 || conv.in[2] == 0; }
+};
+
+// Validates a transposed-convolution call (F.conv_transpose3d's arguments: input
+// (N, C_in, D, H, W) or unbatched, weight (C_in, C_out / groups, kD, kH, kW), symmetric
+// padding[3], output_padding[3]) and returns its geometry. Messages follow
+// F.conv_transpose3d's wording.
+TransposeGeometry check_conv_transpose3d_args(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& grad_output, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef output_padding, c10::IntArrayRef dilation,
+    int64_t groups);
+
 // Arguments that cannot change the result, normalised so that their size never reaches a
 // kernel's tile or workspace arithmetic: an output extent of 1 reads only o = 0 (any
 // stride), a kernel extent of 1 only tap 0 (any dilation).
@@ -123,6 +145,11 @@ struct TorchFormats {
 TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
                            c10::IntArrayRef stride, c10::IntArrayRef padding,
                            c10::IntArrayRef dilation, int64_t groups, PadMode mode);
+// The same for nn.ConvTranspose3d (x: its batched input): one format for all three.
+at::MemoryFormat torch_transpose_format(const at::Tensor& x, const at::Tensor& weight,
+                                        c10::IntArrayRef stride,
+                                        c10::IntArrayRef output_padding,
+                                        c10::IntArrayRef dilation, int64_t groups);
 
 // The operators with a given kernel table (ops.cpp): check, allocate outputs in nn.Conv3d's
 // memory format, run the kernels. Gradients not asked for in output_mask come back undefined.
@@ -135,6 +162,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, std::string_view padding_mode,
+    std::array<bool, 3> output_mask);
+// The transposed operators, on the same kernels: forward = grad_input pass, backward =
+// forward pass (grad_input) + grad_weight pass (grad_weight) + grad_bias.
+at::Tensor run_transpose_forward(const DeviceKernels& k, const at::Tensor& input,
+                                 const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+                                 c10::IntArrayRef dilation, int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_transpose_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef output_padding, c10::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> output_mask);
 
 // The geometry the kernels receive for these arguments: checked, with the taps that read

@@ -79,6 +79,27 @@ TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
   return {conv, grad_input, conv};
 }
 
+at::MemoryFormat torch_transpose_format(const at::Tensor& x, const at::Tensor& weight,
+                                        c10::IntArrayRef stride,
+                                        c10::IntArrayRef output_padding,
+                                        c10::IntArrayRef dilation, int64_t groups) {
+  // ATen decides as for a convolution, on the transposed call's own input and weight, except
+  // that its CPU oneDNN path refuses an output_padding of a stride or more (allowed where the
+  // dilation is larger), which then runs on its contiguous slow path. The output and both
+  // gradients share the backend's format.
+  if (x.is_cpu()) {
+    for (int i = 0; i < 3; ++i)
+      if (output_padding[i] >= stride[i]) return at::MemoryFormat::Contiguous;
+  }
+  static const std::array<int64_t, 6> no_padding{};
+  const bool cl_backend = torch_uses_channels_last_backend(x, weight, stride, no_padding,
+                                                           dilation, groups, PadMode::Zeros);
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  return cl_backend && (x.suggest_memory_format() == cl || weight.suggest_memory_format() == cl)
+             ? cl
+             : at::MemoryFormat::Contiguous;
+}
+
 namespace {
 
 at::Tensor batched(const at::Tensor& t) { return t.dim() == 4 ? t.unsqueeze(0) : t; }
@@ -294,6 +315,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
       grad_input_pass(k, g, gy, weight, grad_input);
     } else {
       grad_input.zero_();  // (at::zeros would drop the memory format)
+    }
+    if (input.dim() == 4) grad_input = grad_input.squeeze(0);
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+namespace {
+
+// The part of a transposed output (or its gradient) that conv's taps reach, as a view.
+at::Tensor reached(const TransposeGeometry& t, const at::Tensor& y) {
+  return y.narrow(2, 0, t.conv.in[0]).narrow(3, 0, t.conv.in[1]).narrow(4, 0, t.conv.in[2]);
+}
+
+bool reaches_all(const TransposeGeometry& t) {
+  return t.conv.in[0] == t.out[0] && t.conv.in[1] == t.out[1] && t.conv.in[2] == t.out[2];
+}
+
+}  // namespace
+
+at::Tensor run_transpose_forward(const DeviceKernels& k, const at::Tensor& input,
+                                 const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+                                 c10::IntArrayRef dilation, int64_t groups) {
+  const TransposeGeometry t = check_conv_transpose3d_args(
+      input, weight, bias, std::nullopt, stride, padding, output_padding, dilation, groups);
+  const Geometry& g = t.conv;
+  const at::Tensor x = batched(input);
+  const auto format =
+      torch_transpose_format(x, weight, stride, output_padding, dilation, groups);
+  at::Tensor out = at::empty({g.batch, g.in_channels, t.out[0], t.out[1], t.out[2]},
+                             x.options().memory_format(format));
+  if (out.numel() > 0) {
+    if (x.numel() == 0 || t.unreached()) {
+      out.zero_();
+    } else {
+      // grad_input writes every element it is given; the rows past the taps get zeros.
+      if (!reaches_all(t)) out.zero_();
+      at::Tensor kept = reached(t, out);
+      grad_input_pass(k, g, x, weight, kept);
+    }
+    if (bias.has_value() && bias->defined()) out.add_(per_channel(*bias));
+  }
+  return input.dim() == 4 ? out.squeeze(0) : out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_transpose_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef output_padding, c10::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const TransposeGeometry t =
+      check_conv_transpose3d_args(input, weight, std::nullopt, grad_output, stride, padding,
+                                  output_padding, dilation, groups);
+  const Geometry& g = t.conv;
+  const at::Tensor x = batched(input);
+  const at::Tensor gy = batched(grad_output);
+  // Every term pairs an input element with a grad_output element the taps reach.
+  const bool empty = x.numel() == 0 || gy.numel() == 0 || t.unreached();
+  const auto format =
+      torch_transpose_format(x, weight, stride, output_padding, dilation, groups);
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[1]) {  // (before grad_input, as in run_backward: a lower peak)
+    grad_weight = at::empty(weight.sizes(), weight.options().memory_format(format));
+    if (empty) {
+      grad_weight.zero_();
+    } else {
+      grad_weight_pass(k, g, x, reached(t, gy), grad_weight);
+    }
+  }
+  if (output_mask[2]) {
+    grad_bias = at::empty({g.in_channels}, gy.options());
+    if (gy.numel() == 0) {
+      grad_bias.zero_();
+    } else {
+      // grad_bias sums a convolution's output over batch and space: here, grad_output.
+      Geometry sum = g;
+      sum.out_channels = g.in_channels;
+      sum.out = t.out;
+      k.grad_bias(sum, gy, grad_bias);
+    }
+  }
+  if (output_mask[0]) {
+    grad_input = at::empty(x.sizes(), x.options().memory_format(format));
+    if (empty) {
+      grad_input.zero_();
+    } else {
+      forward_pass(k, g, reached(t, gy), weight, at::Tensor(), grad_input);
     }
     if (input.dim() == 4) grad_input = grad_input.squeeze(0);
   }

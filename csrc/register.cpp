@@ -36,6 +36,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
                       padding, dilation, groups, padding_mode, check_output_mask(output_mask));
 }
 
+at::Tensor conv_transpose3d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                    c10::IntArrayRef output_padding, c10::IntArrayRef dilation,
+                                    int64_t groups) {
+  return run_transpose_forward(kernels_for(input.device()), input, weight, bias, stride,
+                               padding, output_padding, dilation, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+    c10::IntArrayRef dilation, int64_t groups, const c10::List<bool>& output_mask) {
+  return run_transpose_backward(kernels_for(input.device()), grad_output, input, weight,
+                                stride, padding, output_padding, dilation, groups,
+                                check_output_mask(output_mask));
+}
+
 // Under autocast the forward runs in the autocast dtype, as torch's conv3d does; the
 // backward needs no rule because it sees the tensors the forward saved.
 at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
@@ -55,6 +73,23 @@ at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& we
                  dilation, groups, padding_mode);
 }
 
+at::Tensor conv_transpose3d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
+                                             const std::optional<at::Tensor>& bias,
+                                             c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                             c10::IntArrayRef output_padding,
+                                             c10::IntArrayRef dilation, int64_t groups) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto device_type = input.device().type();
+  const auto dtype = at::autocast::get_autocast_dtype(device_type);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchconv3d::conv_transpose3d_forward", "")
+                       .typed<decltype(conv_transpose3d_forward)>();
+  return op.call(at::autocast::cached_cast(dtype, input, device_type),
+                 at::autocast::cached_cast(dtype, weight, device_type),
+                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
+                 output_padding, dilation, groups);
+}
+
 // Registers the operators, once per process. Two copies of this library can meet in one
 // process (the JIT build and the installed extension, or a second torch.ops.load_library);
 // the second finds the namespace taken and registers nothing, where TORCH_LIBRARY's static
@@ -71,6 +106,14 @@ bool register_operators() {
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // nn.ConvTranspose3d: padding (symmetric, as torch's) and output_padding per dimension.
+  def.def(
+      "conv_transpose3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
+      "int[3] padding, int[3] output_padding, int[3] dilation, int groups) -> Tensor");
+  def.def(
+      "conv_transpose3d_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "int[3] stride, int[3] padding, int[3] output_padding, int[3] dilation, int groups, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor)");
   // Which build of the CPU micro-kernels this process runs (microkernel.h, cpu_isa).
   def.def("cpu_isa() -> str", [] { return std::string(cpu::cpu_isa()); });
   // The plan a planar CPU pass makes for these arguments on the current thread count
@@ -89,18 +132,24 @@ bool register_operators() {
   static Library cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::CPU, __FILE__, __LINE__);
   cpu.impl("conv3d_forward", &conv3d_forward);
   cpu.impl("conv3d_backward", &conv3d_backward);
+  cpu.impl("conv_transpose3d_forward", &conv_transpose3d_forward);
+  cpu.impl("conv_transpose3d_backward", &conv_transpose3d_backward);
 #ifdef WITH_CUDA
   static Library cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::CUDA, __FILE__,
                       __LINE__);
   cuda.impl("conv3d_forward", &conv3d_forward);
   cuda.impl("conv3d_backward", &conv3d_backward);
+  cuda.impl("conv_transpose3d_forward", &conv_transpose3d_forward);
+  cuda.impl("conv_transpose3d_backward", &conv_transpose3d_backward);
 #endif
   static Library autocast_cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCPU,
                               __FILE__, __LINE__);
   autocast_cpu.impl("conv3d_forward", &conv3d_forward_autocast);
+  autocast_cpu.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
   static Library autocast_cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCUDA,
                                __FILE__, __LINE__);
   autocast_cuda.impl("conv3d_forward", &conv3d_forward_autocast);
+  autocast_cuda.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
   return true;
 }
 

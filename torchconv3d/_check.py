@@ -61,6 +61,39 @@ def padding_mode(mode):
                  f"'circular', but got padding_mode='{mode}'")
 
 
+def _tensor_kinds(input, weight, bias, op, weight_dims):
+    """check.cpp's check_tensor_kinds: ranks, dtypes, devices, layouts."""
+    _check(input.dim() in (4, 5), f"Expected 4D (unbatched) or 5D (batched) input to {op}, but "
+           f"got input of size: {_sizes(input)}")
+    _check(weight.dim() == 5, f"Expected 5D weight {weight_dims}, "
+           f"but got weight of size {_sizes(weight)}")
+    _check(input.dtype == weight.dtype,
+           f"Input type ({_dtype(input)}) and weight type ({_dtype(weight)}) should be the same")
+    _check(input.device == weight.device, "Expected input and weight on the same device, but "
+           f"got input on {input.device} and weight on {weight.device}")
+    if bias is not None:
+        _check(input.dtype == bias.dtype,
+               f"Input type ({_dtype(input)}) and bias type ({_dtype(bias)}) should be the same")
+        _check(input.device == bias.device, "Expected input and bias on the same device, but "
+               f"got input on {input.device} and bias on {bias.device}")
+    _check(input.dtype in _SUPPORTED, "torchconv3d supports float32, float64, bfloat16 and "
+           "float16 tensors (not integer or complex ones), but got input of dtype "
+           f"{_dtype(input)}")
+    for t in (input, weight):
+        _check(t.layout == torch.strided, "torchconv3d needs strided (dense) tensors, got "
+               f"{_LAYOUT_NAMES.get(t.layout, str(t.layout))}")
+
+
+def _grad_output(grad_output, input, expected):
+    """check.cpp's check_grad_output."""
+    _check(list(grad_output.shape) == expected, f"Expected grad_output of size {expected} "
+           f"(the output of this convolution), but got {_sizes(grad_output)}")
+    _check(grad_output.dtype == input.dtype, f"grad_output type ({_dtype(grad_output)}) and "
+           f"input type ({_dtype(input)}) should be the same")
+    _check(grad_output.device == input.device, "Expected grad_output and input on the same "
+           f"device, but got grad_output on {grad_output.device} and input on {input.device}")
+
+
 def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, groups, mode):
     """Raises what check_conv3d_args raises for these arguments; returns the output's
     spatial size."""
@@ -82,25 +115,8 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
             _check_fits(pad <= _MAX_PADDING, f"padding must be at most 2^62 - 1, got "
                         f"padding={padding}")
 
-    _check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to conv3d, but "
-           f"got input of size: {_sizes(input)}")
-    _check(weight.dim() == 5, "Expected 5D weight (out_channels, in_channels/groups, kD, kH, kW), "
-           f"but got weight of size {_sizes(weight)}")
-    _check(input.dtype == weight.dtype,
-           f"Input type ({_dtype(input)}) and weight type ({_dtype(weight)}) should be the same")
-    _check(input.device == weight.device, "Expected input and weight on the same device, but "
-           f"got input on {input.device} and weight on {weight.device}")
-    if bias is not None:
-        _check(input.dtype == bias.dtype,
-               f"Input type ({_dtype(input)}) and bias type ({_dtype(bias)}) should be the same")
-        _check(input.device == bias.device, "Expected input and bias on the same device, but "
-               f"got input on {input.device} and bias on {bias.device}")
-    _check(input.dtype in _SUPPORTED, "torchconv3d supports float32, float64, bfloat16 and "
-           "float16 tensors (not integer or complex ones), but got input of dtype "
-           f"{_dtype(input)}")
-    for t in (input, weight):
-        _check(t.layout == torch.strided, "torchconv3d needs strided (dense) tensors, got "
-               f"{_LAYOUT_NAMES.get(t.layout, str(t.layout))}")
+    _tensor_kinds(input, weight, bias, "conv3d",
+                  "(out_channels, in_channels/groups, kD, kH, kW)")
 
     batched = input.dim() == 5
     batch = input.shape[0] if batched else 1
@@ -163,12 +179,7 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
 
     if grad_output is not None:
         expected = [batch, out_channels] + out if batched else [out_channels] + out
-        _check(list(grad_output.shape) == expected, f"Expected grad_output of size {expected} "
-               f"(the output of this convolution), but got {_sizes(grad_output)}")
-        _check(grad_output.dtype == input.dtype, f"grad_output type ({_dtype(grad_output)}) and "
-               f"input type ({_dtype(input)}) should be the same")
-        _check(grad_output.device == input.device, "Expected grad_output and input on the same "
-               f"device, but got grad_output on {grad_output.device} and input on {input.device}")
+        _grad_output(grad_output, input, expected)
     return out
 
 
@@ -176,3 +187,77 @@ def output_mask(mask):
     mask = list(mask)
     _check(len(mask) == 3, "expected output_mask to have 3 values (grad_input, grad_weight, "
            f"grad_bias), but got output_mask={mask}")
+
+
+def conv_transpose3d_args(input, weight, bias, grad_output, stride, padding, output_padding,
+                          dilation, groups):
+    """Raises what check_conv_transpose3d_args raises; returns the output's spatial size."""
+    stride, padding = list(stride), list(padding)
+    output_padding, dilation = list(output_padding), list(dilation)
+    for name, values in (("stride", stride), ("padding", padding),
+                         ("output_padding", output_padding), ("dilation", dilation)):
+        _check(len(values) == 3, f"expected {name} to be a single integer value or a list of 3 "
+               f"values to match the convolution dimensions, but got {name}={values}")
+    _check(groups > 0, f"non-positive groups is not supported, got groups={groups}")
+    for i in range(3):
+        _check(stride[i] > 0, f"non-positive stride is not supported, got stride={stride}")
+        _check(dilation[i] > 0,
+               f"dilation should be greater than zero, but got dilation={dilation}")
+        _check(padding[i] >= 0, f"negative padding is not supported, got padding={padding}")
+        _check(output_padding[i] >= 0, "negative output_padding is not supported, got "
+               f"output_padding={output_padding}")
+        _check_fits(padding[i] <= _MAX_PADDING, f"padding must be at most 2^62 - 1, got "
+                    f"padding={padding}")
+        _check(output_padding[i] < stride[i] or output_padding[i] < dilation[i],
+               "output padding must be smaller than either stride or dilation, but got "
+               f"output_padding={output_padding}, stride={stride}, dilation={dilation}")
+
+    _tensor_kinds(input, weight, bias, "conv_transpose3d",
+                  "(in_channels, out_channels/groups, kD, kH, kW)")
+    batched = input.dim() == 5
+    batch = input.shape[0] if batched else 1
+    in_channels = input.shape[1 if batched else 0]
+    _check(weight.shape[0] >= groups, f"Given groups={groups}, expected weight to be at least "
+           f"{groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
+    _check(weight.shape[0] % groups == 0, f"Given groups={groups}, expected weight to be "
+           f"divisible by {groups} at dimension 0, but got weight of size {_sizes(weight)} "
+           "instead")
+    batched_sizes = _sizes(input) if batched else str([1] + list(input.shape))
+    _check(in_channels == weight.shape[0],
+           f"Given transposed=1, weight of size {_sizes(weight)}, expected input"
+           f"{batched_sizes} to have {weight.shape[0]} channels, but got {in_channels} "
+           "channels instead")
+    out_channels = weight.shape[1] * groups
+    _check_fits(out_channels <= _INT64_MAX, f"weight of size {_sizes(weight)} with "
+                f"groups={groups} gives more than 2^63 - 1 output channels")
+    if bias is not None:
+        _check(bias.dim() == 1 and bias.shape[0] == out_channels,
+               f"Given transposed=1, weight of size {_sizes(weight)}, expected bias to be "
+               f"1-dimensional with {out_channels} elements, but got bias of size "
+               f"{_sizes(bias)} instead")
+    spatial = list(input.shape[-3:])
+    kernel = list(weight.shape[2:])
+    for i in range(3):
+        _check(kernel[i] > 0, f"kernel size must be positive, but got weight of size "
+               f"{_sizes(weight)}")
+    _check(batch == 0 or in_channels == 0 or all(n > 0 for n in spatial),
+           "Only zero batch or zero channel inputs are supported, but got input of size "
+           f"{_sizes(input)} (an empty depth, height or width)")
+    out = [(spatial[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1)
+           + output_padding[i] + 1 for i in range(3)]
+    for i in range(3):
+        _check_fits(out[i] <= _INT64_MAX, f"stride={stride}, dilation={dilation} with input "
+                    f"of size {_sizes(input)} and weight of size {_sizes(weight)} give an "
+                    "output size past 2^63 - 1")
+    _check(out[0] > 0 and out[1] > 0 and out[2] > 0, f"Given input size per channel: "
+           f"{_dims(spatial)}. Calculated output size per channel: {_dims(out)}. Output size "
+           "is too small")
+    numel = batch
+    for n in [out_channels] + out:
+        numel = numel * n
+        _check_fits(numel <= _INT64_MAX, f"the output of size ({batch}, {out_channels}, "
+                    f"{out[0]}, {out[1]}, {out[2]}) has more than 2^63 - 1 elements")
+    if grad_output is not None:
+        expected = [batch, out_channels] + out if batched else [out_channels] + out
+        _grad_output(grad_output, input, expected)
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .functional import conv3d, resolve_padding
+from .functional import conv3d, conv_transpose3d, resolve_padding
 from .ops import output_size
 
 
@@ -35,13 +35,28 @@ class Layer:
     groups: int = 1
     scale: str = ""
     tags: tuple = field(default=())
+    # A transposed layer (nn.ConvTranspose3d): in/out channels are its own, weight
+    # (in, out / groups, k...), padding an int or 3, output size
+    # (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
+    transposed: bool = False
+    output_padding: tuple = (0, 0, 0)
 
     def pads(self):
         return resolve_padding(self.padding, list(self.kernel), list(self.stride),
                                list(self.dilation), list(self.size))
 
     def out_size(self):
+        if self.transposed:
+            p = self.pads()[0::2]
+            return tuple((self.size[i] - 1) * self.stride[i] - 2 * p[i]
+                         + self.dilation[i] * (self.kernel[i] - 1) + self.output_padding[i] + 1
+                         for i in range(3))
         return tuple(output_size(self.size, self.kernel, self.stride, self.pads(), self.dilation))
+
+    def weight_shape(self):
+        channels = ((self.in_channels, self.out_channels // self.groups) if self.transposed
+                    else (self.out_channels, self.in_channels // self.groups))
+        return channels + tuple(self.kernel)
 
     def bytes(self, element_size, backward=False):
         """Fewest bytes a pass moves: input, weight and output once each (forward); backward
@@ -54,8 +69,12 @@ class Layer:
         return element_size * (x + w + y) * (3 if backward else 1)
 
     def flops(self):
-        """Multiply-adds x 2 of one forward pass; backward (input + weight) is twice this."""
+        """Multiply-adds x 2 of one forward pass; backward (input + weight) is twice this.
+        (A transposed layer: each input element meets every tap of its group's weights.)"""
         kvol = self.kernel[0] * self.kernel[1] * self.kernel[2]
+        if self.transposed:
+            return (2 * self.batch * self.in_channels * self.size[0] * self.size[1]
+                    * self.size[2] * (self.out_channels // self.groups) * kvol)
         out = self.out_size()
         return (2 * self.batch * self.out_channels * out[0] * out[1] * out[2]
                 * (self.in_channels // self.groups) * kvol)
@@ -98,6 +117,21 @@ SUITE = [
           tags=("dense",)),
 ]
 
+# Decoder upsampling layers (nn.ConvTranspose3d), for benchmarks/run.py --transposed.
+TRANSPOSED = [
+    Layer("unet3d_up_k2s2", "3D U-Net synthesis up-convolution 2x2x2 stride 2 (Cicek et al. "
+          "2016)", 1, 64, 64, (16, 16, 16), (2, 2, 2), stride=(2, 2, 2),
+          scale="256 -> 64 channels, output 32^3", tags=("transposed",), transposed=True),
+    Layer("monai_unet_up_k3s2", "MONAI UNet / DynUNet-style up-sampling 3x3x3 stride 2, "
+          "padding 1, output_padding 1 (Kerfoot et al. 2018)", 1, 64, 32, (16, 16, 16),
+          (3, 3, 3), stride=(2, 2, 2), padding=1, output_padding=(1, 1, 1),
+          scale="output 32^3", tags=("transposed",), transposed=True),
+    Layer("vae3d_up_k3s2", "3D (video) VAE decoder up-sampling 3x3x3 stride 2, padding 1, "
+          "output_padding 1", 1, 128, 64, (4, 16, 16), (3, 3, 3), stride=(2, 2, 2),
+          padding=1, output_padding=(1, 1, 1), scale="8 frames of 32x32 out, 128 channels",
+          tags=("transposed",), transposed=True),
+]
+
 QUICK = ["r3d18_layer2", "r2plus1d_spatial", "x3d_depthwise", "nnunet_down",
          "medicalnet_dilated"]
 
@@ -106,8 +140,7 @@ def make_inputs(layer, dtype=torch.float32, device="cpu", channels_last=False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn((layer.batch, layer.in_channels) + tuple(layer.size), generator=g,
                     dtype=torch.float64)
-    w = torch.randn((layer.out_channels, layer.in_channels // layer.groups) + tuple(layer.kernel),
-                    generator=g, dtype=torch.float64) * 0.1
+    w = torch.randn(layer.weight_shape(), generator=g, dtype=torch.float64) * 0.1
     b = torch.randn(layer.out_channels, generator=g, dtype=torch.float64)
     x, w, b = (t.to(device=device, dtype=dtype) for t in (x, w, b))
     if channels_last:
@@ -116,12 +149,21 @@ def make_inputs(layer, dtype=torch.float32, device="cpu", channels_last=False):
 
 
 def ours(layer, padding_mode="zeros"):
+    if layer.transposed:
+        return lambda x, w, b: conv_transpose3d(x, w, b, layer.stride, layer.padding,
+                                                layer.output_padding, layer.groups,
+                                                layer.dilation)
     return lambda x, w, b: conv3d(x, w, b, layer.stride, layer.padding, layer.dilation,
                                   layer.groups, padding_mode)
 
 
 def torch_conv(layer, padding_mode="zeros"):
-    """What nn.Conv3d does: F.pad for the non-zero modes (and asymmetric zeros), F.conv3d."""
+    """What nn.Conv3d does: F.pad for the non-zero modes (and asymmetric zeros), F.conv3d
+    (F.conv_transpose3d for a transposed layer)."""
+    if layer.transposed:
+        return lambda x, w, b: F.conv_transpose3d(x, w, b, layer.stride, layer.padding,
+                                                  layer.output_padding, layer.groups,
+                                                  layer.dilation)
     pads = layer.pads()
     before, after = pads[0::2], pads[1::2]
     torch_pads = (pads[4], pads[5], pads[2], pads[3], pads[0], pads[1])
@@ -213,7 +255,7 @@ def _peak_memory_here(spec):
     """Run in a child process: peak resident-memory growth (MB) of one call per layer."""
     dtype = getattr(torch, spec["dtype"])
     out = {}
-    for layer in (l for l in SUITE if l.name in spec["layers"]):
+    for layer in (l for l in SUITE + TRANSPOSED if l.name in spec["layers"]):
         once = _one_call(layer, spec["impl"], spec["backward"], dtype, "cpu",
                          spec["channels_last"], spec["padding_mode"])
         once()  # one-time costs (oneDNN's primitive and weight caches, thread pools)

@@ -5,6 +5,7 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .ops import forward as _forward
+from .ops import transpose_forward as _transpose_forward
 
 PADDING_STRINGS = ("valid", "same", "causal")
 
@@ -227,3 +228,29 @@ def resolve_args(input, weight, stride, padding, dilation):
     kernel = list(weight.shape[2:]) if weight.dim() == 5 else []
     pads = _check_int64("padding", resolve_padding(padding, kernel, stride, dilation, spatial))
     return stride, pads, dilation
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1):
+    """F.conv_transpose3d (same signature and semantics) with torchconv3d's kernels: the
+    transposed convolution runs as our convolution's grad_input pass, and its gradients as
+    our forward (grad_input) and grad_weight passes.
+
+    input: (N, C_in, D, H, W) or unbatched (C_in, D, H, W); any strides. weight:
+    (C_in, C_out / groups, kD, kH, kW). bias: (C_out,) or None. stride, padding,
+    output_padding, dilation: an int or 1 or 3 of them. Returns (N, C_out, D_out, H_out,
+    W_out), D_out = (D - 1) * stride - 2 * padding + dilation * (kD - 1) + output_padding + 1,
+    channels_last_3d exactly when F.conv_transpose3d's would be.
+    """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            conv_transpose3d, (input, weight, bias), input, weight, bias=bias, stride=stride,
+            padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    _check_tensor("input", 1, input)
+    _check_tensor("weight", 2, weight)
+    _check_tensor("bias", 3, bias, optional=True)
+    groups = _as_int("groups", groups, groups, "an int")
+    args = [_check_int64(name, _triple(name, value)) for name, value in (
+        ("stride", stride), ("padding", padding), ("output_padding", output_padding),
+        ("dilation", dilation))]
+    return _transpose_forward(input, weight, bias, *args, groups)

@@ -1,10 +1,16 @@
-"""Conv3d, a drop-in nn.Conv3d running torchconv3d's kernels, and convert()."""
+"""Conv3d and ConvTranspose3d, drop-in nn.Conv3d / nn.ConvTranspose3d running
+torchconv3d's kernels, and convert()."""
+import dataclasses
+import logging
 import operator
 
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
-                         megengine_to_torch)
+                         conv_transpose3d, megengine_to_torch)
+
+logger = logging.getLogger("torchconv3d")
 
 
 def _torch_accepts(padding, stride):
@@ -111,22 +117,139 @@ class Conv3d(nn.Conv3d):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def convert(module):
-    """Replaces every nn.Conv3d in `module` (or `module` itself) by torchconv3d.Conv3d.
+class ConvTranspose3d(nn.ConvTranspose3d):
+    """nn.ConvTranspose3d with the same arguments, parameters, initialisation, state_dict
+    keys and repr, forward(input, output_size=None) included; it runs on torchconv3d's
+    kernels (the transposed convolution is our convolution's grad_input pass)."""
 
-    Only modules whose type is exactly nn.Conv3d are replaced: subclasses may override
-    forward, and lazy or parametrized modules are left as they are. The new modules share
-    the original Parameter objects (optimizer state stays valid), hooks and training mode. Returns the converted module; children are swapped in place.
+    def forward(self, input, output_size=None):
+        # nn.ConvTranspose3d.forward, with our functional: the same checks and errors.
+        if self.padding_mode != "zeros":
+            raise ValueError(
+                f"Only `zeros` padding mode is supported for {self.__class__.__name__}")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 3, self.dilation)
+        return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                output_padding, self.groups, self.dilation)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "torchconv3d.ConvTranspose3d cannot be compiled by torch.jit.script (its forward "
+            "is Python that TorchScript cannot compile). Use torch.compile or torch.export, "
+            "or torch.jit.trace for TorchScript.")
+
+
+@dataclasses.dataclass
+class ConvertReport:
+    """What convert() did: each module it met that nn.Conv3d / nn.ConvTranspose3d (or a
+    subclass) is, by its qualified name in the model ('' for the model itself).
+
+    swapped: (name, class name) of the modules that now run on our kernels.
+    left: (name, class name, reason) of those left on torch's path.
     """
-    if type(module) is nn.Conv3d:
-        new = Conv3d.__new__(Conv3d)
-        # The same attribute objects: the module is replaced, not copied, so a hook handle
-        # taken before convert still removes its hook (handles hold the hook dicts).
-        new.__dict__.update(module.__dict__)
+    swapped: list = dataclasses.field(default_factory=list)
+    left: list = dataclasses.field(default_factory=list)
+
+    def __str__(self):
+        lines = [f"torchconv3d.convert: swapped {len(self.swapped)}, left "
+                 f"{len(self.left)} on torch's path"]
+        lines += [f"  swapped {name or '(model)'}: {cls}" for name, cls in self.swapped]
+        lines += [f"  left    {name or '(model)'}: {cls}: {why}" for name, cls, why in self.left]
+        return "\n".join(lines)
+
+
+# Where each torch class runs its convolution: the method a subclass must leave to torch's
+# class for ours to run beneath it. nn.Conv3d.forward calls _conv_forward, which a subclass's
+# own forward reaches through super().forward() (diffusers' WanCausalConv3d pads and calls
+# it; CogVideoXSafeConv3d calls it per time chunk). nn.ConvTranspose3d.forward computes
+# directly, so there the entry point is forward itself.
+_ENTRY_POINTS = {nn.Conv3d: "_conv_forward", nn.ConvTranspose3d: "forward"}
+_OURS = {nn.Conv3d: Conv3d, nn.ConvTranspose3d: ConvTranspose3d}
+_accelerated_classes = {}
+
+
+def _accelerated(cls, ours):
+    """cls with our class inserted between it and torch's in the method order
+    (cls -> ours -> torch's), so that cls's own methods run unchanged and reach ours where
+    they call torch's. Same name (its repr is unchanged); isinstance holds for cls, ours and
+    torch's class. One class per original class."""
+    if cls not in _accelerated_classes:
+        _accelerated_classes[cls] = type(cls.__name__, (cls, ours), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "_torchconv3d_original_class": cls})
+    return _accelerated_classes[cls]
+
+
+def _why_left(module, base):
+    """Why a subclass of base cannot run on our kernels, or None if it can."""
+    cls = type(module)
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+        return "lazy module, not yet initialised (convert after its first forward)"
+    if parametrize.is_parametrized(module):
+        return "parametrized (torch.nn.utils.parametrize)"
+    entry = _ENTRY_POINTS[base]
+    owner = next(c for c in cls.__mro__ if entry in c.__dict__)
+    if owner is not base:
+        return (f"{owner.__qualname__} overrides {entry}, which is where our kernels would "
+                f"run")
+    return None
+
+
+def _swap(module, base, ours):
+    """A module of our class (or of cls accelerated) sharing module's attributes."""
+    cls = type(module)
+    new_cls = ours if cls is base else _accelerated(cls, ours)
+    new = new_cls.__new__(new_cls)
+    # The same attribute objects: the module is replaced, not copied, so a hook handle
+    # taken before convert still removes its hook (handles hold the hook dicts).
+    new.__dict__.update(module.__dict__)
+    if base is nn.Conv3d:
         new.data_format, new.conv_mode = "NCDHW", "cross_correlation"
-        return new
-    for name, child in module.named_children():
-        new = convert(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
+    return new
+
+
+def _convert(module, name, report, done):
+    if id(module) in done:  # a module shared by several parents is swapped once
+        return done[id(module)]
+    new = module
+    base = next((b for b in _ENTRY_POINTS if isinstance(module, b)), None)
+    if base is not None and not isinstance(module, _OURS[base]):
+        why = _why_left(module, base)
+        if why is None:
+            new = _swap(module, base, _OURS[base])
+            report.swapped.append((name, type(module).__qualname__))
+        else:
+            report.left.append((name, type(module).__qualname__, why))
+    done[id(module)] = new
+    for child_name, child in new.named_children():
+        converted = _convert(child, f"{name}.{child_name}" if name else child_name, report,
+                             done)
+        if converted is not child:
+            setattr(new, child_name, converted)
+    return new
+
+
+def convert(module, *, verbose=False, return_report=False):
+    """Replaces every nn.Conv3d and nn.ConvTranspose3d in `module` (or `module` itself) by
+    one running torchconv3d's kernels.
+
+    Exact nn.Conv3d / nn.ConvTranspose3d become torchconv3d.Conv3d / ConvTranspose3d.
+    A subclass keeps its own class and methods, with ours inserted beneath it (a class
+    of the same name deriving from both): its forward runs unchanged and reaches our
+    kernels where it calls torch's convolution (nn.Conv3d._conv_forward, e.g. through
+    super().forward(); nn.ConvTranspose3d.forward). Left on torch's path, with the reason:
+    a subclass that overrides that method itself, a lazy module not yet initialised, a
+    parametrized one. New modules share the original Parameter objects (optimizer state
+    stays valid), buffers, hooks and training mode; the original modules are not changed.
+
+    Returns the converted module (children are swapped in place), or (module, report)
+    with return_report=True, report a ConvertReport of what was swapped and what was left
+    and why. verbose=True prints the report; it is always logged at INFO (logger
+    "torchconv3d").
+    """
+    report = ConvertReport()
+    new = _convert(module, "", report, {})
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return (new, report) if return_report else new

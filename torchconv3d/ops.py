@@ -5,8 +5,15 @@ torch.ops.torchconv3d.conv3d_forward(input, weight, bias, stride[3], padding[6],
 torch.ops.torchconv3d.conv3d_backward(grad_output, input, weight, stride[3], padding[6],
     dilation[3], groups, padding_mode, output_mask[3]) -> (grad_input, grad_weight, grad_bias)
 
-padding is (d_before, d_after, h_before, h_after, w_before, w_after). Gradients that
-output_mask does not ask for come back as None.
+torch.ops.torchconv3d.conv_transpose3d_forward(input, weight, bias, stride[3], padding[3],
+    output_padding[3], dilation[3], groups) -> output
+torch.ops.torchconv3d.conv_transpose3d_backward(grad_output, input, weight, stride[3],
+    padding[3], output_padding[3], dilation[3], groups, output_mask[3])
+    -> (grad_input, grad_weight, grad_bias)
+
+conv3d's padding is (d_before, d_after, h_before, h_after, w_before, w_after); the
+transposed operators take nn.ConvTranspose3d's (symmetric) padding and output_padding.
+Gradients that output_mask does not ask for come back as None.
 
 Argument checking lives in C++ (csrc/check.cpp) and runs before any kernel; the fake
 kernels here run its mirror (_check.py), then compute shapes and memory formats as
@@ -28,6 +35,8 @@ _loader.load()
 
 forward_op = torch.ops.torchconv3d.conv3d_forward
 backward_op = torch.ops.torchconv3d.conv3d_backward
+transpose_forward_op = torch.ops.torchconv3d.conv_transpose3d_forward
+transpose_backward_op = torch.ops.torchconv3d.conv_transpose3d_backward
 
 
 def output_size(in_size, kernel, stride, padding, dilation):
@@ -141,6 +150,57 @@ def _backward_fake(
     return grad_input, grad_weight, grad_bias
 
 
+def torch_transpose_format(x, weight, stride, output_padding, dilation, groups):
+    """csrc/ops.cpp's torch_transpose_format: nn.ConvTranspose3d's one memory format for its
+    output and both gradients (x: the batched input)."""
+    if x.device.type == "cpu" and any(op >= s for op, s in zip(output_padding, stride)):
+        return torch.contiguous_format
+    cl = torch.channels_last_3d
+    if (_torch_uses_channels_last_backend(x, weight, stride, [0] * 6, dilation, groups,
+                                          "zeros")
+            and (suggest_memory_format(x) == cl or suggest_memory_format(weight) == cl)):
+        return cl
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("torchconv3d::conv_transpose3d_forward")
+def _transpose_forward_fake(input, weight, bias, stride, padding, output_padding, dilation,
+                            groups):
+    spatial = _check.conv_transpose3d_args(input, weight, bias, None, stride, padding,
+                                           output_padding, dilation, groups)
+    x = _batched(input)
+    fmt = torch_transpose_format(x, weight, stride, output_padding, dilation, groups)
+    out = _empty_like_format([x.shape[0], weight.shape[1] * groups] + spatial, x, fmt)
+    return out.squeeze(0) if input.dim() == 4 else out
+
+
+@torch.library.register_fake("torchconv3d::conv_transpose3d_backward")
+def _transpose_backward_fake(grad_output, input, weight, stride, padding, output_padding,
+                             dilation, groups, output_mask):
+    _check.output_mask(output_mask)
+    _check.conv_transpose3d_args(input, weight, None, grad_output, stride, padding,
+                                 output_padding, dilation, groups)
+    x = _batched(input)
+    fmt = torch_transpose_format(x, weight, stride, output_padding, dilation, groups)
+    grad_input = grad_weight = grad_bias = None
+    if output_mask[0]:
+        grad_input = _empty_like_format(x.shape, x, fmt)
+        if input.dim() == 4:
+            grad_input = grad_input.squeeze(0)
+    if output_mask[1]:
+        grad_weight = _empty_like_format(weight.shape, weight, fmt)
+    if output_mask[2]:
+        grad_bias = grad_output.new_empty((weight.shape[1] * groups,))
+    return grad_input, grad_weight, grad_bias
+
+
+def _transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups):
+    spatial = [(input.shape[-3 + i] - 1) * stride[i] - 2 * padding[i]
+               + dilation[i] * (weight.shape[2 + i] - 1) + output_padding[i] + 1
+               for i in range(3)]
+    return list(input.shape[:-4]) + [weight.shape[1] * groups] + spatial
+
+
 # --- autograd -----------------------------------------------------------------------------
 # Forward:  y = conv(x, w) + b.  Backward: gx = conv^T(gy, w), gw = corr(x, gy), gb = sum(gy).
 # Every map here is linear in each tensor argument, so every derivative of one is again a
@@ -154,6 +214,10 @@ def _backward_fake(
 # torch.library.register_autograd builds an autograd.Function with neither a jvp nor a
 # setup_context, so forward-mode AD saw zero tangents and torch.func refused it; these are
 # our own Functions, registered as the operators' Autograd kernels.
+# The transposed convolution is the same kind of map (bilinear in input and weight, plus a
+# per-channel bias), with conv and conv^T trading places: every formula above holds with
+# (forward, backward) = (conv_transpose3d_forward, conv_transpose3d_backward), so both
+# operator pairs get their Functions from one definition (_bilinear_functions).
 
 
 def _add(terms):
@@ -188,98 +252,111 @@ def _below_autograd():
         yield
 
 
-class _Forward(torch.autograd.Function):
-    @staticmethod
-    def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode):
-        with _below_autograd():
-            return forward_op(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+def _bilinear_functions(forward_op, backward_op, output_shape):
+    """The autograd.Functions (forward, backward) of an operator pair computing
+    y = f(x, w) + b and (gx, gw, gb) = its adjoints, both taking the same five non-tensor
+    arguments (args); output_shape(input, weight, *args) is y's shape."""
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, bias, *args = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.save_for_forward(input, weight)
-        ctx.args = args
-        ctx.has_bias = bias is not None
+    class _Forward(torch.autograd.Function):
+        @staticmethod
+        def forward(input, weight, bias, *args):
+            with _below_autograd():
+                return forward_op(input, weight, bias, *args)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        mask = [
-            ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1],
-            ctx.has_bias and ctx.needs_input_grad[2],
-        ]
-        grads = backward_op(grad_output, input, weight, *ctx.args, mask)
-        return (*grads, None, None, None, None, None)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, weight, bias, *args = inputs
+            ctx.save_for_backward(input, weight)
+            ctx.save_for_forward(input, weight)
+            ctx.args = args
+            ctx.has_bias = bias is not None
 
-    @staticmethod
-    def jvp(ctx, d_input, d_weight, d_bias, *_):
-        input, weight = ctx.saved_tensors
-        out = None
-        if d_input is not None:
-            out = forward_op(d_input, weight, None, *ctx.args)
-        if d_weight is not None:
-            return _add([out, forward_op(input, d_weight, d_bias, *ctx.args)])
-        if d_bias is None:
-            return out
-        if out is None:
-            shape = _output_shape(input, weight, *ctx.args[:3])
-            return d_bias.reshape([-1, 1, 1, 1]).expand(shape).contiguous()
-        return out + _bias_term(d_bias, out)
+        @staticmethod
+        def backward(ctx, grad_output):
+            input, weight = ctx.saved_tensors
+            mask = [
+                ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2],
+            ]
+            grads = backward_op(grad_output, input, weight, *ctx.args, mask)
+            return (*grads, None, None, None, None, None)
+
+        @staticmethod
+        def jvp(ctx, d_input, d_weight, d_bias, *_):
+            input, weight = ctx.saved_tensors
+            out = None
+            if d_input is not None:
+                out = forward_op(d_input, weight, None, *ctx.args)
+            if d_weight is not None:
+                return _add([out, forward_op(input, d_weight, d_bias, *ctx.args)])
+            if d_bias is None:
+                return out
+            if out is None:
+                shape = output_shape(input, weight, *ctx.args)
+                return d_bias.reshape([-1, 1, 1, 1]).expand(shape).contiguous()
+            return out + _bias_term(d_bias, out)
+
+    class _Backward(torch.autograd.Function):
+        @staticmethod
+        def forward(grad_output, input, weight, *args_and_mask):
+            with _below_autograd():
+                return backward_op(grad_output, input, weight, *args_and_mask)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad_output, input, weight, *args, mask = inputs
+            ctx.save_for_backward(grad_output, input, weight)
+            ctx.save_for_forward(grad_output, input, weight)
+            ctx.args = args
+            ctx.mask = list(mask)
+
+        @staticmethod
+        def backward(ctx, ggi, ggw, ggb):
+            grad_output, input, weight = ctx.saved_tensors
+            args = ctx.args
+            need_gy, need_x, need_w = ctx.needs_input_grad[:3]
+            g_gy = g_x = g_w = None
+            if need_gy:
+                terms = []
+                if ggi is not None:
+                    terms.append(forward_op(ggi, weight, None, *args))
+                if ggw is not None:
+                    terms.append(forward_op(input, ggw, ggb, *args))
+                elif ggb is not None:
+                    terms.append(_bias_term(ggb, grad_output))
+                g_gy = _add(terms)
+            if need_x and ggw is not None:
+                g_x = backward_op(grad_output, input, ggw, *args, [True, False, False])[0]
+            if need_w and ggi is not None:
+                g_w = backward_op(grad_output, ggi, weight, *args, [False, True, False])[1]
+            return g_gy, g_x, g_w, None, None, None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, d_grad_output, d_input, d_weight, *_):
+            grad_output, input, weight = ctx.saved_tensors
+            args, mask = ctx.args, ctx.mask
+            d_gi = d_gw = d_gb = None
+            if d_grad_output is not None:
+                d_gi, d_gw, d_gb = backward_op(d_grad_output, input, weight, *args, mask)
+            if mask[0] and d_weight is not None:
+                d_gi = _add([d_gi, backward_op(grad_output, input, d_weight, *args,
+                                               [True, False, False])[0]])
+            if mask[1] and d_input is not None:
+                d_gw = _add([d_gw, backward_op(grad_output, d_input, weight, *args,
+                                               [False, True, False])[1]])
+            return d_gi, d_gw, d_gb
+
+    return _Forward, _Backward
 
 
-class _Backward(torch.autograd.Function):
-    @staticmethod
-    def forward(grad_output, input, weight, stride, padding, dilation, groups, padding_mode,
-                output_mask):
-        with _below_autograd():
-            return backward_op(grad_output, input, weight, stride, padding, dilation, groups,
-                               padding_mode, output_mask)
+def _conv3d_output_shape(input, weight, stride, padding, dilation, groups, padding_mode):
+    return _output_shape(input, weight, stride, padding, dilation)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad_output, input, weight, *args, mask = inputs
-        ctx.save_for_backward(grad_output, input, weight)
-        ctx.save_for_forward(grad_output, input, weight)
-        ctx.args = args
-        ctx.mask = list(mask)
 
-    @staticmethod
-    def backward(ctx, ggi, ggw, ggb):
-        grad_output, input, weight = ctx.saved_tensors
-        args = ctx.args
-        need_gy, need_x, need_w = ctx.needs_input_grad[:3]
-        g_gy = g_x = g_w = None
-        if need_gy:
-            terms = []
-            if ggi is not None:
-                terms.append(forward_op(ggi, weight, None, *args))
-            if ggw is not None:
-                terms.append(forward_op(input, ggw, ggb, *args))
-            elif ggb is not None:
-                terms.append(_bias_term(ggb, grad_output))
-            g_gy = _add(terms)
-        if need_x and ggw is not None:
-            g_x = backward_op(grad_output, input, ggw, *args, [True, False, False])[0]
-        if need_w and ggi is not None:
-            g_w = backward_op(grad_output, ggi, weight, *args, [False, True, False])[1]
-        return g_gy, g_x, g_w, None, None, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, d_grad_output, d_input, d_weight, *_):
-        grad_output, input, weight = ctx.saved_tensors
-        args, mask = ctx.args, ctx.mask
-        d_gi = d_gw = d_gb = None
-        if d_grad_output is not None:
-            d_gi, d_gw, d_gb = backward_op(d_grad_output, input, weight, *args, mask)
-        if mask[0] and d_weight is not None:
-            d_gi = _add([d_gi, backward_op(grad_output, input, d_weight, *args,
-                                           [True, False, False])[0]])
-        if mask[1] and d_input is not None:
-            d_gw = _add([d_gw, backward_op(grad_output, d_input, weight, *args,
-                                           [False, True, False])[1]])
-        return d_gi, d_gw, d_gb
+_Forward, _Backward = _bilinear_functions(forward_op, backward_op, _conv3d_output_shape)
+_TransposeForward, _TransposeBackward = _bilinear_functions(
+    transpose_forward_op, transpose_backward_op, _transpose_output_shape)
 
 
 def _gradient_can_flow(*tensors):
@@ -314,6 +391,10 @@ def _autograd_kernel(function, op, n_tensors):
 _lib = torch.library.Library("torchconv3d", "IMPL")
 _lib.impl("conv3d_forward", _autograd_kernel(_Forward, forward_op, 3), "Autograd")
 _lib.impl("conv3d_backward", _autograd_kernel(_Backward, backward_op, 3), "Autograd")
+_lib.impl("conv_transpose3d_forward",
+          _autograd_kernel(_TransposeForward, transpose_forward_op, 3), "Autograd")
+_lib.impl("conv_transpose3d_backward",
+          _autograd_kernel(_TransposeBackward, transpose_backward_op, 3), "Autograd")
 
 
 # --- vmap ---------------------------------------------------------------------------------
@@ -469,24 +550,28 @@ def _as_standard_ops(input, weight, bias, stride, padding, dilation, groups, pad
 _forward_default = forward_op.default
 
 
-def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    """forward_op, skipping the (Python) Autograd kernel when it would only step aside.
+def _plain_eager(input, weight, bias):
+    """Whether a call may skip the (Python) Autograd kernel, which would only step aside.
 
     In eager inference nothing records a gradient, yet the dispatcher still calls the
     Autograd kernel, a Python round trip (~5 us of the ~20 us a call costs). Where no
     gradient can flow, no transform, trace or dispatch mode is active and nothing is being
-    compiled, the call goes below autograd directly; anywhere else, through the dispatcher
-    as usual.
+    compiled, the call may go below autograd directly.
     """
     # is_compiling first: dynamo folds it to True and must not see the rest.
-    if (
+    return (
         not torch.compiler.is_compiling()
         and not _gradient_can_flow(input, weight, bias)
         and torch._C._functorch.peek_interpreter_stack() is None
         and torch._C._get_tracing_state() is None
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
-    ):
+    )
+
+
+def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """forward_op, below autograd directly where _plain_eager allows it."""
+    if _plain_eager(input, weight, bias):
         with torch._C._AutoDispatchBelowAutograd():
             return _forward_default(input, weight, bias, stride, padding, dilation, groups,
                                     padding_mode)
@@ -497,3 +582,15 @@ def forward(input, weight, bias, stride, padding, dilation, groups, padding_mode
                                 padding_mode)
     return forward_op(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
+
+_transpose_forward_default = transpose_forward_op.default
+
+
+def transpose_forward(input, weight, bias, stride, padding, output_padding, dilation, groups):
+    """transpose_forward_op, below autograd directly where _plain_eager allows it."""
+    if _plain_eager(input, weight, bias):
+        with torch._C._AutoDispatchBelowAutograd():
+            return _transpose_forward_default(input, weight, bias, stride, padding,
+                                              output_padding, dilation, groups)
+    return transpose_forward_op(input, weight, bias, stride, padding, output_padding,
+                                dilation, groups)

@@ -86,6 +86,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
                       padding_mode, check_output_mask(output_mask));
 }
 
+at::Tensor conv_transpose3d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                    c10::IntArrayRef output_padding, c10::IntArrayRef dilation,
+                                    int64_t groups) {
+  return run_transpose_forward(kEmulated, input, weight, bias, stride, padding, output_padding,
+                               dilation, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef output_padding,
+    c10::IntArrayRef dilation, int64_t groups, const c10::List<bool>& output_mask) {
+  return run_transpose_backward(kEmulated, grad_output, input, weight, stride, padding,
+                                output_padding, dilation, groups,
+                                check_output_mask(output_mask));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(torchconv3d_emu, m) {
@@ -98,6 +116,15 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
+  m.def(
+      "conv_transpose3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
+      "int[3] padding, int[3] output_padding, int[3] dilation, int groups) -> Tensor",
+      &conv_transpose3d_forward);
+  m.def(
+      "conv_transpose3d_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "int[3] stride, int[3] padding, int[3] output_padding, int[3] dilation, int groups, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor)",
+      &conv_transpose3d_backward);
   m.def("v2_launches(str pass_name) -> int", [](c10::string_view pass) {
     return v2_launches[std::string(pass)];
   });
