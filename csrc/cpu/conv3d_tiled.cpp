@@ -56,7 +56,7 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
   for (int64_t slot = 0; slot < L.slots; ++slot) {
     if (!L.slot_used(slot, depths)) continue;
     const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                    g.pad_before[0], g.pad_after[0], g.mode);
+                                    g.pad_before[0], g.pad_after[0], g.mode[0]);
     for (int64_t rh = 0; rh < L.sh; ++rh) {
       for (int64_t rw = 0; rw < L.sw; ++rw) {
         A* base = buf + L.plane_offset(0, slot, rh, rw);
@@ -102,7 +102,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
     for (int64_t slot = 0; slot < L.slots; ++slot) {
       if (!L.slot_used(slot, depths)) continue;
       const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                      g.pad_before[0], g.pad_after[0], g.mode);
+                                      g.pad_before[0], g.pad_after[0], g.mode[0]);
       for (int64_t rh = 0; rh < L.sh; ++rh) {
         // The sw phase planes of (c, slot, rh) are consecutive: phase rw at dst + rw * plane.
         A* dst = buf + L.plane_offset(c, slot, rh, 0);
@@ -581,7 +581,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
           for (int64_t slot = 0; slot < L.slots; ++slot) {
             if (!L.slot_used(slot, depths)) continue;
             const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                            g.pad_before[0], g.pad_after[0], g.mode);
+                                            g.pad_before[0], g.pad_after[0], g.mode[0]);
             if (!owned(id)) continue;
             for (int64_t rh = 0; rh < L.sh; ++rh)
               scatter(gps + (slot * nph + rh * L.sw) * np, slot_stride, 0, cig, prows, id, oh0,
