@@ -257,6 +257,42 @@ def test_onnx_export_writes_one_pad_per_distinct_mode(dynamo):
     assert rel_err(_run(proto, x), model(x).detach()) < 1e-5
 
 
+def test_onnx_operator_translation_with_per_dim_modes():
+    """A graph holding the operator itself (torchconv3d/onnx_export.py): the dynamo
+    exporter's translation and the TorchScript symbolic each write one Pad per distinct
+    non-zero mode, zeros as Conv's own pads."""
+    pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    import onnx
+
+    import torchconv3d.onnx_export as ours_onnx
+    from test_onnx import _run
+
+    x = torch.randn(2, 4, 5, 6, 7)
+    w, b = torch.randn(6, 4, 3, 3, 3), torch.randn(6)
+    args = ([1, 1, 1], [2, 0, 1, 2, 1, 1], [1, 1, 1], 1, "replicate,reflect,replicate")
+
+    class Raw(nn.Module):
+        def forward(self, x):
+            return torch.ops.torchconv3d.conv3d_forward(x, w, b, *args)
+
+    model = Raw().eval()
+    want = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (x,))
+        dynamo = torch.onnx.export(program, dynamo=True,
+                                   custom_translation_table=ours_onnx.TRANSLATION_TABLE)
+        f = io.BytesIO()
+        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=19)
+    for proto in (dynamo.model_proto, onnx.load_from_string(f.getvalue())):
+        ops = [n.op_type for n in proto.graph.node]
+        assert ops.count("Conv") == 1 and ops.count("Pad") == 2, ops
+        assert rel_err(_run(proto, x), want) < 1e-5
+
+
 # --- the video VAEs' causal convolutions -----------------------------------------------------
 # Look-alikes of diffusers' modules (diffusers is not installed here), written from
 # diffusers/models/autoencoders: each pads with torch.cat / F.pad, then runs nn.Conv3d.

@@ -4,6 +4,7 @@ import operator
 import torch.nn as nn
 
 from ._check import padding_modes
+from .streaming import ConvStream, _causal_geometry, conv3d_step
 
 from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
                          megengine_to_torch, resolve_padding_mode)
@@ -47,7 +48,8 @@ class Conv3d(nn.Conv3d):
     'same' with any stride (TensorFlow rule), 'causal' and ('causal', h, w) (causal time,
     explicit height and width); padding_mode may be one mode per dimension,
     e.g. ('replicate', 'zeros', 'zeros'); every padding_mode is applied inside the kernels
-    without a padded copy of the input. data_format='NDHWC' takes and
+    without a padded copy of the input. Causal layers also run on a video in chunks:
+    step() and stream() (torchconv3d/streaming.py). data_format='NDHWC' takes and
     returns TensorFlow-layout tensors (read in place); conv_mode='convolution' flips the
     kernel (MegEngine). load_state_dict also accepts MegEngine's grouped weight
     (groups, C_out / groups, C_in / groups, kD, kH, kW) and bias (1, C_out, 1, 1, 1).
@@ -88,6 +90,31 @@ class Conv3d(nn.Conv3d):
                       self.groups, self.padding_mode,
                       data_format=self.data_format,
                       conv_mode=self.conv_mode)
+
+    def check_streamable(self):
+        """Raises ValueError unless step() can run this layer: depth padding causal,
+        temporal stride 1, time padding mode 'zeros' or 'replicate', data_format 'NCDHW'."""
+        if self.data_format != "NCDHW":
+            raise ValueError("streaming (step, stream) takes NCDHW chunks, but this layer has "
+                             f"data_format={self.data_format!r}")
+        weight = self.weight.detach()
+        sizes = [1, self.in_channels] + [max(1, k) for k in self.kernel_size]
+        _causal_geometry(weight.new_empty(sizes, device="meta"), weight, self.stride,
+                         self.padding, self.dilation, self.padding_mode)
+
+    def step(self, input, cache=None):
+        """One chunk of the video: (output, cache). cache is None for the first chunk, then
+        what the previous call returned; the outputs of all chunks, concatenated in time,
+        equal the layer's output on the whole video (torchconv3d/streaming.py)."""
+        if self.data_format != "NCDHW":
+            self.check_streamable()
+        weight = self.weight.flip(-3, -2, -1) if self.conv_mode == "convolution" else self.weight
+        return conv3d_step(input, weight, self.bias, self.stride, self.padding, self.dilation,
+                           self.groups, self.padding_mode, cache=cache)
+
+    def stream(self):
+        """A ConvStream: call it on each chunk in turn; it keeps the cache."""
+        return ConvStream(self)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this before compiling a module. It cannot compile conv3d's
