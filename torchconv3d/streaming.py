@@ -1,10 +1,12 @@
 """Causal convolution over a video in chunks: the output of every chunk equals the
 whole-video output's frames, forward and backward.
 
-A causal layer (depth padding ((k_d - 1) * d_d, 0), temporal stride 1) reads, for output
-frame t, the padded frames t .. t + P, P = (k_d - 1) * d_d. Run chunk by chunk, the P frames
-before a chunk are its *cache*: the last P frames of what came before (for the first chunk,
-the causal padding itself: zeros, or the first frame repeated under 'replicate' in time).
+A causal layer (depth padding (P, 0), P = (k_d - 1) * d_d) with temporal stride s reads,
+for output frame t, the padded frames t*s .. t*s + P. Run chunk by chunk, the frames before
+a chunk that later outputs still read are its *cache*: the padded video's frames from the
+next output's first one on (for the first chunk, the causal padding itself: zeros, or the
+first frame repeated under 'replicate' in time). With s = 1 the cache is always the last P
+frames; with s > 1 its length, between P + 1 - s and P, carries the stride's phase.
 
     y0, cache = torchconv3d.conv3d_step(x0, w, b, padding="causal")          # first chunk
     y1, cache = torchconv3d.conv3d_step(x1, w, b, padding="causal", cache=cache)
@@ -15,25 +17,27 @@ the causal padding itself: zeros, or the first frame repeated under 'replicate' 
 
 How a chunk is computed (no copy of the chunk, nor of the seam): by linearity in the
 input, output frame t's sum over taps splits into the taps that read the chunk and those
-that read the cache. The first is the operator on the chunk alone, its time padding (P, 0)
-*zeros* (the cache is not padding); the second is the operator on the cache alone with time
-padding (0, L) zeros, L = min(P, T), whose L output frames are exactly the cache's terms of
-frames 0..L-1, and are added to them (bias once, in the first). Height and width keep the
-layer's padding and modes in both (a padding mode acts on each dimension separately). So
-the kernels read chunk and cache in place, through the operator's own zero padding; the
-price is one extra small call (L output frames, the taps that reach the cache) and one add
-over L frames. Gradients flow to every chunk, every cache and the parameters through the
-ordinary autograd of those calls, so the chunked backward equals the whole-video one.
+that read the cache (C frames). The first is the operator on the chunk alone, its time
+padding (C, 0) *zeros* (the cache is not padding), which places its outputs where the
+whole video's are; the second is the operator on the cache alone with zero time padding
+after it, whose first L output frames (those whose window starts in the cache) are exactly
+the cache's terms of the chunk's first L frames, and are added to them (bias once, in the
+first). Height and width keep the layer's padding and modes in both (a padding mode acts
+on each dimension separately). So the kernels read chunk and cache in place, through the
+operator's own zero padding; the price is one extra small call (L output frames, the taps
+that reach the cache; the operator skips taps that read only padding) and one add over L
+frames. Gradients flow to every chunk, every cache and the parameters through the ordinary
+autograd of those calls, so the chunked backward equals the whole-video one.
 
-Exactness: every output term is the same product as in the whole-video call; only the
-order of the sums over the first L frames of a chunk differs (the cache's terms are summed
-apart, then added), so float64 agrees to rounding (~1e-16 relative) and float32 to ~1e-7,
-not bitwise. Frames past the first P of a chunk are the same sum as the whole video's.
+Exactness: every output term is the same product as in the whole-video call; the sums of
+a chunk's first L frames are ordered differently (the cache's terms are summed apart, then
+added), and the kernels may order the others differently for a different volume, so
+float64 agrees to rounding (~1e-16 relative) and float32 to ~1e-7, not bitwise.
 
-The new cache is a view of the chunk's last P frames when T >= P; when the chunk is
-shorter, the old cache's tail and the chunk are concatenated (P frames, the cache's own
-size). Temporal stride > 1 is refused: a chunk boundary would then need to carry the
-stride's phase as well.
+The new cache is a view of the chunk's tail when the chunk is long enough; otherwise the
+old cache's tail and the chunk are concatenated (at most P frames, the cache's own size). A
+temporal stride larger than the dilated kernel depth (s > P + 1) is refused: the stream
+would skip whole frames between chunks, which no cache can hold.
 """
 import torch
 
@@ -53,18 +57,18 @@ def _causal_geometry(input, weight, stride, padding, dilation, padding_mode):
     modes = _check.padding_modes(mode)
     if weight.dim() != 5 or len(stride) != 3 or len(dilation) != 3:
         return stride, pads, dilation, modes, None  # the operator's checker names it
-    k, d = weight.shape[2], dilation[0]
+    k, d, st = weight.shape[2], dilation[0], stride[0]
     P = (k - 1) * d
-    if stride[0] != 1:
-        raise ValueError(
-            f"streaming (conv3d_step) needs temporal stride 1, but got stride={stride}: with "
-            f"stride {stride[0]} in time a chunk boundary would also have to carry the "
-            "stride's phase; run the layer on the whole video instead")
     if pads[0] != P or pads[1] != 0:
         raise ValueError(
             f"streaming (conv3d_step) needs a causal layer: depth padding ((k_d - 1) * "
             f"dilation_d, 0) = ({P}, 0) for kernel depth {k} and dilation {d}, but got "
             f"({pads[0]}, {pads[1]}) from padding={padding!r}")
+    if st > P + 1:
+        raise ValueError(
+            f"streaming (conv3d_step) needs a temporal stride of at most the dilated kernel "
+            f"depth (k_d - 1) * dilation_d + 1 = {P + 1}, but got stride={stride} (temporal "
+            f"stride {st}): the stream would skip whole frames between chunks")
     if modes[0] in FUTURE_MODES:
         raise ValueError(
             f"streaming (conv3d_step) needs the time padding mode 'zeros' or 'replicate', but "
@@ -72,14 +76,17 @@ def _causal_geometry(input, weight, stride, padding, dilation, padding_mode):
     return stride, pads, dilation, modes, P
 
 
-def _check_cache(cache, x, P):
-    """The cache must be P frames of a volume like x: (N, C, P, H, W)."""
-    expected = list(x.shape[:2]) + [P] + list(x.shape[3:])
-    if list(cache.shape) != expected:
+def _check_cache(cache, x, P, s):
+    """The cache must be (N, C, F, H, W) like x, P + 1 - s <= F <= P frames."""
+    shape, lo = list(cache.shape), max(0, P + 1 - s)
+    if (len(shape) != x.dim() or shape[:2] != list(x.shape[:2])
+            or shape[3:] != list(x.shape[3:]) or not lo <= shape[2] <= P):
+        frames = f"{P}" if lo == P else f"{lo} to {P}"
         raise ValueError(
-            f"cache of size {list(cache.shape)} does not fit input chunk of size "
-            f"{list(x.shape)}: expected {expected} (the last (k_d - 1) * dilation_d = {P} "
-            "frames before the chunk)")
+            f"cache of size {shape} does not fit input chunk of size {list(x.shape)}: "
+            f"expected {list(x.shape[:2]) + [frames] + list(x.shape[3:])} (the frames before "
+            f"the chunk that the next outputs read: (k_d - 1) * dilation_d = {P}, fewer by "
+            f"the temporal stride's phase)")
     if cache.dtype != x.dtype or cache.device != x.device:
         raise ValueError(
             f"cache ({cache.dtype} on {cache.device}) must match the input chunk "
@@ -94,10 +101,11 @@ def conv3d_step(input, weight, bias=None, stride=1, padding="causal", dilation=1
     cache: None for the first chunk (the causal padding, per the time padding mode, stands
     before it), else the cache this function returned for the previous chunk.
     The other arguments are conv3d's; the depth padding must be causal, ((k_d - 1) *
-    dilation_d, 0) ('causal', ('causal', h, w) or explicit pairs), temporal stride 1, and
-    the time padding mode 'zeros' or 'replicate'. Height and width take any padding and
-    mode. Returns the T output frames and the new cache ((k_d - 1) * dilation_d frames,
-    a view of input where it is long enough; gradients flow through it to earlier chunks).
+    dilation_d, 0) ('causal', ('causal', h, w) or explicit pairs), the temporal stride at
+    most (k_d - 1) * dilation_d + 1, and the time padding mode 'zeros' or 'replicate'.
+    Height and width take any padding, stride and mode. Returns the output frames this
+    chunk completes (T of them at temporal stride 1) and the new cache (a view of input
+    where it is long enough; gradients flow through it to earlier chunks).
     """
     _check_tensor("input", 1, input)
     _check_tensor("weight", 2, weight)
@@ -112,40 +120,50 @@ def conv3d_step(input, weight, bias=None, stride=1, padding="causal", dilation=1
     if P is None or x.dim() != 5:  # let the operator's checker say what is wrong
         out = _forward(input, weight, bias, stride, pads, dilation, groups, ",".join(modes))
         return out, cache
+    s = stride[0]
     if c is not None:
-        _check_cache(c, x, P)
+        _check_cache(c, x, P, s)
     T = x.shape[2]
+    inner = ",".join(["zeros"] + modes[1:])  # time padding that is cache, not padding
 
-    if T == 0:  # nothing to compute; the cache carries over unchanged
-        spatial = output_size(x.shape[2:], weight.shape[2:], stride, [0, 0] + pads[2:],
-                              dilation)
-        out = x.new_empty([x.shape[0], weight.shape[0], 0] + spatial[1:])
-        if c is None:  # (the first frame is still to come: no cache yet)
-            return (out.squeeze(0) if unbatched else out), None
-        return (out.squeeze(0) if unbatched else out), cache
-
-    if c is None:
+    if c is None and T == 0:  # (the first frame is still to come: no cache yet)
+        out = None
+    elif c is None:
         # The first chunk: the causal padding is the operator's own, in the layer's mode.
         out = _forward(x, weight, bias, stride, pads, dilation, groups, ",".join(modes))
-        if P > 0 and T < P:  # the cache still holds padding frames
-            head = (x[:, :, :1].expand(-1, -1, P - T, -1, -1) if modes[0] == "replicate"
-                    else x.new_zeros(x.shape[:2] + (P - T,) + x.shape[3:]))
+        start = out.shape[2] * s - P  # the next output's first frame, in chunk frames
+        if start >= 0:
+            new_cache = x[:, :, start:]
+        else:  # the cache still holds padding frames
+            head = (x[:, :, :1].expand(-1, -1, -start, -1, -1) if modes[0] == "replicate"
+                    else x.new_zeros(x.shape[:2] + (-start,) + x.shape[3:]))
             new_cache = torch.cat([head, x], 2)
-        else:
-            new_cache = x[:, :, T - P:]
     else:
-        # Chunk terms (time padding zeros: the cache is not padding), then the cache's
-        # terms of the first L frames (see the module's docstring).
-        inner = ",".join(["zeros"] + modes[1:])
-        out = _forward(x, weight, bias, stride, pads, dilation, groups, inner)
-        if P > 0:
-            L = min(P, T)
-            seam = _forward(c, weight, None, stride, [0, L] + pads[2:], dilation, groups,
-                            inner)
-            out.narrow(2, 0, L).add_(seam)
-        new_cache = x[:, :, T - P:] if T >= P else torch.cat([c[:, :, T:], x], 2)
+        C = c.shape[2]
+        n = (C + T - P - 1) // s + 1 if C + T > P else 0  # output frames this chunk ends
+        if n > 0:
+            # Chunk terms, placed after the cache by zero time padding (C, 0); then the
+            # cache's terms of the L frames whose window starts in it (module docstring).
+            out = _forward(x, weight, bias, stride, [C, 0] + pads[2:], dilation, groups,
+                           inner)
+            L = min(n, -(-C // s))
+            if L > 0:
+                after = max(0, (L - 1) * s + P + 1 - C)
+                seam = _forward(c, weight, None, stride, [0, after] + pads[2:], dilation,
+                                groups, inner)
+                out.narrow(2, 0, L).add_(seam.narrow(2, 0, L))
+        else:
+            out = None
+        start = n * s  # the next output's first frame, in cache + chunk frames
+        new_cache = x[:, :, start - C:] if start >= C else torch.cat([c[:, :, start:], x], 2)
+    if out is None:  # no output frame ends in this chunk
+        spatial = output_size(x.shape[2:], weight.shape[2:], stride, [P, 0] + pads[2:],
+                              dilation)
+        out = x.new_empty([x.shape[0], weight.shape[0], 0] + spatial[1:])
+        new_cache = None if c is None else new_cache
     if unbatched:
-        out, new_cache = out.squeeze(0), new_cache.squeeze(0)
+        out = out.squeeze(0)
+        new_cache = None if new_cache is None else new_cache.squeeze(0)
     return out, new_cache
 
 
