@@ -83,10 +83,11 @@ def test_chunked_float32_close_to_whole():
         assert rel_err(c, ref) < 1e-6
 
 
-def test_module_stream_and_step_match_the_layer():
-    layer = torchconv3d.Conv3d(3, 4, (3, 3, 3), padding=("causal", 1, 1),
+@pytest.mark.parametrize("conv_mode", ["cross_correlation", "convolution"])
+def test_module_stream_and_step_match_the_layer(conv_mode):
+    layer = torchconv3d.Conv3d(3, 4, (3, 2, 3), padding=("causal", 1, 1),
                                padding_mode=("replicate", "zeros", "zeros"),
-                               dtype=torch.float64)
+                               dtype=torch.float64, conv_mode=conv_mode)
     x = torch.randn(3, T, 6, 7, dtype=torch.float64)  # unbatched
     expected = layer(x)
     stream = layer.stream()

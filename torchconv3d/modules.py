@@ -4,10 +4,9 @@ import operator
 import torch.nn as nn
 
 from ._check import padding_modes
-from .streaming import ConvStream, _causal_geometry, conv3d_step
-
 from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
                          megengine_to_torch, resolve_padding_mode)
+from .streaming import ConvStream, _causal_geometry, conv3d_step
 
 
 def _torch_accepts(padding, stride):
@@ -93,7 +92,8 @@ class Conv3d(nn.Conv3d):
 
     def check_streamable(self):
         """Raises ValueError unless step() can run this layer: depth padding causal,
-        temporal stride 1, time padding mode 'zeros' or 'replicate', data_format 'NCDHW'."""
+        temporal stride at most (k_d - 1) * dilation_d + 1, time padding mode 'zeros' or
+        'replicate', data_format 'NCDHW'."""
         if self.data_format != "NCDHW":
             raise ValueError("streaming (step, stream) takes NCDHW chunks, but this layer has "
                              f"data_format={self.data_format!r}")
