@@ -79,14 +79,29 @@ void check_grad_output(const at::Tensor& go, const at::Tensor& input,
 
 }  // namespace
 
-PadMode parse_padding_mode(std::string_view mode) {
-  if (mode == "zeros") return PadMode::Zeros;
-  if (mode == "reflect") return PadMode::Reflect;
-  if (mode == "replicate") return PadMode::Replicate;
-  if (mode == "circular") return PadMode::Circular;
-  TORCH_CHECK_VALUE(false,
+PadModes parse_padding_mode(std::string_view mode) {
+  const auto one = [&](std::string_view name, PadMode& out) {
+    if (name == "zeros") return out = PadMode::Zeros, true;
+    if (name == "reflect") return out = PadMode::Reflect, true;
+    if (name == "replicate") return out = PadMode::Replicate, true;
+    if (name == "circular") return out = PadMode::Circular, true;
+    return false;
+  };
+  PadModes modes{};
+  bool ok = false;
+  const size_t c1 = mode.find(','), c2 = c1 == mode.npos ? c1 : mode.find(',', c1 + 1);
+  if (c1 == mode.npos) {
+    ok = one(mode, modes[0]);
+    modes[1] = modes[2] = modes[0];
+  } else if (c2 != mode.npos && mode.find(',', c2 + 1) == mode.npos) {
+    ok = one(mode.substr(0, c1), modes[0]) && one(mode.substr(c1 + 1, c2 - c1 - 1), modes[1]) &&
+         one(mode.substr(c2 + 1), modes[2]);
+  }
+  TORCH_CHECK_VALUE(ok,
                     "padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', "
-                    "but got padding_mode='", std::string(mode), "'");
+                    "or three of them (depth, height, width) joined by commas, but got "
+                    "padding_mode='", std::string(mode), "'");
+  return modes;
 }
 
 void normalise(Geometry& g) {
@@ -215,7 +230,7 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   for (int i = 0; i < 3; ++i) {
     const int64_t before = g.pad_before[i], after = g.pad_after[i], n = g.in[i];
     if (before == 0 && after == 0) continue;
-    switch (g.mode) {
+    switch (g.mode[i]) {
       case PadMode::Zeros:
         break;
       case PadMode::Reflect:
@@ -250,7 +265,7 @@ TransposeGeometry check_conv_transpose3d_args(
     int64_t groups) {
   TransposeGeometry t;
   Geometry& g = t.conv;
-  g.mode = PadMode::Zeros;  // (nn.ConvTranspose3d has no other)
+  g.mode = {};  // zeros in every dimension (nn.ConvTranspose3d has no other mode)
 
   // (F.conv_transpose3d's wording throughout)
   const std::pair<const char*, c10::IntArrayRef> lists[] = {

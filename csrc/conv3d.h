@@ -22,8 +22,11 @@
 namespace torchconv3d {
 
 // How the input is extended beyond its border. Kernels never build a padded copy:
-// the mode only changes which input index a tap outside the volume reads.
+// the mode only changes which input index a tap outside the volume reads. Each spatial
+// dimension has its own (a causal video conv replicates the first frame in time and pads
+// height and width with zeros).
 enum class PadMode : int { Zeros = 0, Reflect = 1, Replicate = 2, Circular = 3 };
+using PadModes = std::array<PadMode, 3>;  // D, H, W
 
 // One convolution, resolved and validated. Spatial arrays are ordered (D, H, W).
 struct Geometry {
@@ -38,8 +41,11 @@ struct Geometry {
   std::array<int64_t, 3> dilation{};
   std::array<int64_t, 3> pad_before{};
   std::array<int64_t, 3> pad_after{};
-  PadMode mode = PadMode::Zeros;
+  PadModes mode{};  // per dimension, all Zeros by default
 
+  bool zero_padding() const {
+    return mode[0] == PadMode::Zeros && mode[1] == PadMode::Zeros && mode[2] == PadMode::Zeros;
+  }
   int64_t in_per_group() const { return in_channels / groups; }
   int64_t out_per_group() const { return out_channels / groups; }
   int64_t kernel_volume() const { return kernel[0] * kernel[1] * kernel[2]; }
@@ -70,7 +76,9 @@ C10_HOST_DEVICE inline I source_index(std::type_identity_t<I> q, std::type_ident
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-PadMode parse_padding_mode(std::string_view mode);
+// The operators' padding_mode string: one mode for every dimension ("zeros") or one per
+// dimension, comma-separated in (D, H, W) order ("replicate,zeros,zeros").
+PadModes parse_padding_mode(std::string_view mode);
 
 // Validates every argument of a forward or backward call and returns the geometry.
 // `input` may be 4-D (unbatched) or 5-D; `grad_output`, when given, must have the
@@ -144,7 +152,7 @@ struct TorchFormats {
 };
 TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
                            c10::IntArrayRef stride, c10::IntArrayRef padding,
-                           c10::IntArrayRef dilation, int64_t groups, PadMode mode);
+                           c10::IntArrayRef dilation, int64_t groups, const PadModes& mode);
 // The same for nn.ConvTranspose3d (x: its batched input): one format for all three.
 at::MemoryFormat torch_transpose_format(const at::Tensor& x, const at::Tensor& weight,
                                         c10::IntArrayRef stride,

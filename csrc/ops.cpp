@@ -57,11 +57,24 @@ bool torch_uses_channels_last_backend(const at::Tensor& x, const at::Tensor& wei
          (groups > 1 || (kw > 3 && kh > 3) || n > 1 || n * c * d * h > 20480);
 }
 
+// nn.Conv3d has one mode; per-dimension modes are compared with F.pad per distinct mode,
+// then F.conv3d, whose layouts the strongest mode decides: circular (F.pad's contiguous
+// copy), else any other non-zero mode (a padded copy in the input's format), else zeros.
+PadMode formats_mode(const PadModes& modes) {
+  PadMode m = PadMode::Zeros;
+  for (PadMode d : modes) {
+    if (d == PadMode::Circular) return d;
+    if (d != PadMode::Zeros) m = d;
+  }
+  return m;
+}
+
 }  // namespace
 
 TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
                            c10::IntArrayRef stride, c10::IntArrayRef padding,
-                           c10::IntArrayRef dilation, int64_t groups, PadMode mode) {
+                           c10::IntArrayRef dilation, int64_t groups, const PadModes& modes) {
+  const PadMode mode = formats_mode(modes);
   const auto cl = at::MemoryFormat::ChannelsLast3d, contiguous = at::MemoryFormat::Contiguous;
   // F.pad's circular copy of a channels_last_3d input is contiguous; its other modes keep it.
   const bool input_cl = x.suggest_memory_format() == cl && mode != PadMode::Circular;
@@ -140,8 +153,8 @@ struct Trim {
 Trim trim_dead_taps(const Geometry& g) {
   Trim t;
   t.g = g;
-  if (g.mode != PadMode::Zeros) return t;  // the other modes read the input in the padding
   for (int i = 0; i < 3; ++i) {
+    if (g.mode[i] != PadMode::Zeros) continue;  // the other modes read the input in the padding
     const int64_t n = g.in[i], k = g.kernel[i], d = g.dilation[i], pb = g.pad_before[i];
     // Tap j reads q = o * stride + j * d - pb for o in [0, out): it is kept when that range
     // meets [0, n). (With stride > 1 the reads are a lattice that may still miss the input:

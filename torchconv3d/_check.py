@@ -56,9 +56,17 @@ def _check_fits(cond, message):
         raise ValueError(message)
 
 
-def padding_mode(mode):
-    _check_value(mode in _MODES, "padding_mode must be one of 'zeros', 'reflect', 'replicate', "
-                 f"'circular', but got padding_mode='{mode}'")
+def padding_modes(mode):
+    """The operator's padding_mode string as its three (depth, height, width) modes: one
+    name for all three, or three joined by commas (check.cpp's parse_padding_mode)."""
+    names = mode.split(",")
+    if len(names) == 1:
+        names *= 3
+    _check_value(len(names) == 3 and all(n in _MODES for n in names),
+                 "padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', or "
+                 "three of them (depth, height, width) joined by commas, but got "
+                 f"padding_mode='{mode}'")
+    return names
 
 
 def _tensor_kinds(input, weight, bias, op, weight_dims):
@@ -97,7 +105,7 @@ def _grad_output(grad_output, input, expected):
 def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, groups, mode):
     """Raises what check_conv3d_args raises for these arguments; returns the output's
     spatial size."""
-    padding_mode(mode)
+    modes = padding_modes(mode)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     for name, values in (("stride", stride), ("dilation", dilation)):
         _check(len(values) == 3, f"expected {name} to be a single integer value or a list of 3 "
@@ -167,13 +175,13 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
         before, after, n = padding[2 * i], padding[2 * i + 1], spatial[i]
         if before == 0 and after == 0:
             continue
-        if mode == "reflect":
+        if modes[i] == "reflect":
             _check(before < n and after < n, "reflect padding must be smaller than the input, "
                    f"but got padding ({before}, {after}) for the {name} of input {_sizes(input)}")
-        elif mode == "replicate":
+        elif modes[i] == "replicate":
             _check(n > 0, f"replicate padding needs a non-empty {name}, but got input "
                    f"{_sizes(input)}")
-        elif mode == "circular":
+        elif modes[i] == "circular":
             _check(before <= n and after <= n, "circular padding wraps around more than once: "
                    f"padding ({before}, {after}) for the {name} of input {_sizes(input)}")
 

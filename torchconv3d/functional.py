@@ -61,12 +61,44 @@ def _same_pads(in_size, k, s, d):
 FUTURE_MODES = ("reflect", "circular")
 
 
+def is_causal(padding):
+    """Whether a padding spec pads time causally: 'causal', or ('causal', h, w)."""
+    if isinstance(padding, str):
+        return padding == "causal"
+    return (isinstance(padding, (list, tuple)) and len(padding) == 3
+            and isinstance(padding[0], str) and padding[0] == "causal")
+
+
+def resolve_padding_mode(padding_mode):
+    """The operator's padding_mode string from conv3d's: a mode name (every dimension), or
+    3 names in (depth, height, width) order, as a list, a tuple or a comma-joined string.
+    Three equal names become the one name (the operator's original form). Unknown names are
+    left to the operator's checker, which lists the modes."""
+    if isinstance(padding_mode, str):
+        modes = padding_mode.split(",")
+    elif isinstance(padding_mode, (list, tuple)) and all(isinstance(m, str)
+                                                         for m in padding_mode):
+        modes = list(padding_mode)
+        if len(modes) != 3:
+            raise ValueError(
+                "padding_mode must be one mode or 3 modes (depth, height, width), but got "
+                f"padding_mode={padding_mode!r} ({len(modes)} modes)")
+    else:
+        raise TypeError("conv3d(): argument 'padding_mode' must be a str or a tuple of 3 "
+                        f"str, but got padding_mode={padding_mode!r}")
+    return modes[0] if len(modes) == 3 and len(set(modes)) == 1 else ",".join(modes)
+
+
 def check_causal(padding, padding_mode):
     # (an unknown mode is left to the operator's checker, which names the modes)
-    if isinstance(padding, str) and padding == "causal" and padding_mode in FUTURE_MODES:
+    if not is_causal(padding):
+        return
+    time_mode = resolve_padding_mode(padding_mode).split(",")[0]
+    if time_mode in FUTURE_MODES:
         raise ValueError(
-            f"padding='causal' with padding_mode={padding_mode!r} would let the first output "
-            f"frames read future input frames; use padding_mode 'zeros' or 'replicate'")
+            f"padding={padding!r} with padding_mode={padding_mode!r} would let the first "
+            f"output frames read future input frames ({time_mode!r} in time); use 'zeros' or "
+            "'replicate' for the depth (time) dimension")
 
 
 def resolve_padding(padding, kernel, stride, dilation, in_size):
@@ -76,8 +108,11 @@ def resolve_padding(padding, kernel, stride, dilation, in_size):
     mix; an integer is what F.conv3d takes as one: int, numpy integer, integer tensor of one
     element), 'valid',
     'same' (any stride, TensorFlow rule) or 'causal' (depth padded only before, by
-    (kd - 1) * dilation_d; height and width as 'same'). kernel, stride, dilation and
-    in_size are the three spatial values each.
+    (kd - 1) * dilation_d; height and width as 'same'). Among 3 entries, 'same' and 'valid'
+    may stand for one dimension and 'causal' for the depth: ('causal', 1, 1) pads time
+    causally and height and width by 1 on each side (HunyuanVideo's downsamplers),
+    ('causal', (0, 1), 'same') mixes pairs and rules. kernel, stride, dilation and in_size
+    are the three spatial values each.
     """
     if isinstance(padding, str):
         if padding not in PADDING_STRINGS:
@@ -108,7 +143,10 @@ def resolve_padding(padding, kernel, stride, dilation, in_size):
             f"padding={list(padding)!r}"
         )
     pads = []
-    for e in entries:
+    for i, e in enumerate(entries):
+        if isinstance(e, str):
+            pads += _dimension_rule(e, i, padding, kernel, stride, dilation, in_size)
+            continue
         if not isinstance(e, (list, tuple)):
             pads += [_as_int("padding", padding, e, expected)] * 2
             continue
@@ -119,6 +157,21 @@ def resolve_padding(padding, kernel, stride, dilation, in_size):
             )
         pads += [_as_int("padding", padding, v, expected) for v in e]
     return pads
+
+
+def _dimension_rule(rule, i, padding, kernel, stride, dilation, in_size):
+    """(before, after) for dimension i under a string entry of a 3-entry padding."""
+    if rule not in PADDING_STRINGS or (rule == "causal" and i != 0):
+        raise ValueError(
+            f"a string entry of padding must be 'same' or 'valid' (or 'causal' for the depth, "
+            f"the first entry), but got {rule!r} at position {i} in padding={padding!r}")
+    if rule == "valid":
+        return [0, 0]
+    if min(stride) <= 0 or len(kernel) != 3 or len(in_size) != 3:
+        return [0, 0]  # the operator's checker reports what is wrong
+    if rule == "causal":
+        return [(kernel[0] - 1) * dilation[0], 0]
+    return _same_pads(in_size[i], kernel[i], stride[i], dilation[i])
 
 
 DATA_FORMATS = ("NCDHW", "NDHWC")
@@ -136,7 +189,9 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     (groups, C_out / groups, C_in / groups, kD, kH, kW). bias: (C_out,), MegEngine's
     (1, C_out, 1, 1, 1), or None.
     padding: see resolve_padding. padding_mode: 'zeros', 'reflect', 'replicate' or
-    'circular', applied inside the kernels (no padded copy).
+    'circular', or one per dimension as a tuple (depth, height, width), e.g.
+    ('replicate', 'zeros', 'zeros') for a causal video conv that repeats the first frame in
+    time; applied inside the kernels (no padded copy).
     conv_mode: 'cross_correlation' (what every framework's conv computes) or 'convolution'
     (MegEngine's name for the same with the kernel flipped in D, H and W).
     Returns (N, C_out, D_out, H_out, W_out), channels_last_3d exactly when nn.Conv3d's
@@ -154,12 +209,10 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     _check_tensor("weight", 2, weight)
     _check_tensor("bias", 3, bias, optional=True)
     groups = _as_int("groups", groups, groups, "an int")
-    if not isinstance(padding_mode, str):
-        raise TypeError(f"conv3d(): argument 'padding_mode' must be a str, but got "
-                        f"padding_mode={padding_mode!r}")
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, but got {data_format!r}")
     check_causal(padding, padding_mode)
+    padding_mode = resolve_padding_mode(padding_mode)
     weight, bias = megengine_to_torch(weight, bias, groups)
     if conv_mode == "convolution":
         weight = weight.flip(-3, -2, -1)

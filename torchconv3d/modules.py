@@ -7,8 +7,10 @@ import operator
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from ._check import padding_modes
 from .functional import (CONV_MODES, DATA_FORMATS, PADDING_STRINGS, check_causal, conv3d,
-                         conv_transpose3d, megengine_to_torch)
+                         conv_transpose3d, megengine_to_torch, resolve_padding_mode)
+from .streaming import ConvStream, _causal_geometry, conv3d_step
 
 logger = logging.getLogger("torchconv3d")
 
@@ -19,7 +21,7 @@ def _torch_accepts(padding, stride):
     if isinstance(padding, str):
         return padding == "valid" or (padding == "same" and all(s == 1 for s in _as3(stride)))
     if isinstance(padding, (tuple, list)):
-        return not any(isinstance(p, (tuple, list)) for p in padding)
+        return not any(isinstance(p, (tuple, list, str)) for p in padding)
     return True
 
 
@@ -48,8 +50,11 @@ class Conv3d(nn.Conv3d):
     """nn.Conv3d with the same arguments, parameters, initialisation and state_dict keys.
 
     Beyond nn.Conv3d, padding also takes per-dimension (before, after) pairs,
-    'same' with any stride (TensorFlow rule) and 'causal'; every padding_mode is applied
-    inside the kernels without a padded copy of the input. data_format='NDHWC' takes and
+    'same' with any stride (TensorFlow rule), 'causal' and ('causal', h, w) (causal time,
+    explicit height and width); padding_mode may be one mode per dimension,
+    e.g. ('replicate', 'zeros', 'zeros'); every padding_mode is applied inside the kernels
+    without a padded copy of the input. Causal layers also run on a video in chunks:
+    step() and stream() (torchconv3d/streaming.py). data_format='NDHWC' takes and
     returns TensorFlow-layout tensors (read in place); conv_mode='convolution' flips the
     kernel (MegEngine). load_state_dict also accepts MegEngine's grouped weight
     (groups, C_out / groups, C_in / groups, kD, kH, kW) and bias (1, C_out, 1, 1, 1).
@@ -67,16 +72,20 @@ class Conv3d(nn.Conv3d):
         if conv_mode not in CONV_MODES:
             raise ValueError(f"conv_mode must be one of {CONV_MODES}, but got {conv_mode!r}")
         check_causal(padding, padding_mode)
+        resolve_padding_mode(padding_mode)  # (its TypeError here, not at the first forward)
         _check_sizes(in_channels, out_channels, kernel_size)
         # nn.Conv3d rejects our extensions; it gets a stand-in and the real spec is kept.
+        one_mode = isinstance(padding_mode, str) and "," not in padding_mode
         super().__init__(
             in_channels, out_channels, kernel_size, stride,
             padding if _torch_accepts(padding, stride) else 0,
-            dilation, groups, bias, padding_mode, device, dtype,
+            dilation, groups, bias, padding_mode if one_mode else "zeros", device, dtype,
         )
+        if not one_mode:  # per dimension: kept as a tuple (repr, pickling, copy.deepcopy)
+            self.padding_mode = tuple(padding_modes(resolve_padding_mode(padding_mode)))
         if not _torch_accepts(padding, stride):
             self.padding = padding if isinstance(padding, str) else tuple(
-                p if isinstance(p, int) else tuple(p) for p in padding
+                p if isinstance(p, (int, str)) else tuple(p) for p in padding
             )
         self.data_format = data_format
         self.conv_mode = conv_mode
@@ -86,6 +95,32 @@ class Conv3d(nn.Conv3d):
                       self.groups, self.padding_mode,
                       data_format=self.data_format,
                       conv_mode=self.conv_mode)
+
+    def check_streamable(self):
+        """Raises ValueError unless step() can run this layer: depth padding causal,
+        temporal stride at most (k_d - 1) * dilation_d + 1, time padding mode 'zeros' or
+        'replicate', data_format 'NCDHW'."""
+        if self.data_format != "NCDHW":
+            raise ValueError("streaming (step, stream) takes NCDHW chunks, but this layer has "
+                             f"data_format={self.data_format!r}")
+        weight = self.weight.detach()
+        sizes = [1, self.in_channels] + [max(1, k) for k in self.kernel_size]
+        _causal_geometry(weight.new_empty(sizes, device="meta"), weight, self.stride,
+                         self.padding, self.dilation, self.padding_mode)
+
+    def step(self, input, cache=None):
+        """One chunk of the video: (output, cache). cache is None for the first chunk, then
+        what the previous call returned; the outputs of all chunks, concatenated in time,
+        equal the layer's output on the whole video (torchconv3d/streaming.py)."""
+        if self.data_format != "NCDHW":
+            self.check_streamable()
+        weight = self.weight.flip(-3, -2, -1) if self.conv_mode == "convolution" else self.weight
+        return conv3d_step(input, weight, self.bias, self.stride, self.padding, self.dilation,
+                           self.groups, self.padding_mode, cache=cache)
+
+    def stream(self):
+        """A ConvStream: call it on each chunk in turn; it keeps the cache."""
+        return ConvStream(self)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this before compiling a module. It cannot compile conv3d's

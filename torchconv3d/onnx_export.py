@@ -15,19 +15,27 @@ conv3d is written as F.pad + F.conv3d (torchconv3d/ops.py), which both exporters
 """
 import torch
 
+from ._check import padding_modes
+
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def conv_attributes(stride, padding, dilation, groups, padding_mode):
-    """The ONNX form of the operator's arguments: (Conv's attributes, the Pad before it or
-    None). Zero padding, asymmetric too, is Conv's own `pads`; the other modes are a Pad of
-    the batched input, pads as ONNX orders them (every axis's start, then every end)."""
+    """The ONNX form of the operator's arguments: (Conv's attributes, the Pads before it).
+    Zero padding, asymmetric too, is Conv's own `pads`; each other mode present is one Pad
+    of the batched input over the dimensions that have it (pads on different axes commute),
+    pads as ONNX orders them (every axis's start, then every end)."""
+    modes = padding_modes(padding_mode)
     before, after = list(padding[0::2]), list(padding[1::2])
     conv = dict(strides=list(stride), dilations=list(dilation), group=groups)
-    if padding_mode == "zeros":
-        return dict(conv, pads=before + after), None
-    return dict(conv, pads=[0] * 6), dict(pads=[0, 0] + before + [0, 0] + after,
-                                          mode=_PAD_MODES[padding_mode])
+
+    def only(mode, values):
+        return [v if modes[i] == mode else 0 for i, v in enumerate(values)]
+
+    pads = [dict(pads=[0, 0] + only(mode, before) + [0, 0] + only(mode, after),
+                 mode=_PAD_MODES[mode])
+            for mode in dict.fromkeys(modes) if mode != "zeros"]
+    return dict(conv, pads=only("zeros", before) + only("zeros", after)), pads
 
 
 def _conv3d_forward_onnxscript(input, weight, bias, stride, padding, dilation, groups,
@@ -35,10 +43,10 @@ def _conv3d_forward_onnxscript(input, weight, bias, stride, padding, dilation, g
     """The dynamo exporter's translation (attributes are Python values here)."""
     from onnxscript import opset20 as op
 
-    conv, pad = conv_attributes(stride, padding, dilation, groups, padding_mode)
+    conv, pads = conv_attributes(stride, padding, dilation, groups, padding_mode)
     unbatched = len(input.shape) == 4
     x = op.Unsqueeze(input, op.Constant(value_ints=[0])) if unbatched else input
-    if pad is not None:
+    for pad in pads:
         x = op.Pad(x, op.Constant(value_ints=pad["pads"]), mode=pad["mode"])
     inputs = (x, weight) if bias is None else (x, weight, bias)
     out = op.Conv(*inputs, kernel_shape=list(weight.shape[2:]), **conv)
@@ -59,15 +67,15 @@ def _conv3d_forward_symbolic(g, input, weight, bias, stride, padding, dilation, 
                                   (dilation, "dilation")))
     groups = sh._get_const(groups, "i", "groups")
     padding_mode = sh._get_const(padding_mode, "s", "padding_mode")
-    conv, pad = conv_attributes(stride, padding, dilation, groups, padding_mode)
-    if padding_mode == "circular" and GLOBALS.export_onnx_opset_version < 19:
+    conv, pads = conv_attributes(stride, padding, dilation, groups, padding_mode)
+    if "circular" in padding_modes(padding_mode) and GLOBALS.export_onnx_opset_version < 19:
         raise torch.onnx.errors.SymbolicValueError(
             "torchconv3d: circular padding is ONNX Pad mode 'wrap', which needs "
             f"opset_version >= 19, got {GLOBALS.export_onnx_opset_version}", input)
     unbatched = sh._get_tensor_rank(input) == 4
     axis0 = g.op("Constant", value_t=torch.tensor([0]))
     x = g.op("Unsqueeze", input, axis0) if unbatched else input
-    if pad is not None:
+    for pad in pads:
         x = g.op("Pad", x, g.op("Constant", value_t=torch.tensor(pad["pads"])),
                  mode_s=pad["mode"])
     inputs = (x, weight) if sh._is_none(bias) else (x, weight, bias)

@@ -101,9 +101,19 @@ def _torch_uses_channels_last_backend(x, weight, stride, padding, dilation, grou
             and (groups > 1 or (kw > 3 and kh > 3) or n > 1 or n * c * d * h > 20480))
 
 
+def formats_mode(padding_mode):
+    """csrc/ops.cpp's formats_mode: the one mode whose nn.Conv3d layouts per-dimension modes
+    follow (circular, else any other non-zero mode, else zeros)."""
+    modes = _check.padding_modes(padding_mode)
+    if "circular" in modes:
+        return "circular"
+    return next((m for m in modes if m != "zeros"), "zeros")
+
+
 def torch_formats(x, weight, stride, padding, dilation, groups, mode):
     """csrc/ops.cpp's torch_formats: nn.Conv3d's (output, grad_input, grad_weight) memory
     formats for the batched input x."""
+    mode = formats_mode(mode)
     cl, contiguous = torch.channels_last_3d, torch.contiguous_format
     input_cl = suggest_memory_format(x) == cl and mode != "circular"
     conv = (cl if _torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
@@ -538,11 +548,20 @@ def _as_standard_ops(input, weight, bias, stride, padding, dilation, groups, pad
         _check.conv3d_args(input, weight, bias, None, stride, padding, dilation, groups,
                            padding_mode)
     before, after = list(padding[0::2]), list(padding[1::2])
-    if padding_mode == "zeros" and before == after:
+    modes = _check.padding_modes(padding_mode)
+    if modes == ["zeros"] * 3 and before == after:
         return F.conv3d(input, weight, bias, stride, before, dilation, groups)
     x = _batched(input)
-    x = F.pad(x, [padding[4], padding[5], padding[2], padding[3], padding[0], padding[1]],
-              mode="constant" if padding_mode == "zeros" else padding_mode)
+    # One F.pad per distinct mode, each padding only its dimensions: pads along different
+    # dimensions commute (each is an index map, or zeros, along its own axis), so the
+    # corners come out as the kernels' per-dimension source_index gives them.
+    for mode in dict.fromkeys(modes):
+        pads = [0] * 6  # F.pad's order: (w_before, w_after, h_before, h_after, d_...)
+        for i in range(3):
+            if modes[i] == mode:
+                pads[4 - 2 * i], pads[5 - 2 * i] = padding[2 * i], padding[2 * i + 1]
+        if any(pads):
+            x = F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
     out = F.conv3d(x, weight, bias, stride, 0, dilation, groups)
     return out.squeeze(0) if input.dim() == 4 else out
 

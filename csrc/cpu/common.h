@@ -21,7 +21,7 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // for a padding zero.
 inline int64_t tap_source(const Geometry& g, int d, int64_t o, int64_t t) {
   return source_index(o * g.stride[d] + t * g.dilation[d] - g.pad_before[d], g.in[d],
-                      g.pad_before[d], g.pad_after[d], g.mode);
+                      g.pad_before[d], g.pad_after[d], g.mode[d]);
 }
 
 // The weight in the accumulation type, contiguous [C_out, C_in/groups, kd, kh, kw].

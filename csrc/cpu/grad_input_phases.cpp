@@ -69,7 +69,7 @@ PhaseDim phase_dim(const Geometry& g, int d, int64_t r) {
 
 bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
                           const at::Tensor& weight, at::Tensor& grad_input) {
-  if (g.mode != PadMode::Zeros) return false;
+  if (!g.zero_padding()) return false;
   // bfloat16 forwards run on vdpbf16ps in either layout (the planar grad_input pass sums in
   // float); float ones only channels innermost (the planar pass is as fast as a planar
   // forward).

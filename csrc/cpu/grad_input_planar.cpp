@@ -206,7 +206,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
           for (int64_t slot = 0; slot < L.slots; ++slot) {
             if (!L.slot_used(slot, depths)) continue;
             const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                            g.pad_before[0], g.pad_after[0], g.mode);
+                                            g.pad_before[0], g.pad_after[0], g.mode[0]);
             if (!owned(id)) continue;
             for (int64_t rh = 0; rh < L.sh; ++rh)
               scatter(grads + (slot * nph + rh * L.sw) * np, slot_stride, 0, channels, prows, id,

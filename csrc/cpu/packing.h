@@ -21,7 +21,7 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
   for (int64_t slot = 0; slot < L.slots; ++slot) {
     if (!L.slot_used(slot, depths)) continue;
     const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                    g.pad_before[0], g.pad_after[0], g.mode);
+                                    g.pad_before[0], g.pad_after[0], g.mode[0]);
     for (int64_t rh = 0; rh < L.sh; ++rh) {
       for (int64_t rw = 0; rw < L.sw; ++rw) {
         A* base = buf + L.plane_offset(0, slot, rh, rw);
@@ -67,7 +67,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
     for (int64_t slot = 0; slot < L.slots; ++slot) {
       if (!L.slot_used(slot, depths)) continue;
       const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                      g.pad_before[0], g.pad_after[0], g.mode);
+                                      g.pad_before[0], g.pad_after[0], g.mode[0]);
       for (int64_t rh = 0; rh < L.sh; ++rh) {
         // The sw phase planes of (c, slot, rh) are consecutive: phase rw at dst + rw * plane.
         A* dst = buf + L.plane_offset(c, slot, rh, 0);
@@ -207,7 +207,7 @@ void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
   for (int64_t slot = 0; slot < L.slots; ++slot) {
     if (!L.slot_used(slot, depths)) continue;
     const int64_t id = source_index(od0 * g.stride[0] + slot - g.pad_before[0], g.in[0],
-                                    g.pad_before[0], g.pad_after[0], g.mode);
+                                    g.pad_before[0], g.pad_after[0], g.mode[0]);
     for (int64_t rh = 0; rh < L.sh; ++rh)
       for (int64_t rw = 0; rw < L.sw; ++rw) {
         B* base = buf + L.plane_offset(0, slot, rh, rw) * ldb;

@@ -146,7 +146,7 @@ struct ColumnMap {
       bool seen = false;
       for (int64_t t = 0; t < L.lw; ++t) {
         const int64_t q = t * L.sw + rw - g.pad_before[2];
-        col[rw * L.lw + t] = source_index(q, g.in[2], g.pad_before[2], g.pad_after[2], g.mode);
+        col[rw * L.lw + t] = source_index(q, g.in[2], g.pad_before[2], g.pad_after[2], g.mode[2]);
         if (q >= 0 && q < g.in[2]) {
           if (!seen) lo[rw] = t;
           seen = true;
@@ -185,7 +185,7 @@ inline A load(T v) {
 inline int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t rh) {
   const Geometry& g = L.g;
   return source_index((oh0 + t_row) * L.sh + rh - g.pad_before[1], g.in[1], g.pad_before[1],
-                      g.pad_after[1], g.mode);
+                      g.pad_after[1], g.mode[1]);
 }
 
 // The forward tiles: bands as tall as the budget allows (elem bytes per channel element of

@@ -68,7 +68,7 @@ struct Strides {
 
 struct Conv {
   Dim dim[3];  // D, H, W
-  PadMode mode;
+  PadMode mode[3];  // per dimension
   int64_t batch, groups, cin_g, cout_g;
   int64_t kvol, khw;          // kd*kh*kw, kh*kw
   int64_t out_vol, out_hw;    // per sample and channel
@@ -352,9 +352,9 @@ struct ForwardProblem : GemmShape {
         r.w[s.ci * ws.v[1] + s.t.d * ws.v[2] + s.t.h * ws.v[3] + s.t.w * ws.v[4]]);
   }
   __device__ acc_t b(const Col& q, const KState& s) const {
-    const int64_t id = source_index(q.jd + s.t.d * c.dim[0].dil, c.dim[0], c.mode);
-    const int64_t ih = source_index(q.jh + s.t.h * c.dim[1].dil, c.dim[1], c.mode);
-    const int64_t iw = source_index(q.jw + s.t.w * c.dim[2].dil, c.dim[2], c.mode);
+    const int64_t id = source_index(q.jd + s.t.d * c.dim[0].dil, c.dim[0], c.mode[0]);
+    const int64_t ih = source_index(q.jh + s.t.h * c.dim[1].dil, c.dim[1], c.mode[1]);
+    const int64_t iw = source_index(q.jw + s.t.w * c.dim[2].dil, c.dim[2], c.mode[2]);
     if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
     return static_cast<acc_t>(
         q.x[s.ci * xs.v[1] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
@@ -399,8 +399,8 @@ struct GradInputProblem : GemmShape {
   __device__ Col col(int64_t group, int64_t n) const {
     const Pos i = decode_pos(n, c.in_vol, c.in_hw, c.dim[2].in);
     return {gy + i.n * gys.v[0] + group * c.cout_g * gys.v[1],
-            preimage(i.d, c.dim[0], c.mode), preimage(i.h, c.dim[1], c.mode),
-            preimage(i.w, c.dim[2], c.mode)};
+            preimage(i.d, c.dim[0], c.mode[0]), preimage(i.h, c.dim[1], c.mode[1]),
+            preimage(i.w, c.dim[2], c.mode[2])};
   }
   __device__ KState kstate(int64_t k) const {
     const int64_t co = k / c.kvol;
@@ -501,9 +501,9 @@ struct GradWeightProblem : GemmShape {
     return static_cast<acc_t>(s.gy[r.gy_offset]);
   }
   __device__ acc_t b(const Col& q, const KState& s) const {
-    const int64_t id = source_index(s.jd + q.dd, c.dim[0], c.mode);
-    const int64_t ih = source_index(s.jh + q.dh, c.dim[1], c.mode);
-    const int64_t iw = source_index(s.jw + q.dw, c.dim[2], c.mode);
+    const int64_t id = source_index(s.jd + q.dd, c.dim[0], c.mode[0]);
+    const int64_t ih = source_index(s.jh + q.dh, c.dim[1], c.mode[1]);
+    const int64_t iw = source_index(s.jw + q.dw, c.dim[2], c.mode[2]);
     if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
     return static_cast<acc_t>(
         s.x[q.x_offset + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
@@ -564,14 +564,14 @@ __global__ void __launch_bounds__(kThreads)
     // weight meeting it gives NaN), hence no early exits.
     for (int64_t td = 0; td < c.dim[0].k; ++td) {
       const int64_t id = source_index(
-          o.d * c.dim[0].stride - c.dim[0].pad_before + td * c.dim[0].dil, c.dim[0], c.mode);
+          o.d * c.dim[0].stride - c.dim[0].pad_before + td * c.dim[0].dil, c.dim[0], c.mode[0]);
       for (int64_t th = 0; th < c.dim[1].k; ++th) {
         const int64_t ih = source_index(
-            o.h * c.dim[1].stride - c.dim[1].pad_before + th * c.dim[1].dil, c.dim[1], c.mode);
+            o.h * c.dim[1].stride - c.dim[1].pad_before + th * c.dim[1].dil, c.dim[1], c.mode[1]);
         for (int64_t tw = 0; tw < c.dim[2].k; ++tw) {
           const int64_t iw = source_index(
               o.w * c.dim[2].stride - c.dim[2].pad_before + tw * c.dim[2].dil, c.dim[2],
-              c.mode);
+              c.mode[2]);
           const acc_t xv = (id < 0 || ih < 0 || iw < 0)
                                ? acc_t(0)
                                : static_cast<acc_t>(xc[id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
@@ -598,9 +598,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t nc = e / c.in_vol;
     const Pos i = decode_pos(e - nc * c.in_vol, c.in_vol, c.in_hw, c.dim[2].in);
     const int64_t n = nc / cin, ci = nc - n * cin;
-    const Preimage pd = preimage(i.d, c.dim[0], c.mode);
-    const Preimage ph = preimage(i.h, c.dim[1], c.mode);
-    const Preimage pw = preimage(i.w, c.dim[2], c.mode);
+    const Preimage pd = preimage(i.d, c.dim[0], c.mode[0]);
+    const Preimage ph = preimage(i.h, c.dim[1], c.mode[1]);
+    const Preimage pw = preimage(i.w, c.dim[2], c.mode[2]);
     acc_t acc = acc_t(0);
     for (int64_t co = ci * c.cout_g; co < (ci + 1) * c.cout_g; ++co) {
       const T* gyc = gy + n * gys.v[0] + co * gys.v[1];
@@ -665,11 +665,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t q = threadIdx.x; q < positions; q += kThreads) {
       const Pos o = decode_pos(q, c.out_vol, c.out_hw, c.dim[2].out);
       const int64_t id = source_index(
-          o.d * c.dim[0].stride - c.dim[0].pad_before + t.d * c.dim[0].dil, c.dim[0], c.mode);
+          o.d * c.dim[0].stride - c.dim[0].pad_before + t.d * c.dim[0].dil, c.dim[0], c.mode[0]);
       const int64_t ih = source_index(
-          o.h * c.dim[1].stride - c.dim[1].pad_before + t.h * c.dim[1].dil, c.dim[1], c.mode);
+          o.h * c.dim[1].stride - c.dim[1].pad_before + t.h * c.dim[1].dil, c.dim[1], c.mode[1]);
       const int64_t iw = source_index(
-          o.w * c.dim[2].stride - c.dim[2].pad_before + t.w * c.dim[2].dil, c.dim[2], c.mode);
+          o.w * c.dim[2].stride - c.dim[2].pad_before + t.w * c.dim[2].dil, c.dim[2], c.mode[2]);
       // A padding zero is a term (see the forward kernel).
       const acc_t xv =
           (id < 0 || ih < 0 || iw < 0)
@@ -759,7 +759,7 @@ inline Conv make_conv(const Geometry& g) {
   for (int i = 0; i < 3; ++i)
     c.dim[i] = {g.in[i], g.out[i], g.kernel[i], g.stride[i], g.dilation[i], g.pad_before[i],
                 g.pad_after[i]};
-  c.mode = g.mode;
+  for (int i = 0; i < 3; ++i) c.mode[i] = g.mode[i];
   c.batch = g.batch;
   c.groups = g.groups;
   c.cin_g = g.in_per_group();

@@ -8,11 +8,11 @@ namespace torchconv3d::gpu {
 
 struct Dims32 {
   int in[3], out[3], k[3], stride[3], dil[3], pad_before[3], pad_after[3];
-  PadMode mode;
+  PadMode mode[3];  // per dimension
 
   // The input index a padded coordinate q along dimension `dim` reads, or -1 (a zero).
   __host__ __device__ int source(int dim, int q) const {
-    return source_index<int>(q, in[dim], pad_before[dim], pad_after[dim], mode);
+    return source_index<int>(q, in[dim], pad_before[dim], pad_after[dim], mode[dim]);
   }
 };
 
@@ -27,7 +27,7 @@ inline Dims32 dims32(const Geometry& g) {
     d.pad_before[i] = static_cast<int>(g.pad_before[i]);
     d.pad_after[i] = static_cast<int>(g.pad_after[i]);
   }
-  d.mode = g.mode;
+  for (int i = 0; i < 3; ++i) d.mode[i] = g.mode[i];
   return d;
 }
 

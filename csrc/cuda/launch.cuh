@@ -75,19 +75,19 @@ inline bool forward_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
 // Masked gathers need zero padding (any mode reads the same without padding) and kernel
 // extents that fit the 10 mask bits per dimension.
 inline bool masked_gather(const Geometry& g) {
-  bool padded = false;
   for (int i = 0; i < 3; ++i) {
     if (g.kernel[i] > 10) return false;
-    padded |= g.pad_before[i] != 0 || g.pad_after[i] != 0;
+    const bool padded = g.pad_before[i] != 0 || g.pad_after[i] != 0;
+    if (padded && g.mode[i] != PadMode::Zeros) return false;
   }
-  return g.mode == PadMode::Zeros || !padded;
+  return true;
 }
 
 // grad_input: output channels per group (its K) in whole chunks, zero padding, kernel
 // extents up to 10 (masked gathers). The other padding modes fold border gradients back
 // onto several inputs (v1's preimage gather).
 inline bool grad_input_ok(const Geometry& g, at::ScalarType t, bool allow_tf32) {
-  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.mode == PadMode::Zeros &&
+  return dtype_ok(t, allow_tf32) && fits_32_bits(g) && g.zero_padding() &&
          masked_gather(g) && g.in_per_group() > 1 && g.out_per_group() % chunk_elems(t) == 0;
 }
 
@@ -241,7 +241,7 @@ void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
   p.walk.channels = static_cast<int>(xc.size(1) / g.groups);
   p.walk.c_tiles = static_cast<int>(ceil_div(p.walk.channels, KWalk<T>::kTileElems));
   p.gather = gather_of<T>(xc);
-  p.gather.mode = g.mode;
+  for (int i = 0; i < 3; ++i) p.gather.mode[i] = g.mode[i];
   for (int i = 0; i < 3; ++i) {
     p.gather.extent[i] = d.in[i];
     p.gather.pad_before[i] = d.pad_before[i];
@@ -293,7 +293,7 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
     const Dims32 d = dims32(g);
     GradInputTc<T> p;
     p.gather = gather_of<T>(gyc);
-    p.gather.mode = PadMode::Zeros;
+    for (PadMode& m : p.gather.mode) m = PadMode::Zeros;
     p.packed = wp.const_data_ptr<T>();
     p.walk.channels = static_cast<int>(g.out_per_group());
     p.walk.c_tiles = static_cast<int>(ceil_div(p.walk.channels, KWalk<T>::kTileElems));
@@ -459,7 +459,7 @@ void grad_input(const Env& env, const Geometry& g, const at::Tensor& gy, const a
     d.pad_before[i] = (d.k[i] - 1) * d.dil[i] - d.pad_before[i];
     d.pad_after[i] = 0;  // only zeros: coordinates past grad_output read nothing
   }
-  d.mode = PadMode::Zeros;
+  for (PadMode& m : d.mode) m = PadMode::Zeros;
   run(env, d, gy, pack_weight(w.flip({2, 3, 4})), at::Tensor(), gx);
 }
 

@@ -102,7 +102,7 @@ struct Gather {
   const T* data;
   int64_t stride[5];  // N, C, D, H, W in elements; C is 1
   int extent[3], pad_before[3], pad_after[3], coef[3];
-  PadMode mode;
+  PadMode mode[3];  // per dimension
 };
 
 // Masked (zero padding, kernel extents up to 10): a row keeps one offset and a validity
@@ -149,7 +149,7 @@ struct GatherIterator {
 #pragma unroll
         for (int d = 0; d < 3; ++d)
           at[d] = source_index<int>(j[i][d] + s.q[d] * g.coef[d], g.extent[d],
-                                    g.pad_before[d], g.pad_after[d], g.mode);
+                                    g.pad_before[d], g.pad_after[d], g.mode[d]);
         ok = base[i] != nullptr && ce < channels && (at[0] | at[1] | at[2]) >= 0;
         src = base[i] + at[0] * g.stride[2] + at[1] * g.stride[3] + at[2] * g.stride[4] + ce;
       }
