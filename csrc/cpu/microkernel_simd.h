@@ -160,15 +160,6 @@ constexpr int cl_positions() {
   return std::min(12, kClAcc / V);
 }
 
-// Depthwise: also the M = 3 weight registers per channel register of a tap run and the
-// input register being shared (dw_run), so fewer positions; at most 2 registers of
-// channels (kDwVecs), where that still leaves 9 or more positions.
-constexpr int kDwVecs = std::min(kClVecs, 2);
-template <int V>
-constexpr int dw_positions() {
-  return std::max(1, std::min(12, (kClAcc - 3 * V) / V));
-}
-
 // The operands of gemm_cl / depthwise_cl (microkernel.h); depthwise ignores ldk and ce.
 template <typename A>
 struct ClArgs {
@@ -183,44 +174,10 @@ struct ClArgs {
   bool accumulate;
 };
 
-// Depthwise taps k .. k + M - 1 whose windows are consecutive positions (offs[k + t] =
-// offs[k] + t * ldb: neighbouring W taps at stride 1, or within a phase at stride 2):
-// output f with tap k + t reads the input of output f + t with tap k, so the run loads
-// NF + M - 1 input registers (per channel register) for NF * M FMAs, each shared by up to
-// M taps, where one tap at a time loads one per FMA. bk: the run's window at position f0.
-template <bool Ragged, typename A, int V, int NF, int M>
-TC3D_INLINE void dw_run(const ClArgs<A>& p, const A* bk, int64_t k, int64_t j,
-                        typename Vec<A>::reg (&acc)[NF][V]) {
-  using W = Vec<A>;
-  typename W::reg av[M][V];
-#pragma GCC unroll 4
-  for (int t = 0; t < M; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) av[t][v] = W::load(p.a + (k + t) * p.lda + j + v * W::width);
-  [[maybe_unused]] const int64_t last = p.cols - j - (V - 1) * W::width;
-#pragma GCC unroll 16
-  for (int q = 0; q < NF + M - 1; ++q)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      const A* bv = bk + q * p.ldb + j + v * W::width;
-      typename W::reg x;
-      if constexpr (Ragged) {
-        x = v == V - 1 ? W::load_first(bv, last) : W::load(bv);
-      } else {
-        x = W::load(bv);
-      }
-#pragma GCC unroll 4
-      for (int t = 0; t < M; ++t) {
-        const int f = q - t;
-        if (f >= 0 && f < NF) acc[f][v] = W::fma(x, av[t][v], acc[f][v]);
-      }
-    }
-}
-
 // NF positions x V registers of output channels, from position f and channel j.
 // Dense: per (tap, channel) V weight loads and NF broadcasts for NF * V FMAs.
-// Depthwise: runs of taps (dw_run). Ragged: the last register holds the last
-// cols % width channels, and b is read only there.
+// Depthwise: per tap V weight loads, NF * V loads and FMAs. Ragged: the last register
+// holds the last cols % width channels, and b is read only there.
 template <bool Depthwise, bool Ragged, typename A, int V, int NF>
 TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
   using W = Vec<A>;
@@ -232,43 +189,45 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
     for (int v = 0; v < V; ++v)
       acc[f][v] = p.accumulate ? W::load(c + f * p.ldc + v * W::width) : W::zero();
   const A* b = p.b + f0 * p.ldb;
-  if constexpr (Depthwise) {
-    for (int64_t k = 0; k < p.taps;) {
-      int64_t m = 1;  // the run of taps from k whose windows are consecutive positions
-      while (m < 3 && k + m < p.taps && p.offs[k + m] == p.offs[k] + m * p.ldb) ++m;
-      if (m == 3) {
-        dw_run<Ragged, A, V, NF, 3>(p, b + p.offs[k], k, j, acc);
-      } else if (m == 2) {
-        dw_run<Ragged, A, V, NF, 2>(p, b + p.offs[k], k, j, acc);
-      } else {
-        dw_run<Ragged, A, V, NF, 1>(p, b + p.offs[k], k, j, acc);
-      }
-      k += m;
-    }
-  } else {
-    for (int64_t k = 0; k < p.taps; ++k) {
-      const A* bk = b + p.offs[k];
-      typename W::reg av[V];
-      if (p.ce == 1) {  // one channel per tap: no channel loop
+  for (int64_t k = 0; k < p.taps; ++k) {
+    const A* bk = b + p.offs[k];
+    typename W::reg av[V];
+    if constexpr (Depthwise) {
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.ldk + j + v * W::width);
+      for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.lda + j + v * W::width);
+      [[maybe_unused]] const int64_t last = p.cols - j - (V - 1) * W::width;
+#pragma GCC unroll 12
+      for (int f = 0; f < NF; ++f)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) {
+          const A* bv = bk + f * p.ldb + j + v * W::width;
+          typename W::reg x;
+          if constexpr (Ragged) {
+            x = v == V - 1 ? W::load_first(bv, last) : W::load(bv);
+          } else {
+            x = W::load(bv);
+          }
+          acc[f][v] = W::fma(x, av[v], acc[f][v]);
+        }
+    } else if (p.ce == 1) {  // one channel per tap: no channel loop
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) av[v] = W::load(p.a + k * p.ldk + j + v * W::width);
+#pragma GCC unroll 12
+      for (int f = 0; f < NF; ++f) {
+        const typename W::reg bv = W::bcast(bk + f * p.ldb);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
+      }
+    } else {
+      const A* ak = p.a + k * p.ldk + j;
+      for (int64_t e = 0; e < p.ce; ++e) {
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) av[v] = W::load(ak + e * p.lda + v * W::width);
 #pragma GCC unroll 12
         for (int f = 0; f < NF; ++f) {
-          const typename W::reg bv = W::bcast(bk + f * p.ldb);
+          const typename W::reg bv = W::bcast(bk + f * p.ldb + e);
 #pragma GCC unroll 4
           for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
-        }
-      } else {
-        const A* ak = p.a + k * p.ldk + j;
-        for (int64_t e = 0; e < p.ce; ++e) {
-#pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) av[v] = W::load(ak + e * p.lda + v * W::width);
-#pragma GCC unroll 12
-          for (int f = 0; f < NF; ++f) {
-            const typename W::reg bv = W::bcast(bk + f * p.ldb + e);
-#pragma GCC unroll 4
-            for (int v = 0; v < V; ++v) acc[f][v] = W::fma(bv, av[v], acc[f][v]);
-          }
         }
       }
     }
@@ -291,7 +250,7 @@ TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs<A>& p, int64_t f0, int64_t 
 // Every position for the V registers of channels from j.
 template <bool Depthwise, bool Ragged, typename A, int V>
 TC3D_INLINE void cl_sweep(int64_t n, const ClArgs<A>& p, int64_t j) {
-  constexpr int NF = Depthwise ? dw_positions<V>() : cl_positions<V>();
+  constexpr int NF = cl_positions<V>();
   int64_t f = 0;
   for (; f + NF <= n; f += NF) cl_block<Depthwise, Ragged, A, V, NF>(p, f, j);
   if (f < n) cl_block_f<Depthwise, Ragged, A, V, NF>(n - f, p, f, j);
@@ -311,15 +270,14 @@ TC3D_INLINE void cl_sweep_v(int64_t v, int64_t n, const ClArgs<A>& p, int64_t j)
 template <bool Depthwise, typename A>
 TC3D_INLINE void cl_columns(const ClArgs<A>& p, int64_t n) {
   constexpr int64_t w = Vec<A>::width;
-  constexpr int kVecs = Depthwise ? kDwVecs : kClVecs;
   for (int64_t j = 0, left = (p.cols + w - 1) / w; left > 0;) {
-    const int64_t v = (kVecs == 4 && (left == 5 || left == 6))
+    const int64_t v = (kClVecs == 4 && (left == 5 || left == 6))
                           ? 3
-                          : std::min<int64_t>(left, kVecs);
+                          : std::min<int64_t>(left, kClVecs);
     if (Depthwise && v == left && p.cols % w != 0) {
-      cl_sweep_v<Depthwise, true, A, kVecs>(v, n, p, j);
+      cl_sweep_v<Depthwise, true, A, kClVecs>(v, n, p, j);
     } else {
-      cl_sweep_v<Depthwise, false, A, kVecs>(v, n, p, j);
+      cl_sweep_v<Depthwise, false, A, kClVecs>(v, n, p, j);
     }
     j += v * w;
     left -= v;
