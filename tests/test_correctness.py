@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import torchconv3d
 from torchconv3d.functional import resolve_args
 
-from cases import (BY_NAME, CL, MODES, each_backend, make_layout, product, reference, rel_err,
-                   run_case, select)
+from cases import (BY_NAME, CL, MODES, each_backend, product, reference, rel_err, run_case,
+                   select)
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 
