@@ -1,18 +1,30 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 import torchconv3d  # noqa: F401  (builds/loads the operators once per session)
-
-CL = torch.channels_last_3d
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+# The helpers live in cases.py; re-exported so `from conftest import rel_err` keeps working.
+from cases import (BACKENDS, CL, CPU, CUDA, TOL, cuda_emulated, make_layout,  # noqa: F401
+                   reference, rel_err, round_tf32)
 
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+    parser.addoption("--backend", action="append", choices=BACKENDS,
+                     help="run the backend-parametrised tests on this backend only "
+                          "(repeatable; default: all of them, skipping what the machine lacks)")
 
 
 def pytest_collection_modifyitems(config, items):
+    backends = config.getoption("--backend")
+    if backends:
+        kept, dropped = [], []
+        for item in items:
+            callspec = getattr(item, "callspec", None)
+            name = callspec.params.get("backend") if callspec else None
+            (dropped if name is not None and name not in backends else kept).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
@@ -26,49 +38,23 @@ def _seed():
     torch.manual_seed(1234)
 
 
-def rel_err(actual, expected):
-    """max |actual - expected| / max |expected|, in float64."""
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if e.numel() == 0:
-        return 0.0
-    scale = e.abs().max().item()
-    return (a - e).abs().max().item() / (scale if scale > 0 else 1.0)
-
-
-def round_tf32(t):
-    """t rounded to TF32 (10 mantissa bits, nearest, ties away from zero) as float64: the
-    operand values of the CUDA kernels' TF32 tensor-core products."""
-    i = t.float().view(torch.int32)
-    special = (i & 0x7F800000) == 0x7F800000  # Inf and NaN stay
-    return torch.where(special, i, (i + 0x1000) & ~0x1FFF).view(torch.float32).double()
-
-
-def reference(x, w, b, stride, pads, dilation, groups, mode):
-    """F.pad (explicit copy) followed by F.conv3d: the semantics our kernels must match.
-
-    pads = (d_before, d_after, h_before, h_after, w_before, w_after).
-    """
-    torch_pads = (pads[4], pads[5], pads[2], pads[3], pads[0], pads[1])
-    if any(torch_pads):
-        unbatched = x.dim() == 4
-        xp = x.unsqueeze(0) if unbatched else x
-        xp = F.pad(xp, torch_pads, mode="constant" if mode == "zeros" else mode)
-        x = xp.squeeze(0) if unbatched else xp
-    return F.conv3d(x, w, b, stride, 0, dilation, groups)
-
-
-def make_layout(t, layout):
-    """Returns a tensor equal to t stored as asked: contiguous, channels_last or strided."""
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "channels_last":
-        return t.contiguous(memory_format=CL)
-    if layout == "strided":  # a view with gaps in every dimension
-        big = torch.zeros(
-            [s * 2 for s in t.shape], dtype=t.dtype, device=t.device
-        )
-        view = big[tuple(slice(None, None, 2) for _ in t.shape)]
-        view.copy_(t)
-        assert view.numel() <= 1 or not view.is_contiguous()
-        return view
-    raise ValueError(layout)
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Where the test's convolutions run (a cases.Backend): 'cpu', 'cuda' (skipped without a
+    GPU) or 'cuda_emulated' (the CUDA kernels on the CPU emulator, built on first use).
+    Parametrise "backend" indirectly (cases.each_backend does) to run on fewer of them.
+    TF32 is off for the test, as the float32 references are exact; run_case(tf32=True)
+    turns it on around its own calls."""
+    name = request.param
+    if name == "cpu":
+        chosen = CPU
+    elif name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("backend 'cuda' needs a CUDA GPU: torch.cuda.is_available() is False")
+        chosen = CUDA
+    else:
+        chosen = cuda_emulated()
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield chosen
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

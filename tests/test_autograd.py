@@ -19,18 +19,24 @@ GRAD_CASES = [
 ]
 
 
-def _tensors(case, unbatched=False):
+# Our operators on a GPU too (the emulator's autograd is first order only).
+CPU_AND_CUDA = pytest.mark.parametrize("backend", ["cpu", "cuda"], indirect=True)
+
+
+def _tensors(case, unbatched=False, device="cpu"):
     groups = case.get("groups", 1)
     shape = (4, 4, 5, 4) if unbatched else (2, 4, 4, 5, 4)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 4 // groups, 3, 2, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 3, 2, 3, dtype=torch.float64, device=device,
+                    requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
     return x, w, b
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("case", GRAD_CASES)
-def test_gradcheck_and_gradgradcheck(case):
-    x, w, b = _tensors(case)
+def test_gradcheck_and_gradgradcheck(backend, case):
+    x, w, b = _tensors(case, device=backend.device)
     f = lambda x, w, b: torchconv3d.conv3d(x, w, b, **case)  # noqa: E731
     _check_every_mode(f, (x, w, b))
 
@@ -48,7 +54,7 @@ def _check_every_mode(f, inputs):
     assert gradgradcheck(f, inputs, check_fwd_over_rev=True)
 
 
-def _op_samples():
+def _op_samples(device="cpu"):
     samples = []
     for case, layout in [(dict(padding=[1, 1, 1, 1, 1, 1]), None),
                          (dict(padding=[1, 0, 2, 1, 0, 1], stride=[2, 1, 1], mode="reflect"), CL),
@@ -62,20 +68,22 @@ def _op_samples():
         b = torch.randn(4)
         args = (case.get("stride", [1, 1, 1]), case["padding"], case.get("dilation", [1, 1, 1]),
                 groups, case.get("mode", "zeros"))
-        samples.append((x, w, b, args))
+        samples.append((x.to(device), w.to(device), b.to(device), args))
     return samples
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("sample", range(4))
-def test_opcheck_forward(sample):
-    x, w, b, args = _op_samples()[sample]
+def test_opcheck_forward(backend, sample):
+    x, w, b, args = _op_samples(backend.device)[sample]
     opcheck(torch.ops.torchconv3d.conv3d_forward.default, (x, w, b, *args))
     opcheck(torch.ops.torchconv3d.conv3d_forward.default, (x.requires_grad_(), w, None, *args))
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("sample", range(4))
-def test_opcheck_backward(sample):
-    x, w, b, args = _op_samples()[sample]
+def test_opcheck_backward(backend, sample):
+    x, w, b, args = _op_samples(backend.device)[sample]
     gy = torch.randn_like(torch.ops.torchconv3d.conv3d_forward(x, w, b, *args))
     for mask in ([True, True, True], [False, True, False], [True, False, True]):
         opcheck(torch.ops.torchconv3d.conv3d_backward.default, (gy, x, w, *args, mask))
@@ -88,8 +96,10 @@ def test_backward_mask_computes_only_what_is_asked():
     assert gi is None and gb is None and gw.shape == w.shape
 
 
-def check_torch_compile(device):
+@CPU_AND_CUDA
+def test_torch_compile_fullgraph_forward_and_backward(backend):
     """A small model, compiled with fullgraph=True, matches eager forward and backward."""
+    device = backend.device
     torch.manual_seed(0)
     model = nn.Sequential(
         torchconv3d.Conv3d(3, 8, 3, padding="same"), nn.ReLU(),
@@ -108,10 +118,6 @@ def check_torch_compile(device):
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
     for p, g in zip(model.parameters(), ref_grads):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
-
-
-def test_torch_compile_fullgraph_forward_and_backward():
-    check_torch_compile("cpu")
 
 
 # (channels, groups, layout, padding mode, stride): the planar passes, and channels_last

@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import torchconv3d
-from conftest import reference
-from test_correctness import _run
+from cases import CPU, Case, reference, run_case
 from torchconv3d.functional import resolve_args
 
 EXAMPLES = int(os.environ.get("TORCHCONV3D_FUZZ_EXAMPLES", "120"))
@@ -53,7 +52,7 @@ def configs(draw):
     size = tuple(draw(st.integers(1, 9)) for _ in range(3))
     kwargs = dict(stride=stride, dilation=dilation, padding=padding, groups=groups,
                   bias=draw(st.booleans()))
-    cfg = ("fuzz", (batch, cin) + size, cout, kernel, kwargs)
+    cfg = Case("fuzz", (batch, cin) + size, cout, kernel, kwargs)
     return (cfg, mode, draw(st.sampled_from(DTYPES)),
             draw(st.sampled_from(["contiguous", "channels_last", "strided"])),
             draw(st.sampled_from(["contiguous", "channels_last"])))
@@ -61,9 +60,9 @@ def configs(draw):
 
 def _torch_raises(cfg, mode):
     """Whether F.pad + F.conv3d (nn.Conv3d's computation) rejects the configuration."""
-    _, xshape, cout, kernel, kwargs = cfg
-    x = torch.randn(xshape, dtype=torch.float64)
-    w = torch.randn((cout, xshape[1] // kwargs["groups"]) + kernel, dtype=torch.float64)
+    kwargs = cfg.kwargs
+    x = torch.randn(cfg.input, dtype=torch.float64)
+    w = torch.randn(cfg.weight_shape, dtype=torch.float64)
     stride, pads, dilation = resolve_args(x, w, kwargs["stride"], kwargs["padding"],
                                           kwargs["dilation"])
     try:
@@ -81,14 +80,13 @@ def test_random_valid_configurations_match(case):
     if _torch_raises(cfg, mode):
         event("invalid: both raise")
         # e.g. a kernel wider than the padded input, or reflect padding >= the size
-        x = torch.randn(cfg[1])
-        w = torch.randn((cfg[2], cfg[1][1] // cfg[4]["groups"]) + cfg[3])
-        kwargs = {k: v for k, v in cfg[4].items() if k != "bias"}
+        x = torch.randn(cfg.input)
+        w = torch.randn(cfg.weight_shape)
         with pytest.raises((RuntimeError, ValueError)):
-            torchconv3d.conv3d(x, w, padding_mode=mode, **kwargs)
+            torchconv3d.conv3d(x, w, padding_mode=mode, **cfg.conv_kwargs)
         return
     event("valid: matched")
-    _run(cfg, dtype, mode=mode, layout=layout, weight_layout=weight_layout)
+    run_case(CPU, cfg, dtype, mode=mode, layout=layout, weight_layout=weight_layout)
 
 
 @st.composite

@@ -10,41 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import torchconv3d
+from cases import (BY_NAME, CPU, MODES, each_backend, make_layout, product, reference,
+                   select)
+from exact_reference import assert_same_values, exact_conv3d
 from torchconv3d.functional import resolve_args
 
-from conftest import TOL, make_layout, reference
-from exact_reference import assert_same_values, exact_conv3d
-
 NAN, INF = float("nan"), float("inf")
-MODES = ["zeros", "reflect", "replicate", "circular"]
-
-# (name, input shape, C_out, kernel, kwargs): every kernel path and argument kind.
-CONFIGS = [
-    ("pad1", (2, 3, 5, 6, 7), 4, (3, 3, 3), dict(padding=1)),
-    ("stride", (2, 3, 9, 8, 7), 4, (3, 3, 3), dict(stride=(2, 1, 3), padding=1)),
-    ("valid_wide", (2, 3, 5, 6, 9), 4, (3, 3, 3), {}),
-    ("depthwise", (2, 4, 6, 5, 7), 4, (3, 3, 3), dict(groups=4, padding=1)),
-    ("multiplier", (2, 2, 6, 5, 7), 6, (3, 1, 3), dict(groups=2, padding=(1, 0, 1))),
-    ("groups_dilation_asym", (2, 4, 7, 7, 8), 6, (3, 2, 3),
-     dict(groups=2, padding=((1, 2), (0, 1), (2, 1)), dilation=(2, 1, 2))),
-    ("same_stride_tf", (1, 3, 9, 8, 7), 4, (3, 3, 3), dict(padding="same", stride=2)),
-    ("k1", (2, 5, 4, 5, 6), 3, (1, 1, 1), {}),
-    ("big_channels", (1, 20, 4, 5, 6), 18, (3, 3, 3), dict(padding=1)),
-    # channels_last: dense channels-innermost kernels, grad_input by stride phases
-    ("wide_strided", (1, 32, 5, 6, 7), 16, (3, 3, 3), dict(stride=2, padding=1)),
-]
-
-# Taps that read only zero padding (the plan drops them, csrc/ops.cpp): their terms are
-# weight x 0 and grad_output x 0, NaN for a NaN/Inf factor. The corner weight is a dropped
-# tap, the inside one a kept tap.
-DEAD_TAPS = [
-    ("same_dilated", (1, 3, 4, 5, 6), 4, (3, 3, 3), dict(padding="same", dilation=(7, 1, 9))),
-    ("strided_dead_edge", (2, 2, 5, 4, 6), 3, (3, 2, 3),
-     dict(padding=((6, 1), (0, 3), (7, 0)), dilation=(4, 3, 5), stride=(2, 1, 3))),
-    ("no_live_tap", (1, 2, 3, 3, 3), 3, (2, 1, 2),
-     dict(padding=((5, 5), 0, (4, 6)), dilation=(9, 1, 11))),
-]
+# The cases (tests/cases.py): 'nonfinite' covers every kernel path and argument kind;
+# 'dead_taps' has taps that read only zero padding (the plan drops them, csrc/ops.cpp):
+# their terms are weight x 0 and grad_output x 0, NaN for a NaN/Inf factor; 'tc_nonfinite'
+# runs the CUDA v2 kernels.
 
 # Where to put non-finite values: tensor, then (index, value) pairs. Indices are picked
 # per shape: a corner (read through padding and by border outputs) and an interior one.
@@ -72,70 +47,85 @@ def _inject(t, spots):
     return t
 
 
-def check_nonfinite(cfg, mode, injection, dtype=torch.float64, layout="contiguous",
-                    device="cpu", conv=torchconv3d.conv3d, tol=None):
-    name, xshape, cout, kernel, kwargs = cfg
-    groups = kwargs.get("groups", 1)
+def check_nonfinite(backend, case, mode, injection, dtype=torch.float64,
+                    layout="contiguous", conv=None):
+    """The backend's output and gradients (or conv's) against the exact judge, with the
+    injection's non-finite values in place."""
+    conv = backend.conv if conv is None else conv
     vals = {
-        "x": torch.randn(xshape, dtype=torch.float64).to(dtype).double(),
-        "w": torch.randn((cout, xshape[1] // groups) + kernel,
-                         dtype=torch.float64).to(dtype).double(),
-        "b": torch.randn(cout, dtype=torch.float64).to(dtype).double(),
+        "x": torch.randn(case.input, dtype=torch.float64).to(dtype).double(),
+        "w": torch.randn(case.weight_shape, dtype=torch.float64).to(dtype).double(),
+        "b": torch.randn(case.out_channels, dtype=torch.float64).to(dtype).double(),
     }
+    kwargs = case.conv_kwargs
     stride, pads, dil = resolve_args(vals["x"], vals["w"], kwargs.get("stride", 1),
                                      kwargs.get("padding", 0), kwargs.get("dilation", 1))
     target, spots = INJECTIONS[injection]
     if target != "gy":
         vals[target] = _inject(vals[target], spots)
     ref_in = [vals[k].clone().requires_grad_() for k in ("x", "w", "b")]
-    ref = exact_conv3d(*ref_in, stride, pads, dil, groups, mode)
+    ref = exact_conv3d(*ref_in, stride, pads, dil, case.groups, mode)
     gy = torch.randn_like(ref).to(dtype).double()
     if target == "gy":
         gy = _inject(gy, spots)
     ref_grads = torch.autograd.grad(ref, ref_in, gy)
 
+    device = backend.device
     ours_in = [make_layout(vals["x"].to(device, dtype), layout).requires_grad_(),
                vals["w"].to(device, dtype).requires_grad_(),
                vals["b"].to(device, dtype).requires_grad_()]
     out = conv(*ours_in, padding_mode=mode, **kwargs)
     grads = torch.autograd.grad(out, ours_in, make_layout(gy.to(device, dtype), layout))
-    tol = TOL[dtype] if tol is None else tol
-    label = f"{name} {mode} {injection} {dtype} {layout}"
+    tol = backend.tol[dtype]
+    label = f"{backend.name} {case.name} {mode} {injection} {dtype} {layout}"
     for what, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"),
                           (out,) + grads, (ref,) + ref_grads):
         assert_same_values(a, e, tol, f"{label} {what}")
 
 
-@pytest.mark.parametrize("injection", list(INJECTIONS))
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_float64(cfg, mode, injection):
-    check_nonfinite(cfg, mode, injection)
+INJ = list(INJECTIONS)
+# the emulator (slow) takes a zero-padded and a mirrored gather
+_two_modes = lambda case, mode, injection: mode in ("zeros", "reflect")  # noqa: E731
 
 
-@pytest.mark.parametrize("injection", list(INJECTIONS))
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_float32_channels_last(cfg, injection):
-    check_nonfinite(cfg, "reflect" if "asym" in cfg[0] else "zeros", injection,
-                    torch.float32, "channels_last")
+@each_backend("case, mode, injection", product(select("nonfinite"), MODES, INJ),
+              emulated=_two_modes)
+def test_float64(backend, case, mode, injection):
+    check_nonfinite(backend, case, mode, injection)
 
 
-@pytest.mark.parametrize("injection", list(INJECTIONS))
-@pytest.mark.parametrize("cfg", DEAD_TAPS, ids=[c[0] for c in DEAD_TAPS])
-def test_taps_reading_only_padding(cfg, injection):
-    check_nonfinite(cfg, "zeros", injection)
-    check_nonfinite(cfg, "zeros", injection, torch.float32, "channels_last")
+@each_backend("case, mode, injection", product(select("nonfinite"), MODES, INJ),
+              emulated=_two_modes)
+def test_float32_channels_last(backend, case, mode, injection):
+    check_nonfinite(backend, case, mode, injection, torch.float32, "channels_last")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("injection", ["x_inf", "w_inf", "gy_nan"])
-@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[0] in ("pad1", "depthwise")],
-                         ids=lambda c: c[0])
-def test_half_types(cfg, injection, dtype):
-    check_nonfinite(cfg, "zeros", injection, dtype, "strided")
+@each_backend("case, injection", product(select("dead_taps"), INJ))
+def test_taps_reading_only_padding(backend, case, injection):
+    check_nonfinite(backend, case, "zeros", injection)
+    check_nonfinite(backend, case, "zeros", injection, torch.float32, "channels_last")
 
 
-@pytest.mark.parametrize("injection", list(INJECTIONS))
+@each_backend("case, injection, dtype",
+              product(select(names=("pad1", "depthwise_4ch")), ["x_inf", "w_inf", "gy_nan"],
+                      [torch.bfloat16, torch.float16]))
+def test_half_types(backend, case, injection, dtype):
+    check_nonfinite(backend, case, "zeros", injection, dtype, "strided")
+
+
+@each_backend("case, mode, injection", product(select("tc_nonfinite"), ["zeros", "reflect"], INJ))
+def test_v2_nan_inf_propagate(backend, case, mode, injection):
+    """The NaN/Inf rule at the CUDA v2 kernels' dtype and layout (their grad_input reruns
+    exactly when a weight is NaN or Inf); where launches are counted (the emulator), the v2
+    kernels must have run."""
+    kernels = ("depthwise",) if case.depthwise else ("forward", "grad_weight")
+    before = {k: backend.v2_launches(k) for k in kernels}
+    check_nonfinite(backend, case, mode, injection, torch.float16, "channels_last")
+    if None not in before.values():
+        assert all(backend.v2_launches(k) > n for k, n in before.items())
+
+
+@pytest.mark.parametrize("injection", INJ)
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_float64_agrees(mode, injection):
     """The judge is nn.Conv3d's own behaviour: torch's float64 module gives the same pattern."""
@@ -144,4 +134,4 @@ def test_torch_float64_agrees(mode, injection):
             return F.conv3d(x, w, b, padding=padding)
         return reference(x, w, b, [1] * 3, [padding] * 6, [1] * 3, 1, padding_mode)
 
-    check_nonfinite(CONFIGS[0], mode, injection, conv=torch_conv)
+    check_nonfinite(CPU, BY_NAME["pad1"], mode, injection, conv=torch_conv)

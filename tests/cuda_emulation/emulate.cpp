@@ -1,6 +1,6 @@
 // The CUDA kernels of csrc/cuda, compiled for the CPU and run by the fiber emulator, behind
 // operators with the same schemas as torchconv3d's: torch.ops.torchconv3d_emu.*.
-// tests/test_cuda_emulation.py checks them against F.conv3d.
+// tests/cases.py (backend cuda_emulated) checks them against F.conv3d.
 //
 // Grid caps are tiny on purpose so every grid-stride loop wraps, and sm_count = 2 makes
 // grad_weight split K on small shapes, so the split-K workspace and its reduction run too.
