@@ -13,6 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.library import opcheck
 
 import torchconv3d
+from cases import cuda_emulated
 from conftest import CL, TOL, make_layout, rel_err
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -280,17 +281,8 @@ def test_error_messages_name_the_sizes():
 
 @pytest.fixture(scope="module")
 def emulated_ops():
-    """The CUDA kernel table run on the CPU by tests/cuda_emulation (see
-    tests/test_cuda_emulation.py): the same library, loaded once per session."""
-    import os
-    from torch.utils.cpp_extension import load
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    load(name="torchconv3d_cuda_emulation",
-         sources=[os.path.join(root, "csrc", "check.cpp"), os.path.join(root, "csrc", "ops.cpp"),
-                  os.path.join(here, "cuda_emulation", "emulate.cpp")],
-         extra_cflags=["-O2"], is_python_module=False)
-    return torch.ops.torchconv3d_emu
+    """The CUDA kernel table run on the CPU by tests/cuda_emulation (tests/cases.py)."""
+    return cuda_emulated().ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

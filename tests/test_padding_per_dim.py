@@ -4,7 +4,6 @@ backend, through the public API, the module, the checker, vmap, opcheck and ONNX
 video VAEs' causal convolutions (faithful look-alikes of diffusers' LTX-Video, CogVideoX and
 HunyuanVideo modules) each become one operator call with no padded copy."""
 import copy
-import os
 import pickle
 
 import pytest
@@ -17,9 +16,6 @@ import torchconv3d
 from torchconv3d import _check
 from torchconv3d.functional import resolve_args, resolve_padding_mode
 from conftest import rel_err
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def reference(x, w, b, stride, pads, dilation, groups, modes):
@@ -48,53 +44,6 @@ CASES = [
 _IDS = ["-".join(c[0]) + f"-{c[6]}" for c in CASES]
 
 
-# --- backends ---------------------------------------------------------------------------------
-
-class _Emulated(torch.autograd.Function):
-    """The CUDA kernels, emulated on the CPU (tests/cuda_emulation), as a differentiable call."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, stride, pads, dilation, groups, mode):
-        ctx.save_for_backward(x, w)
-        ctx.args = (stride, pads, dilation, groups, mode)
-        return torch.ops.torchconv3d_emu.conv3d_forward(x, w, b, *ctx.args)
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, w = ctx.saved_tensors
-        gx, gw, gb = torch.ops.torchconv3d_emu.conv3d_backward(gy, x, w, *ctx.args,
-                                                               [True, True, True])
-        return gx, gw, gb, None, None, None, None, None
-
-
-@pytest.fixture(params=["cpu", "cuda", "cuda_emulated"])
-def backend(request):
-    """(name, device, operator) for one backend; the emulator is compiled once (cached under
-    TORCH_EXTENSIONS_DIR, the same build test_cuda_emulation.py loads)."""
-    if request.param == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    if request.param == "cuda_emulated":
-        from torch.utils.cpp_extension import load
-
-        load(name="torchconv3d_cuda_emulation",
-             sources=[os.path.join(ROOT, "csrc", "check.cpp"),
-                      os.path.join(ROOT, "csrc", "ops.cpp"),
-                      os.path.join(HERE, "cuda_emulation", "emulate.cpp")],
-             extra_cflags=["-O2"], is_python_module=False)
-        return "cuda_emulated", "cpu", _Emulated.apply
-    return request.param, request.param, torch.ops.torchconv3d.conv3d_forward
-
-
-@pytest.fixture
-def tf32_off():
-    """CUDA (and its emulation) reads torch's TF32 switch: float32 runs exactly unless a
-    test asks for TF32."""
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = old
-
-
 # float32 with TF32 allowed sends the 4-channel CUDA layers to the tensor-core kernels,
 # whose gathers apply the modes per dimension too (TF32 products: ~1e-3 relative).
 DTYPES = {"float64": (torch.float64, 1e-12), "float32": (torch.float32, 1e-5),
@@ -103,8 +52,9 @@ DTYPES = {"float64": (torch.float64, 1e-12), "float32": (torch.float32, 1e-5),
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("case", CASES, ids=_IDS)
-def test_per_dim_modes_match_reference(backend, case, dtype_name, tf32_off):
-    name, device, op = backend
+def test_per_dim_modes_match_reference(backend, case, dtype_name):
+    # backend: conftest's (TF32 off unless this test turns it on).
+    name, device = backend.name, backend.device
     dtype, tol = DTYPES[dtype_name]
     if dtype_name == "tf32":
         if name == "cpu":
@@ -121,8 +71,9 @@ def test_per_dim_modes_match_reference(backend, case, dtype_name, tf32_off):
     for run, t in (("ours", dtype), ("ref", torch.float64)):
         xi, wi, bi = (v.to(t).detach().requires_grad_() for v in (x, w, b))
         if run == "ours":
-            y = op(xi, wi, bi, list(stride), list(pads), list(dilation), groups,
-                   ",".join(modes))
+            pairs = [pads[2 * d: 2 * d + 2] for d in range(3)]
+            y = backend.conv(xi, wi, bi, list(stride), pairs, list(dilation), groups,
+                             padding_mode=",".join(modes))
         else:
             y = reference(xi, wi, bi, stride, pads, dilation, groups, modes)
         if gy is None:
