@@ -77,6 +77,25 @@ void check_grad_output(const at::Tensor& go, const at::Tensor& input,
               go.device(), " and input on ", input.device());
 }
 
+
+// Dimension i's stride and dilation, as both convolutions check them (F.conv3d's wording).
+void check_stride_dilation(c10::IntArrayRef stride, c10::IntArrayRef dilation, int i) {
+  TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
+  TORCH_CHECK(dilation[i] > 0, "dilation should be greater than zero, but got dilation=",
+              dilation);
+}
+
+// The weight's dimension 0 (conv3d: output channels; transposed: input channels) must
+// split into the groups.
+void check_weight_groups(const at::Tensor& weight, int64_t groups) {
+  TORCH_CHECK(weight.size(0) >= groups, "Given groups=", groups,
+              ", expected weight to be at least ", groups,
+              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  TORCH_CHECK(weight.size(0) % groups == 0, "Given groups=", groups,
+              ", expected weight to be divisible by ", groups,
+              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+}
+
 }  // namespace
 
 PadModes parse_padding_mode(std::string_view mode) {
@@ -145,9 +164,7 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
               "w_before, w_after), but got padding=", padding);
   TORCH_CHECK(groups > 0, "non-positive groups is not supported, got groups=", groups);
   for (int i = 0; i < 3; ++i) {
-    TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
-    TORCH_CHECK(dilation[i] > 0, "dilation should be greater than zero, but got dilation=",
-                dilation);
+    check_stride_dilation(stride, dilation, i);
     TORCH_CHECK(padding[2 * i] >= 0 && padding[2 * i + 1] >= 0,
                 "negative padding is not supported, got padding=", padding);
     TORCH_CHECK_VALUE(padding[2 * i] <= kMaxPadding && padding[2 * i + 1] <= kMaxPadding,
@@ -168,13 +185,7 @@ Geometry check_conv3d_args(const at::Tensor& input, const at::Tensor& weight,
   g.in_channels = input.size(batched ? 1 : 0);
   g.out_channels = weight.size(0);
   g.groups = groups;
-  TORCH_CHECK(g.out_channels >= groups, "Given groups=", groups,
-              ", expected weight to be at least ", groups,
-              " at dimension 0, but got weight of size ",
-              weight.sizes(), " instead");
-  TORCH_CHECK(g.out_channels % groups == 0, "Given groups=", groups,
-              ", expected weight to be divisible by ", groups,
-              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  check_weight_groups(weight, groups);
   TORCH_CHECK(g.in_channels == weight.size(1) * groups, "Given groups=", groups,
               ", weight of size ", weight.sizes(), ", expected input",
               batched ? input.sizes() : input.unsqueeze(0).sizes(), " to have ",
@@ -278,9 +289,7 @@ TransposeGeometry check_conv_transpose3d_args(
   }
   TORCH_CHECK(groups > 0, "non-positive groups is not supported, got groups=", groups);
   for (int i = 0; i < 3; ++i) {
-    TORCH_CHECK(stride[i] > 0, "non-positive stride is not supported, got stride=", stride);
-    TORCH_CHECK(dilation[i] > 0, "dilation should be greater than zero, but got dilation=",
-                dilation);
+    check_stride_dilation(stride, dilation, i);
     TORCH_CHECK(padding[i] >= 0, "negative padding is not supported, got padding=", padding);
     TORCH_CHECK(output_padding[i] >= 0,
                 "negative output_padding is not supported, got output_padding=",
@@ -302,12 +311,7 @@ TransposeGeometry check_conv_transpose3d_args(
   const int64_t in_channels = input.size(batched ? 1 : 0);
   g.out_channels = weight.size(0);  // the convolution's output: the input's channels
   g.groups = groups;
-  TORCH_CHECK(weight.size(0) >= groups, "Given groups=", groups,
-              ", expected weight to be at least ", groups,
-              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
-  TORCH_CHECK(weight.size(0) % groups == 0, "Given groups=", groups,
-              ", expected weight to be divisible by ", groups,
-              " at dimension 0, but got weight of size ", weight.sizes(), " instead");
+  check_weight_groups(weight, groups);
   TORCH_CHECK(in_channels == weight.size(0), "Given transposed=1, weight of size ",
               weight.sizes(), ", expected input",
               batched ? input.sizes() : input.unsqueeze(0).sizes(), " to have ",

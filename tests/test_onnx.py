@@ -127,6 +127,22 @@ def _raw_op_model(kwargs, x):
     return Raw().eval()
 
 
+def export_holding_our_operator(model, x):
+    """(ExportedProgram, [ONNX models]) for a graph holding our operator: the dynamo
+    exporter given the ExportedProgram and torchconv3d.onnx_export.TRANSLATION_TABLE, and
+    the TorchScript exporter with the symbolic that importing onnx_export registers."""
+    import torchconv3d.onnx_export as ours_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (x,))
+        dynamo = torch.onnx.export(program, dynamo=True,
+                                   custom_translation_table=ours_onnx.TRANSLATION_TABLE)
+        f = io.BytesIO()
+        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=19)
+    return program, [dynamo.model_proto, onnx.load_from_string(f.getvalue())]
+
+
 NCDHW_CASES = [c for c in CASES if "data_format" not in c[0]]
 
 
@@ -135,23 +151,15 @@ def test_operator_translation_for_each_exporter(case):
     """Graphs that hold our operator: an ExportedProgram given to the dynamo exporter with
     torchconv3d.onnx_export.TRANSLATION_TABLE, and the TorchScript exporter with the
     symbolic that importing torchconv3d.onnx_export registers; both write Pad + Conv."""
-    import torchconv3d.onnx_export as ours_onnx
-
     kwargs, shape = case
     torch.manual_seed(0)
     x = torch.randn(shape)
     model = _raw_op_model(kwargs, x)
     with torch.no_grad():
         want = model(x)
-    program = torch.export.export(model, (x,))
+    program, protos = export_holding_our_operator(model, x)
     assert any("torchconv3d" in str(n.target) for n in program.graph.nodes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dynamo = torch.onnx.export(program, dynamo=True,
-                                   custom_translation_table=ours_onnx.TRANSLATION_TABLE)
-        f = io.BytesIO()
-        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=19)
-    for proto in (dynamo.model_proto, onnx.load_from_string(f.getvalue())):
+    for proto in protos:
         ops = [n.op_type for n in proto.graph.node]
         assert ops.count("Conv") == 1, ops
         assert ("Pad" in ops) == (kwargs.get("padding_mode", "zeros") != "zeros"), ops

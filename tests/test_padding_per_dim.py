@@ -233,13 +233,7 @@ def test_onnx_operator_translation_with_per_dim_modes():
     exporter's translation and the TorchScript symbolic each write one Pad per distinct
     non-zero mode, zeros as Conv's own pads."""
     pytest.importorskip("onnxruntime")
-    import io
-    import warnings
-
-    import onnx
-
-    import torchconv3d.onnx_export as ours_onnx
-    from test_onnx import _run
+    from test_onnx import _run, export_holding_our_operator
 
     x = torch.randn(2, 4, 5, 6, 7)
     w, b = torch.randn(6, 4, 3, 3, 3), torch.randn(6)
@@ -251,14 +245,7 @@ def test_onnx_operator_translation_with_per_dim_modes():
 
     model = Raw().eval()
     want = model(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, (x,))
-        dynamo = torch.onnx.export(program, dynamo=True,
-                                   custom_translation_table=ours_onnx.TRANSLATION_TABLE)
-        f = io.BytesIO()
-        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=19)
-    for proto in (dynamo.model_proto, onnx.load_from_string(f.getvalue())):
+    for proto in export_holding_our_operator(model, x)[1]:
         ops = [n.op_type for n in proto.graph.node]
         assert ops.count("Conv") == 1 and ops.count("Pad") == 2, ops
         assert rel_err(_run(proto, x), want) < 1e-5

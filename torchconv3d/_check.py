@@ -102,6 +102,22 @@ def _grad_output(grad_output, input, expected):
            f"device, but got grad_output on {grad_output.device} and input on {input.device}")
 
 
+def _stride_dilation(stride, dilation, i):
+    """Dimension i's stride and dilation, as both convolutions check them."""
+    _check(stride[i] > 0, f"non-positive stride is not supported, got stride={stride}")
+    _check(dilation[i] > 0, f"dilation should be greater than zero, but got dilation={dilation}")
+
+
+def _weight_groups(weight, groups):
+    """The weight's dimension 0 (conv3d: output channels; transposed: input channels) must
+    split into the groups."""
+    _check(weight.shape[0] >= groups, f"Given groups={groups}, expected weight to be at least "
+           f"{groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
+    _check(weight.shape[0] % groups == 0, f"Given groups={groups}, expected weight to be "
+           f"divisible by {groups} at dimension 0, but got weight of size {_sizes(weight)} "
+           "instead")
+
+
 def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, groups, mode):
     """Raises what check_conv3d_args raises for these arguments; returns the output's
     spatial size."""
@@ -114,9 +130,7 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
            f"h_after, w_before, w_after), but got padding={padding}")
     _check(groups > 0, f"non-positive groups is not supported, got groups={groups}")
     for i in range(3):
-        _check(stride[i] > 0, f"non-positive stride is not supported, got stride={stride}")
-        _check(dilation[i] > 0,
-               f"dilation should be greater than zero, but got dilation={dilation}")
+        _stride_dilation(stride, dilation, i)
         _check(padding[2 * i] >= 0 and padding[2 * i + 1] >= 0,
                f"negative padding is not supported, got padding={padding}")
         for pad in padding[2 * i:2 * i + 2]:
@@ -130,10 +144,7 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     batch = input.shape[0] if batched else 1
     in_channels = input.shape[1 if batched else 0]
     out_channels = weight.shape[0]
-    _check(out_channels >= groups, f"Given groups={groups}, expected weight to be at least "
-           f"{groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
-    _check(out_channels % groups == 0, f"Given groups={groups}, expected weight to be divisible "
-           f"by {groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
+    _weight_groups(weight, groups)
     batched_sizes = _sizes(input) if batched else str([1] + list(input.shape))
     _check(in_channels == weight.shape[1] * groups,
            f"Given groups={groups}, weight of size {_sizes(weight)}, expected input"
@@ -208,9 +219,7 @@ def conv_transpose3d_args(input, weight, bias, grad_output, stride, padding, out
                f"values to match the convolution dimensions, but got {name}={values}")
     _check(groups > 0, f"non-positive groups is not supported, got groups={groups}")
     for i in range(3):
-        _check(stride[i] > 0, f"non-positive stride is not supported, got stride={stride}")
-        _check(dilation[i] > 0,
-               f"dilation should be greater than zero, but got dilation={dilation}")
+        _stride_dilation(stride, dilation, i)
         _check(padding[i] >= 0, f"negative padding is not supported, got padding={padding}")
         _check(output_padding[i] >= 0, "negative output_padding is not supported, got "
                f"output_padding={output_padding}")
@@ -225,11 +234,7 @@ def conv_transpose3d_args(input, weight, bias, grad_output, stride, padding, out
     batched = input.dim() == 5
     batch = input.shape[0] if batched else 1
     in_channels = input.shape[1 if batched else 0]
-    _check(weight.shape[0] >= groups, f"Given groups={groups}, expected weight to be at least "
-           f"{groups} at dimension 0, but got weight of size {_sizes(weight)} instead")
-    _check(weight.shape[0] % groups == 0, f"Given groups={groups}, expected weight to be "
-           f"divisible by {groups} at dimension 0, but got weight of size {_sizes(weight)} "
-           "instead")
+    _weight_groups(weight, groups)
     batched_sizes = _sizes(input) if batched else str([1] + list(input.shape))
     _check(in_channels == weight.shape[0],
            f"Given transposed=1, weight of size {_sizes(weight)}, expected input"
