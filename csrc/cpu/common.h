@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 
 namespace torchconv3d::cpu {
 
@@ -22,6 +23,32 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline int64_t tap_source(const Geometry& g, int d, int64_t o, int64_t t) {
   return source_index(o * g.stride[d] + t * g.dilation[d] - g.pad_before[d], g.in[d],
                       g.pad_before[d], g.pad_after[d], g.mode[d]);
+}
+
+// The kernel depths [from, to) whose products an output depth od sums: all of them, or,
+// where every weight is finite (a padding zero times a weight is then a zero, not NaN),
+// only those that read input frames (a range: the frames read rise with the kernel
+// depth). oneDNN skips the others too; in a video layer a few frames deep they are up to
+// a sixth of the products (R3D's 4 frames, kernel depth 3). Empty when every kernel depth
+// reads padding: the output is the bias.
+struct DepthRange {
+  int64_t from, to;
+  bool empty() const { return from >= to; }
+};
+inline DepthRange live_kernel_depths(const Geometry& g, int64_t od, bool finite_weights) {
+  int64_t from = 0, to = g.kernel[0];
+  if (finite_weights) {
+    while (from < to && tap_source(g, 0, od, from) < 0) ++from;
+    while (to > from && tap_source(g, 0, od, to - 1) < 0) --to;
+  }
+  return {from, to};
+}
+
+template <typename E>
+bool all_finite(const E* p, int64_t count) {
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(static_cast<float>(p[i]))) return false;
+  return true;
 }
 
 // The weight in the accumulation type, contiguous [C_out, C_in/groups, kd, kh, kw].

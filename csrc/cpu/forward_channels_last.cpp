@@ -20,6 +20,7 @@
 #include "packing.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 
 #include <cstring>
 #include <type_traits>
@@ -44,15 +45,21 @@ inline int64_t result_chunk(int64_t cols, int64_t elem) {
 constexpr int64_t kTermBlock = 128;
 
 // Calls gemm(tap0, taps, channel0, channels, accumulate) over blocks of about kTermBlock
-// terms that cover taps x ce, in an order fixed by the shape.
+// terms that cover taps [tap_begin, tap_end) x ce, in an order fixed by the shape.
 template <typename Gemm>
-void term_blocks(int64_t taps, int64_t ce, Gemm&& gemm) {
+void term_blocks(int64_t tap_begin, int64_t tap_end, int64_t ce, Gemm&& gemm) {
   const int64_t eb = std::min(ce, kTermBlock);
-  const int64_t tb = std::clamp<int64_t>(kTermBlock / ce, 1, taps);
-  for (int64_t t0 = 0; t0 < taps; t0 += tb)
+  const int64_t tb = std::clamp<int64_t>(kTermBlock / ce, 1, tap_end - tap_begin);
+  for (int64_t t0 = tap_begin; t0 < tap_end; t0 += tb)
     for (int64_t e0 = 0; e0 < ce; e0 += eb)
-      gemm(t0, std::min(tb, taps - t0), e0, std::min(eb, ce - e0), t0 > 0 || e0 > 0);
+      gemm(t0, std::min(tb, tap_end - t0), e0, std::min(eb, ce - e0),
+           t0 > tap_begin || e0 > 0);
 }
+
+// The layer's taps [from, to) a GEMM sums (kd-major, so live_kernel_depths is a range).
+struct TapRange {
+  int64_t from, to;
+};
 
 // gemm_cl's weights: per group, panels of kPanel output channels (the last one narrower),
 // each [tap][channel][panel width], so the weights of a block of terms for one panel are
@@ -68,12 +75,28 @@ struct Panels {
   Panels(int64_t cols_, int64_t kvol, int64_t channels_)
       : cols(cols_), channels(channels_), taps(channels_ < 8 ? kvol * channels_ : kvol),
         ce(channels_ < 8 ? 1 : channels_) {}
-  int64_t size(int64_t groups) const { return groups * taps * ce * cols; }
-  // Where the weight of (tap, channel e, output channel j) of group grp goes.
-  int64_t index(int64_t grp, int64_t tap, int64_t e, int64_t j) const {
-    const int64_t k = ce == 1 ? tap * channels + e : tap, c = ce == 1 ? 0 : e;
-    const int64_t j0 = j / kPanel * kPanel, pw = std::min(kPanel, cols - j0);
-    return (grp * cols + j0) * taps * ce + (k * ce + c) * pw + (j - j0);
+  // The panels of `groups` groups from value(grp, j, tap, e), the weight of output channel
+  // j of the group (zero past out_per_group), in the panels' own order, a panel per task:
+  // this runs on every call, before the tiles, so it must not be a serial stretch.
+  template <typename E, typename Value>
+  std::vector<E> pack(int64_t groups, int64_t out_per_group, Value&& value) const {
+    std::vector<E> a(groups * taps * ce * cols);
+    const int64_t panels = ceil_div(cols, kPanel);
+    at::parallel_for(0, groups * panels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t grp = task / panels, j0 = task % panels * kPanel;
+        const int64_t pw = std::min(kPanel, cols - j0);
+        const int64_t live = std::clamp<int64_t>(out_per_group - j0, 0, pw);
+        E* dst = a.data() + (grp * cols + j0) * taps * ce;
+        for (int64_t k = 0; k < taps; ++k)
+          for (int64_t c = 0; c < ce; ++c, dst += pw) {
+            const int64_t tap = ce == 1 ? k / channels : k, e = ce == 1 ? k % channels : c;
+            for (int64_t j = 0; j < live; ++j) dst[j] = value(grp, j0 + j, tap, e);
+            std::fill(dst + live, dst + pw, E(0));
+          }
+      }
+    });
+    return a;
   }
   // The offset of each of gemm_cl's taps from the layer's tap offsets.
   std::vector<int64_t> offsets(const std::vector<int64_t>& tap_offs) const {
@@ -83,14 +106,17 @@ struct Panels {
       for (int64_t e = 0; e < channels; ++e) offs.push_back(o + e);
     return offs;
   }
-  // c[f * cols + j] for every j, from the tile window b (ldb per position, offs per tap).
+  // c[f * cols + j] for every j, from the tile window b (ldb per position, offs per tap),
+  // summing the layer's taps [taps_from, taps_to) (a non-empty range).
   template <typename E, typename C, typename GemmCl>
   void run(GemmCl gemm_cl, const E* a, int64_t grp, const E* b, int64_t ldb,
-           const int64_t* offs, int64_t n, C* c) const {
+           const int64_t* offs, int64_t n, C* c, TapRange range) const {
+    const int64_t per_tap = ce == 1 ? channels : 1;  // gemm_cl's taps per layer tap
     for (int64_t j0 = 0; j0 < cols; j0 += kPanel) {
       const int64_t pw = std::min(kPanel, cols - j0);
       const E* panel = a + (grp * cols + j0) * taps * ce;
-      term_blocks(taps, ce, [&](int64_t t0, int64_t tk, int64_t e0, int64_t ek, bool acc) {
+      term_blocks(range.from * per_tap, range.to * per_tap, ce,
+                  [&](int64_t t0, int64_t tk, int64_t e0, int64_t ek, bool acc) {
         gemm_cl(n, pw, panel + (t0 * ce + e0) * pw, pw, ce * pw, tk, ek, b + e0, ldb,
                 offs + t0, c + j0, cols, acc);
       });
@@ -112,11 +138,14 @@ inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64
 // Runs the tiles of L (ForwardTile; L.g's groups are the tiles' groups): packs each tile's
 // `channels` input channels of its group with row stride ldb (buffer elements of type B),
 // then for each output depth and chunk of positions calls
-//   gemm(grp, window, ldb, positions, ct)   ct[f * cols + j] for output channel j of the group
+//   gemm(grp, window, ldb, positions, ct, taps)
+// ct[f * cols + j] for output channel j of the group, summed over the taps of
+// live_kernel_depths(finite_weights),
 // and stores ct + bias into the output (out_per_group channels per group).
 template <typename T, typename B, typename C, typename Gemm>
 void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64_t ldb,
-               int64_t cols, const std::vector<C>& bias, at::Tensor& output, Gemm&& gemm) {
+               int64_t cols, const std::vector<C>& bias, bool finite_weights,
+               at::Tensor& output, Gemm&& gemm) {
   const Geometry& g = L.g;
   const ColumnMap cm(L);
   const int64_t out_per_group = g.out_per_group();
@@ -143,9 +172,16 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
       for (int64_t dl = 0; dl < t.depths; ++dl) {
         const B* window = buf + dl * L.depth_step() * ldb;
         T* yd = yp + t.n * ysn + t.grp * out_per_group * ysc + (t.od0 + dl) * ys[0];
+        const DepthRange live = live_kernel_depths(g, t.od0 + dl, finite_weights);
+        const int64_t per_depth = g.kernel[1] * g.kernel[2];
         for (int64_t f0 = 0; f0 < n; f0 += chunk) {
           const int64_t nf = std::min(chunk, n - f0);
-          gemm(t.grp, window + f0 * ldb, ldb, nf, ct);
+          if (!live.empty()) {
+            gemm(t.grp, window + f0 * ldb, ldb, nf, ct,
+                 TapRange{live.from * per_depth, live.to * per_depth});
+          } else {
+            std::fill(ct, ct + nf * cols, C(0));
+          }
           for (int64_t f = f0; f < f0 + nf; ++f) {
             const int64_t t_row = f / L.lw, ow = f % L.lw;
             if (ow >= g.out[2]) continue;
@@ -188,7 +224,8 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (g.groups * chunks), grp = task / chunks % g.groups;
       const int64_t p0 = task % chunks * chunk, np = std::min(chunk, positions - p0);
-      gemm(grp, xp + n * xsn + grp * in_per_group + p0 * xstep, xstep, np, ct);
+      gemm(grp, xp + n * xsn + grp * in_per_group + p0 * xstep, xstep, np, ct,
+           TapRange{0, 1});
       for (int64_t f = 0; f < np; ++f) {
         const int64_t p = p0 + f, ow = p % g.out[2], oh = p / g.out[2] % g.out[1];
         const int64_t od = p / (g.out[2] * g.out[1]);
@@ -224,22 +261,21 @@ void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const at::Tensor w = weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
   const A* wp = w.const_data_ptr<A>();
   const Panels P(cols, kvol, in_per_group);
-  std::vector<A> a(P.size(g.groups), A(0));  // zero past out_per_group
-  for (int64_t co = 0; co < g.out_channels; ++co)
-    for (int64_t e = 0; e < in_per_group; ++e)
-      for (int64_t k = 0; k < kvol; ++k)
-        a[P.index(co / out_per_group, k, e, co % out_per_group)] =
-            wp[(co * in_per_group + e) * kvol + k];
+  const std::vector<A> a =
+      P.pack<A>(g.groups, out_per_group, [&](int64_t grp, int64_t j, int64_t k, int64_t e) {
+        return wp[((grp * out_per_group + j) * in_per_group + e) * kvol + k];
+      });
+  const bool finite_weights = all_finite(wp, w.numel());
   const std::vector<int64_t> offs = P.offsets(tap_offsets(L, in_per_group));
-  auto gemm = [&](int64_t grp, const A* b, int64_t ldb, int64_t n, A* c) {
-    P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c);
+  auto gemm = [&](int64_t grp, const A* b, int64_t ldb, int64_t n, A* c, TapRange taps) {
+    P.run(mk.gemm_cl, a.data(), grp, b, ldb, offs.data(), n, c, taps);
   };
   if constexpr (std::is_same_v<T, A>) {
     if (pointwise_in_place(g, input))
       return run_pointwise<T, A>(g, input, cols, bias_or_zeros<A>(g, bias), output, gemm);
   }
   run_tiles<T, A, A>(L, input, in_per_group, in_per_group, cols, bias_or_zeros<A>(g, bias),
-                     output, gemm);
+                     finite_weights, output, gemm);
 }
 
 // bfloat16 on vdpbf16ps: the tile stays bfloat16 with an even channel count per position
@@ -255,24 +291,22 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
   const Panels P(cols, kvol, pairs);
-  std::vector<uint32_t> a(P.size(g.groups), 0u);
-  for (int64_t co = 0; co < g.out_channels; ++co) {
-    const T* row = wp + co * in_per_group * kvol;
-    for (int64_t p = 0; p < pairs; ++p)
-      for (int64_t k = 0; k < kvol; ++k) {
+  const std::vector<uint32_t> a =
+      P.pack<uint32_t>(g.groups, out_per_group, [&](int64_t grp, int64_t j, int64_t k, int64_t p) {
+        const T* row = wp + (grp * out_per_group + j) * in_per_group * kvol;
         const uint32_t lo = row[2 * p * kvol + k].x;
         const uint32_t hi = 2 * p + 1 < in_per_group ? row[(2 * p + 1) * kvol + k].x : 0u;
-        a[P.index(co / out_per_group, k, p, co % out_per_group)] = lo | hi << 16;
-      }
-  }
+        return lo | hi << 16;
+      });
   // Offsets in pairs: every element offset is even (ldb is).
   std::vector<int64_t> offs = tap_offsets(L, ldb);
   for (int64_t& o : offs) o /= 2;
   offs = P.offsets(offs);
   // ldb counts bfloat16 elements; even wherever pairs are read.
-  auto gemm = [&](int64_t grp, const T* b, int64_t ldb, int64_t n, float* c) {
+  const bool finite_weights = all_finite(wp, w.numel());
+  auto gemm = [&](int64_t grp, const T* b, int64_t ldb, int64_t n, float* c, TapRange taps) {
     P.run(bk.gemm_cl, a.data(), grp, reinterpret_cast<const uint32_t*>(b), ldb / 2, offs.data(),
-          n, c);
+          n, c, taps);
   };
   // In place only with whole, 4-byte aligned pairs per group and position: an odd channel
   // count would pair the last channel with its neighbour (a zero weight, but 0 * Inf is NaN).
@@ -281,7 +315,7 @@ void forward_dense_bf16(const Geometry& g, const at::Tensor& input, const at::Te
   if (whole_pairs && pointwise_in_place(g, input))
     return run_pointwise<T, float>(g, input, cols, bias_or_zeros<float>(g, bias), output, gemm);
   run_tiles<T, T, float>(L, input, in_per_group, ldb, cols, bias_or_zeros<float>(g, bias),
-                         output, gemm);
+                         finite_weights, output, gemm);
 }
 
 // Element distance from base to p; the two may lie in different buffers (the zero row).

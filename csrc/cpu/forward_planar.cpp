@@ -39,20 +39,70 @@ void store_forward_rows(const Layout& L, const A* ct, int64_t rows, int64_t co0,
 }
 
 // Weight blocks of output channels (out_blocks within each group) laid out [k][r], the
-// order gemm reads them: element(co, k) for k < K.
+// order gemm reads them: element(co, k) for k < K. A block of channels per task: this runs
+// on every call, before the tiles.
 template <typename E, typename Element>
 std::vector<E> pack_weight_blocks(const Geometry& g, const Blocks& out_blocks, int64_t K,
                                   Element&& element) {
   const int64_t out_per_group = g.out_per_group();
   std::vector<E> wpack(g.out_channels * K);
-  for (int64_t co = 0; co < g.out_channels; ++co) {
-    const int64_t grp = co / out_per_group, m = co % out_per_group, mb = out_blocks.of(m);
-    const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
-    E* blk = wpack.data() + (grp * out_per_group + m0) * K;
-    for (int64_t k = 0; k < K; ++k) blk[k * rows + (m - m0)] = element(co, k);
-  }
+  at::parallel_for(0, g.groups * out_blocks.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t grp = task / out_blocks.count, mb = task % out_blocks.count;
+      const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+      E* blk = wpack.data() + (grp * out_per_group + m0) * K;
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t r = 0; r < rows; ++r) blk[k * rows + r] = element(grp * out_per_group + m0 + r, k);
+    }
+  });
   return wpack;
 }
+
+// The GEMM's operands for each output depth: K runs over (channel, tap) in weight order,
+// and an output depth sums only its live kernel depths (live_kernel_depths), a range of
+// taps within each channel; each distinct range (the full one, and a few at the borders)
+// gets its own weight blocks and tap offsets. (With the kernel depth outermost in K, a
+// range would be one slice of a single pack, but that order measured 7% slower on C3D:
+// channel-major reads each channel's planes in turn.)
+template <typename E>
+struct TermSets {
+  struct Set {
+    DepthRange live;
+    int64_t K;
+    std::vector<E> weights;
+    std::vector<int64_t> offs;
+  };
+  std::vector<Set> sets;
+  std::vector<int64_t> of_depth;  // per output depth, its set; -1 where none is live
+
+  // element(co, k) and offs(k) for the full K = channels * kvol.
+  template <typename Element>
+  TermSets(const Geometry& g, const Blocks& out_blocks, int64_t channels, bool finite_weights,
+           const std::vector<int64_t>& offs, Element&& element) {
+    const int64_t kvol = g.kernel_volume(), per_depth = g.kernel[1] * g.kernel[2];
+    for (int64_t od = 0; od < g.out[0]; ++od) {
+      const DepthRange live = live_kernel_depths(g, od, finite_weights);
+      if (live.empty()) {
+        of_depth.push_back(-1);
+        continue;
+      }
+      int64_t s = 0;
+      while (s < int64_t(sets.size()) &&
+             (sets[s].live.from != live.from || sets[s].live.to != live.to))
+        ++s;
+      of_depth.push_back(s);
+      if (s < int64_t(sets.size())) continue;
+      const int64_t span = (live.to - live.from) * per_depth;
+      // Term k of this set is term full(k) of the whole K.
+      auto full = [&](int64_t k) { return k / span * kvol + live.from * per_depth + k % span; };
+      Set set{live, channels * span, {}, {}};
+      set.weights = pack_weight_blocks<E>(g, out_blocks, set.K,
+                                          [&](int64_t co, int64_t k) { return element(co, full(k)); });
+      for (int64_t k = 0; k < set.K; ++k) set.offs.push_back(offs[full(k)]);
+      sets.push_back(std::move(set));
+    }
+  }
+};
 
 uint32_t bf16_bits(c10::BFloat16 v) { return v.x; }
 
@@ -64,7 +114,7 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
                         const at::Tensor& bias, at::Tensor& output, const Bf16Kernels& bk) {
   using T = c10::BFloat16;
   const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
-  const int64_t kvol = g.kernel_volume(), pairs = ceil_div(in_per_group, 2), K = pairs * kvol;
+  const int64_t kvol = g.kernel_volume(), pairs = ceil_div(in_per_group, 2);
   // The GEMM reads only the pairs (2 B per channel element); the staging planes are
   // written and read once per tile.
   const ForwardPlan plan =
@@ -74,15 +124,15 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
 
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
-  const std::vector<uint32_t> wpack =
-      pack_weight_blocks<uint32_t>(g, plan.out_blocks, K, [&](int64_t co, int64_t k) {
+  const TermSets<uint32_t> terms(
+      g, plan.out_blocks, pairs, all_finite(wp, w.numel()), L.tap_offsets(pairs),
+      [&](int64_t co, int64_t k) {
         const int64_t p = k / kvol, tap = k % kvol, c = 2 * p;
         const T* row = wp + co * in_per_group * kvol;
         const uint32_t lo = bf16_bits(row[c * kvol + tap]);
         const uint32_t hi = c + 1 < in_per_group ? bf16_bits(row[(c + 1) * kvol + tap]) : 0;
         return lo | hi << 16;
       });
-  const std::vector<int64_t> offs = L.tap_offsets(pairs);
 
   const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
@@ -115,11 +165,16 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
         for (int64_t e = 0; e < cstride; ++e) d[e] = lo[e] | uint32_t(hi[e]) << 16;
       }
       for (int64_t dl = 0; dl < t.depths; ++dl) {
-        const int64_t od = t.od0 + dl;
+        const int64_t od = t.od0 + dl, set = terms.of_depth[od];
         for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
           const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
-          bk.gemm(rows, wpack.data() + (t.grp * out_per_group + m0) * K, K,
-                  buf + dl * L.depth_step(), offs.data(), t.np, ct, L.n);
+          if (set < 0) {
+            std::fill(ct, ct + rows * L.n, 0.f);
+          } else {
+            const auto& s = terms.sets[set];
+            bk.gemm(rows, s.weights.data() + (t.grp * out_per_group + m0) * s.K, s.K,
+                    buf + dl * L.depth_step(), s.offs.data(), t.np, ct, L.n);
+          }
           store_forward_rows(L, ct, rows, t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc,
                              ys, od, t.oh0, t.th);
         }
@@ -155,9 +210,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
 
   const at::Tensor w = weight_as<A>(weight);
   const A* wp = w.const_data_ptr<A>();
-  const std::vector<A> wpack = pack_weight_blocks<A>(
-      g, out_blocks, K, [&](int64_t co, int64_t k) { return wp[co * K + k]; });
-  const std::vector<int64_t> offs = L.tap_offsets(in_per_group);
+  const TermSets<A> terms(g, out_blocks, in_per_group, all_finite(wp, w.numel()),
+                          L.tap_offsets(in_per_group),
+                          [&](int64_t co, int64_t k) { return wp[co * K + k]; });
 
   const at::Tensor b =
       bias.defined() ? bias.to(c10::CppTypeToScalarType<A>::value).contiguous() : bias;
@@ -179,11 +234,16 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
                   t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
       for (int64_t dl = 0; dl < t.depths; ++dl) {
-        const int64_t od = t.od0 + dl;
+        const int64_t od = t.od0 + dl, set = terms.of_depth[od];
         for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
           const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
-          mk.gemm(rows, wpack.data() + (t.grp * out_per_group + m0) * K, K,
-                  buf + dl * L.depth_step(), offs.data(), t.np, ct, L.n, false);
+          if (set < 0) {
+            std::fill(ct, ct + rows * L.n, A(0));
+          } else {
+            const auto& s = terms.sets[set];
+            mk.gemm(rows, s.weights.data() + (t.grp * out_per_group + m0) * s.K, s.K,
+                    buf + dl * L.depth_step(), s.offs.data(), t.np, ct, L.n, false);
+          }
           store_forward_rows(L, ct, rows, t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc,
                              ys, od, t.oh0, t.th);
         }
