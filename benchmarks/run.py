@@ -121,6 +121,8 @@ def main(argv=None):
                     help="run the decoders' transposed layers (vs nn.ConvTranspose3d) "
                          "instead of the convolution suite")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
+    ap.add_argument("--no-vol2col", action="store_true",
+                    help="CPU: skip torch's oneDNN-disabled path (most of the run time)")
     ap.add_argument("--markdown", help="also write the table to this markdown file")
     ap.add_argument("--chart", help="also draw the speedups into this PNG (needs matplotlib)")
     args = ap.parse_args(argv)
@@ -170,7 +172,7 @@ def main(argv=None):
                     for layer in layers:
                         impls = {"ours": (ours(layer, mode), contextlib.nullcontext),
                                  "torch": (torch_conv(layer, mode), contextlib.nullcontext)}
-                        if cpu:
+                        if cpu and not args.no_vol2col:
                             impls["vol2col"] = (torch_conv(layer, mode),
                                                 lambda: torch.backends.mkldnn.flags(enabled=False))
                         elif "depthwise" in layer.tags:  # torch's DepthwiseConv3d.cu
@@ -181,7 +183,7 @@ def main(argv=None):
                         flop = layer.flops() * (3 if back else 1)
                         r = {"layer": layer.name, "tags": layer.tags, "pass": p, "dtype": dname,
                              "layout": lname, "mode": mode, "vs_torch": t["torch"] / t["ours"],
-                             "vs_vol2col": t["vol2col"] / t["ours"] if cpu else None}
+                             "vs_vol2col": t["vol2col"] / t["ours"] if "vol2col" in t else None}
                         cells = [layer.name, p, dname, lname, mode, f"{flop / 1e9:.2f}",
                                  f"{t['ours'] * 1e3:.2f}", f"{t['torch'] * 1e3:.2f}"]
                         side = "vol2col" if cpu else "native"
@@ -214,9 +216,9 @@ def main(argv=None):
             tagged = [r["vs_torch"] for r in sel if tag in r["tags"]]
             if tagged:
                 parts.append(f"{tag} {geomean(tagged):.2f}x")
-        if cpu:
+        if cpu and not args.no_vol2col:
             parts.append(f"(all vs vol2col {geomean([r['vs_vol2col'] for r in sel]):.2f}x)")
-        elif any(r["vs_native"] for r in sel):
+        elif not cpu and any(r["vs_native"] for r in sel):
             parts.append("(depthwise vs torch's native kernel "
                          f"{geomean([r['vs_native'] for r in sel if r['vs_native']]):.2f}x)")
         summary.append(f"geometric mean speedup vs {tl}, {p}, {dname}, {lname}, {mode}: "

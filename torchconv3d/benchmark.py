@@ -221,8 +221,12 @@ def time_impls(impls, layer, backward, dtype=torch.float32, device="cpu", channe
         for fn, ctx in impls.values():
             once(fn, ctx)
     reps = min(50, max(reps, int(0.5 / max(max(first.values()), 1e-6))))
-    for _ in range(reps):
-        for label, (fn, ctx) in impls.items():
+    # The order rotates: in a fixed one, the impl after torch's vol2col path (gigabytes of
+    # columns) would always start with cold caches and freshly mapped pages.
+    labels = list(impls)
+    for r in range(reps):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            fn, ctx = impls[label]
             times[label].append(once(fn, ctx))
     return {k: statistics.median(v) for k, v in times.items()}
 
