@@ -57,3 +57,30 @@ def test_narrower_builds_pass_the_differential_tests(isa):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert " passed" in r.stdout
+
+
+def test_bfloat16_results_round_as_torch_rounds():
+    """A bfloat16 result is its float sum rounded as torch rounds (to nearest even, ties
+    included, overflow to Inf, subnormals kept), on every build: a 1x1x1 depthwise layer
+    with unit weights returns x + bias, so torch's own x.float() + b.float() rounding is the
+    reference, bit for bit. 20 channels: a full register and a ragged one."""
+    import torch
+    import torchconv3d
+
+    g = torch.Generator().manual_seed(0)
+    C = 20
+    x = torch.randn(2, C, 3, 4, 7, generator=g).bfloat16()
+    b = (torch.randn(C, generator=g) * 1e-3).bfloat16()
+    flat = x.view(-1)
+    specials = torch.tensor([float("inf"), -float("inf"), 3.3895e38, -3.3895e38, 1e-39, -5e-40,
+                             0.0, -0.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8]).bfloat16()
+    flat[:len(specials)] = specials
+    b[:4] = torch.tensor([3.3895e38, -3.3895e38, 2 ** -8, 0.0]).bfloat16()  # overflow, ties
+    w = torch.ones(C, 1, 1, 1, 1).bfloat16()
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        xl = x.contiguous(memory_format=layout)
+        y = torchconv3d.conv3d(xl, w, b, groups=C)
+        ref = (xl.float() + b.float().view(1, C, 1, 1, 1)).bfloat16()
+        assert torch.equal(y.isnan(), ref.isnan())
+        same = y.view(torch.int16) == ref.view(torch.int16)
+        assert (same | ref.isnan()).all(), (y[~same][:8], ref[~same][:8])

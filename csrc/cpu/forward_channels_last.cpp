@@ -125,9 +125,13 @@ struct Panels {
 };
 
 // dst[j * stride] = src[j] + bias[j] for j < count, as T (a contiguous run when stride is 1,
-// which lets the compiler vectorise it).
+// which lets the compiler vectorise it; bfloat16 runs take the micro-kernels' rounding).
 template <typename T, typename C>
 inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64_t count) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<C, float>) {
+    if (stride == 1)
+      return micro_kernels(float{}).store_bf16(count, src, bias, reinterpret_cast<uint16_t*>(dst));
+  }
   if (stride == 1) {
     for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<T>(src[j] + bias[j]);
   } else {
@@ -340,13 +344,12 @@ int64_t zero_row_size(const Geometry& g, int64_t column_stride) {
 // at a row of zeros, so 0 * w is computed as torch computes it). Columns whose taps all
 // read inside the row run as one stretch at a fixed step; the few border columns take
 // per-tap offsets one position at a time.
-template <typename T>
-void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-                       const at::Tensor& bias, at::Tensor& output) {
+// x: the input as the kernel reads it, elements of type B (A, or bfloat16 bits);
+// kernel: a depthwise_cl of MicroKernels reading B.
+template <typename T, typename B, typename Kernel>
+void depthwise_rows(const Geometry& g, const at::Tensor& x, const B* xp, const at::Tensor& weight,
+                    const at::Tensor& bias, at::Tensor& output, Kernel kernel) {
   using A = at::opmath_type<T>;
-  const MicroKernels<A>& mk = micro_kernels(A{});
-  // The micro-kernel reads A: the half types are widened once (input-sized scratch).
-  const at::Tensor xa = std::is_same_v<T, A> ? input : input.to(c10::CppTypeToScalarType<A>::value);
   const int64_t C = g.in_channels, kvol = g.kernel_volume(), ldc = round_up(C, kLanes);
   const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2];
   const int64_t sw = g.stride[2], dw = g.dilation[2], pw = g.pad_before[2];
@@ -357,10 +360,9 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
     for (int64_t k = 0; k < kvol; ++k) a[k * ldc + c] = wp[c * kvol + k];
   const std::vector<A> bvec = bias_or_zeros<A>(g, bias);
 
-  const A* xp = xa.const_data_ptr<A>();
   T* yp = output.mutable_data_ptr<T>();
-  const auto xs = spatial_strides(xa), ys = spatial_strides(output);
-  const int64_t xsn = xa.stride(0), ysn = output.stride(0), ysc = output.stride(1);
+  const auto xs = spatial_strides(x), ys = spatial_strides(output);
+  const int64_t xsn = x.stride(0), ysn = output.stride(0), ysc = output.stride(1);
   // Output columns [lo, hi) read only real input columns, at a fixed step.
   const int64_t lo = std::min(ceil_div(pw, sw), g.out[2]);
   const int64_t top = g.in[2] - 1 + pw - (kw - 1) * dw;
@@ -374,11 +376,11 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
   at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_zero, h_c;
     const int64_t zsize = zero_row_size(g, xs[2]);
-    A* zero = scratch<A>(h_zero, zsize);
-    std::fill(zero, zero + zsize, A(0));
-    const A* zero_row = zero + pw * xs[2];  // its column -pw is zero[0]
+    B* zero = scratch<B>(h_zero, zsize);
+    std::fill(zero, zero + zsize, B(0));
+    const B* zero_row = zero + pw * xs[2];  // its column -pw is zero[0]
     A* ct = scratch<A>(h_c, g.out[2] * ldc);
-    std::vector<const A*> rows(kd * kh);
+    std::vector<const B*> rows(kd * kh);
     std::vector<int64_t> offs(kvol);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / bands, n = plane / g.out[0], od = plane % g.out[0];
@@ -397,8 +399,8 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
           for (int64_t r = 0; r < kd * kh; ++r)
             for (int64_t l = 0; l < kw; ++l)
               offs[r * kw + l] = distance(xp, rows[r] + (lo * sw + l * dw - pw) * xs[2]);
-          mk.depthwise_cl(hi - lo, C, a.data(), ldc, kvol, xp, sw * xs[2], offs.data(),
-                          ct + lo * ldc, ldc);
+          kernel(hi - lo, C, a.data(), ldc, kvol, xp, sw * xs[2], offs.data(), ct + lo * ldc,
+                 ldc);
         }
         for (int64_t ow = 0; ow < g.out[2]; ++ow) {
           if (ow == lo && hi > lo) ow = hi;
@@ -409,7 +411,7 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
               offs[r * kw + l] =
                   distance(xp, rows[r] == zero_row || col < 0 ? zero : rows[r] + col * xs[2]);
             }
-          mk.depthwise_cl(1, C, a.data(), ldc, kvol, xp, 0, offs.data(), ct + ow * ldc, ldc);
+          kernel(1, C, a.data(), ldc, kvol, xp, 0, offs.data(), ct + ow * ldc, ldc);
         }
         T* yrow = yp + n * ysn + od * ys[0] + oh * ys[1];
         for (int64_t ow = 0; ow < g.out[2]; ++ow)
@@ -417,6 +419,20 @@ void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Ten
       }
     }
   });
+}
+
+template <typename T>
+void forward_depthwise(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                       const at::Tensor& bias, at::Tensor& output) {
+  using A = at::opmath_type<T>;
+  const MicroKernels<A>& mk = micro_kernels(A{});
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {  // widened as the kernel loads it
+    return depthwise_rows<T>(g, input, reinterpret_cast<const uint16_t*>(input.const_data_ptr()),
+                             weight, bias, output, mk.depthwise_cl_bf16);
+  }
+  // float16 is widened once (input-sized scratch).
+  const at::Tensor xa = std::is_same_v<T, A> ? input : input.to(c10::CppTypeToScalarType<A>::value);
+  depthwise_rows<T>(g, xa, xa.const_data_ptr<A>(), weight, bias, output, mk.depthwise_cl);
 }
 
 }  // namespace

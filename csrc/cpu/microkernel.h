@@ -48,6 +48,14 @@ struct MicroKernels {
   //   and c written up to the next multiple of kLanes past cols.
   void (*depthwise_cl)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
                        const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc);
+  // depthwise_cl on a bfloat16 input b (its bits), widened as it is loaded (no float copy
+  // of the input). Float table only (nullptr for double).
+  void (*depthwise_cl_bf16)(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
+                            const uint16_t* b, int64_t ldb, const int64_t* offs, A* c,
+                            int64_t ldc);
+  // dst[j] = bits of bfloat16(src[j] + bias[j]) for j < n, rounded as c10::BFloat16 rounds
+  // (to nearest even; NaN -> 0x7fc0). Float table only (nullptr for double).
+  void (*store_bf16)(int64_t n, const A* src, const A* bias, uint16_t* dst);
   // Outer products over positions, channels innermost (channels_last grad_weight,
   // grad_weight_channels_last.cpp): with output channels j and input channels e,
   //   out[k * ldk + j * ldo + e] += sum_{r < rows} sum_{f < n} g[r * ldgr + f * ldg + j]
@@ -88,6 +96,13 @@ struct Bf16Kernels {
 const Bf16Kernels* bf16_kernels();
 bool have_avx512_bf16_kernels();
 const Bf16Kernels& avx512_bf16_kernels();
+
+// c10::BFloat16's float conversions on bits, for every ISA's build: to nearest even,
+// NaN -> 0x7fc0; widening is exact.
+inline uint16_t bf16_round_bits(uint32_t u, bool nan) {
+  return nan ? uint16_t(0x7fc0) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline uint32_t bf16_widen_bits(uint16_t b) { return uint32_t(b) << 16; }
 
 // The set this process uses.
 const MicroKernels<float>& micro_kernels(float);

@@ -4,6 +4,7 @@
 #include "microkernel.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -30,6 +31,35 @@ struct Vec<float> {
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes));
   }
   static TC3D_INLINE void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  // bfloat16 bits, widened exactly.
+  static TC3D_INLINE reg load(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static TC3D_INLINE reg load_first(const uint16_t* p, int64_t n) {
+    uint16_t t[width] = {};
+    std::copy(p, p + n, t);
+    return load(t);
+  }
+  // Each lane rounded to bfloat16 as bf16_round_bits does, in the low 16 bits.
+  static TC3D_INLINE __m256i bf16_bits(reg v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  }
+  static TC3D_INLINE void store_bf16(uint16_t* p, reg v) {
+    const __m256i r = bf16_bits(v);  // (< 2^16: the unsigned saturating pack is exact)
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  static TC3D_INLINE void store_bf16_first(uint16_t* p, reg v, int64_t n) {
+    uint16_t t[width];
+    store_bf16(t, v);
+    std::copy(t, t + n, p);
+  }
   static TC3D_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static TC3D_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }

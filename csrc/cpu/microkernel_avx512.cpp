@@ -5,6 +5,7 @@
 #include "microkernel.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -30,6 +31,31 @@ struct Vec<float> {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
   }
   static TC3D_INLINE void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  // bfloat16 bits, widened exactly.
+  static TC3D_INLINE reg load(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static TC3D_INLINE reg load_first(const uint16_t* p, int64_t n) {
+    uint16_t t[width] = {};  // (a masked 16-bit load would need AVX512BW)
+    std::copy(p, p + n, t);
+    return load(t);
+  }
+  // Each lane rounded to bfloat16 as bf16_round_bits does, in the low 16 bits.
+  static TC3D_INLINE __m512i bf16_bits(reg v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                 _mm512_set1_epi32(0x7fc0));
+  }
+  static TC3D_INLINE void store_bf16(uint16_t* p, reg v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+  }
+  static TC3D_INLINE void store_bf16_first(uint16_t* p, reg v, int64_t n) {
+    _mm512_mask_cvtepi32_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), bf16_bits(v));
+  }
   static TC3D_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static TC3D_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static TC3D_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }

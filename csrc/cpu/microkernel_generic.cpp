@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 
 #include <cctype>
+#include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <string>
 
@@ -81,18 +83,38 @@ void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t ldk, int6
 }
 
 template <typename A>
-void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, const A* b,
+A widen(A x) {
+  return x;
+}
+float widen(uint16_t bits) {
+  const uint32_t u = bf16_widen_bits(bits);
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename A, typename B>
+void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps, const B* b,
                   int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
   for (int64_t f = 0; f < n; ++f)
     for (int64_t j0 = 0; j0 < cols; j0 += kLanes) {
       A acc[kLanes] = {};
       for (int64_t k = 0; k < taps; ++k) {
-        const A* br = b + offs[k] + f * ldb + j0;
+        const B* br = b + offs[k] + f * ldb + j0;
         const A* ar = a + k * lda + j0;
-        for (int l = 0; l < kLanes && j0 + l < cols; ++l) acc[l] += br[l] * ar[l];
+        for (int l = 0; l < kLanes && j0 + l < cols; ++l) acc[l] += widen(br[l]) * ar[l];
       }
       for (int l = 0; l < kLanes; ++l) c[f * ldc + j0 + l] = acc[l];
     }
+}
+
+void store_bf16(int64_t n, const float* src, const float* bias, uint16_t* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = src[j] + bias[j];
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    dst[j] = bf16_round_bits(u, std::isnan(v));
+  }
 }
 
 template <typename A>
@@ -148,16 +170,22 @@ const MicroKernels<A>& choose() {
 }  // namespace
 
 const MicroKernels<float>& generic_kernels(float) {
-  static const MicroKernels<float> k{&gemm<float>,         &dot<float>,      &gemm_cl<float>,
-                                     &depthwise_cl<float>, &outer_cl<float>, kRows,
+  static const MicroKernels<float> k{&gemm<float>,
+                                     &dot<float>,
+                                     &gemm_cl<float>,
+                                     &depthwise_cl<float, float>,
+                                     &depthwise_cl<float, uint16_t>,
+                                     &store_bf16,
+                                     &outer_cl<float>,
+                                     kRows,
                                      "generic"};
   return k;
 }
 
 const MicroKernels<double>& generic_kernels(double) {
-  static const MicroKernels<double> k{&gemm<double>,         &dot<double>,      &gemm_cl<double>,
-                                      &depthwise_cl<double>, &outer_cl<double>, kRows,
-                                      "generic"};
+  static const MicroKernels<double> k{&gemm<double>, &dot<double>, &gemm_cl<double>,
+                                      &depthwise_cl<double, double>, nullptr, nullptr,
+                                      &outer_cl<double>, kRows, "generic"};
   return k;
 }
 

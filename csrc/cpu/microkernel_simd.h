@@ -161,12 +161,13 @@ constexpr int cl_positions() {
 }
 
 // The operands of gemm_cl / depthwise_cl (microkernel.h); depthwise ignores ldk and ce.
-template <typename A>
+// B: the element of b, A or (depthwise on bfloat16) uint16_t bits, widened by Vec::load.
+template <typename A, typename B = A>
 struct ClArgs {
   int64_t cols;
   const A* a;
   int64_t lda, ldk, taps, ce;
-  const A* b;
+  const B* b;
   int64_t ldb;
   const int64_t* offs;
   A* c;
@@ -178,8 +179,8 @@ struct ClArgs {
 // Dense: per (tap, channel) V weight loads and NF broadcasts for NF * V FMAs.
 // Depthwise: per tap V weight loads, NF * V loads and FMAs. Ragged: the last register
 // holds the last cols % width channels, and b is read only there.
-template <bool Depthwise, bool Ragged, typename A, int V, int NF>
-TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
+template <bool Depthwise, bool Ragged, typename A, typename B, int V, int NF>
+TC3D_INLINE void cl_block(const ClArgs<A, B>& p, int64_t f0, int64_t j) {
   using W = Vec<A>;
   typename W::reg acc[NF][V];
   A* c = p.c + f0 * p.ldc + j;
@@ -188,9 +189,9 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v)
       acc[f][v] = p.accumulate ? W::load(c + f * p.ldc + v * W::width) : W::zero();
-  const A* b = p.b + f0 * p.ldb;
+  const B* b = p.b + f0 * p.ldb;
   for (int64_t k = 0; k < p.taps; ++k) {
-    const A* bk = b + p.offs[k];
+    const B* bk = b + p.offs[k];
     typename W::reg av[V];
     if constexpr (Depthwise) {
 #pragma GCC unroll 4
@@ -200,7 +201,7 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
       for (int f = 0; f < NF; ++f)
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) {
-          const A* bv = bk + f * p.ldb + j + v * W::width;
+          const B* bv = bk + f * p.ldb + j + v * W::width;
           typename W::reg x;
           if constexpr (Ragged) {
             x = v == V - 1 ? W::load_first(bv, last) : W::load(bv);
@@ -239,45 +240,45 @@ TC3D_INLINE void cl_block(const ClArgs<A>& p, int64_t f0, int64_t j) {
 }
 
 // cl_block<..., nf> for a run-time nf in [1, NF] (the last positions of a sweep).
-template <bool Depthwise, bool Ragged, typename A, int V, int NF>
-TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs<A>& p, int64_t f0, int64_t j) {
+template <bool Depthwise, bool Ragged, typename A, typename B, int V, int NF>
+TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs<A, B>& p, int64_t f0, int64_t j) {
   if constexpr (NF > 1) {
-    if (nf < NF) return cl_block_f<Depthwise, Ragged, A, V, NF - 1>(nf, p, f0, j);
+    if (nf < NF) return cl_block_f<Depthwise, Ragged, A, B, V, NF - 1>(nf, p, f0, j);
   }
-  cl_block<Depthwise, Ragged, A, V, NF>(p, f0, j);
+  cl_block<Depthwise, Ragged, A, B, V, NF>(p, f0, j);
 }
 
 // Every position for the V registers of channels from j.
-template <bool Depthwise, bool Ragged, typename A, int V>
-TC3D_INLINE void cl_sweep(int64_t n, const ClArgs<A>& p, int64_t j) {
+template <bool Depthwise, bool Ragged, typename A, typename B, int V>
+TC3D_INLINE void cl_sweep(int64_t n, const ClArgs<A, B>& p, int64_t j) {
   constexpr int NF = cl_positions<V>();
   int64_t f = 0;
-  for (; f + NF <= n; f += NF) cl_block<Depthwise, Ragged, A, V, NF>(p, f, j);
-  if (f < n) cl_block_f<Depthwise, Ragged, A, V, NF>(n - f, p, f, j);
+  for (; f + NF <= n; f += NF) cl_block<Depthwise, Ragged, A, B, V, NF>(p, f, j);
+  if (f < n) cl_block_f<Depthwise, Ragged, A, B, V, NF>(n - f, p, f, j);
 }
 
 // cl_sweep<v> for a run-time v in [1, V].
-template <bool Depthwise, bool Ragged, typename A, int V>
-TC3D_INLINE void cl_sweep_v(int64_t v, int64_t n, const ClArgs<A>& p, int64_t j) {
+template <bool Depthwise, bool Ragged, typename A, typename B, int V>
+TC3D_INLINE void cl_sweep_v(int64_t v, int64_t n, const ClArgs<A, B>& p, int64_t j) {
   if constexpr (V > 1) {
-    if (v < V) return cl_sweep_v<Depthwise, Ragged, A, V - 1>(v, n, p, j);
+    if (v < V) return cl_sweep_v<Depthwise, Ragged, A, B, V - 1>(v, n, p, j);
   }
-  cl_sweep<Depthwise, Ragged, A, V>(n, p, j);
+  cl_sweep<Depthwise, Ragged, A, B, V>(n, p, j);
 }
 
 // Output channels in blocks of at most kClVecs registers (5 or 6 left go as 3 + 2 or
 // 3 + 3, as in gemm_rows); each block sweeps every position, its weights staying in cache.
-template <bool Depthwise, typename A>
-TC3D_INLINE void cl_columns(const ClArgs<A>& p, int64_t n) {
+template <bool Depthwise, typename A, typename B>
+TC3D_INLINE void cl_columns(const ClArgs<A, B>& p, int64_t n) {
   constexpr int64_t w = Vec<A>::width;
   for (int64_t j = 0, left = (p.cols + w - 1) / w; left > 0;) {
     const int64_t v = (kClVecs == 4 && (left == 5 || left == 6))
                           ? 3
                           : std::min<int64_t>(left, kClVecs);
     if (Depthwise && v == left && p.cols % w != 0) {
-      cl_sweep_v<Depthwise, true, A, kClVecs>(v, n, p, j);
+      cl_sweep_v<Depthwise, true, A, B, kClVecs>(v, n, p, j);
     } else {
-      cl_sweep_v<Depthwise, false, A, kClVecs>(v, n, p, j);
+      cl_sweep_v<Depthwise, false, A, B, kClVecs>(v, n, p, j);
     }
     j += v * w;
     left -= v;
@@ -291,10 +292,22 @@ TC3D_FN void gemm_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t l
   cl_columns<false>(ClArgs<A>{cols, a, lda, ldk, taps, ce, b, ldb, offs, c, ldc, accumulate}, n);
 }
 
-template <typename A>
+template <typename A, typename B>
 TC3D_FN void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps,
-                          const A* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
-  cl_columns<true>(ClArgs<A>{cols, a, lda, 0, taps, 1, b, ldb, offs, c, ldc, false}, n);
+                          const B* b, int64_t ldb, const int64_t* offs, A* c, int64_t ldc) {
+  cl_columns<true>(ClArgs<A, B>{cols, a, lda, 0, taps, 1, b, ldb, offs, c, ldc, false}, n);
+}
+
+// A register of sums + bias, as bfloat16 bits, a register's width at a time (Vec's
+// store_bf16 / store_bf16_first round as c10::BFloat16 does).
+TC3D_FN void store_bf16(int64_t n, const float* src, const float* bias, uint16_t* dst) {
+  using W = Vec<float>;
+  int64_t j = 0;
+  for (; j + W::width <= n; j += W::width)
+    W::store_bf16(dst + j, W::add(W::load(src + j), W::load(bias + j)));
+  if (j < n)
+    W::store_bf16_first(dst + j, W::add(W::load_first(src + j, n - j),
+                                        W::load_first(bias + j, n - j)), n - j);
 }
 
 // The operands of outer_cl (microkernel.h).
@@ -390,7 +403,17 @@ TC3D_FN void outer_cl(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t
 // The table of this ISA's kernels, as microkernel.h hands them out.
 template <typename A>
 const MicroKernels<A>& kernel_table(const char* isa) {
-  static const MicroKernels<A> k{&gemm<A>,         &dot<A>,      &gemm_cl<A>,
-                                 &depthwise_cl<A>, &outer_cl<A>, kGemmRows, isa};
-  return k;
+  if constexpr (std::is_same_v<A, float>) {
+    static const MicroKernels<A> k{&gemm<A>,    &dot<A>,
+                                   &gemm_cl<A>, &depthwise_cl<A, A>,
+                                   &depthwise_cl<A, uint16_t>, &store_bf16,
+                                   &outer_cl<A>, kGemmRows,
+                                   isa};
+    return k;
+  } else {
+    static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
+                                   nullptr,      nullptr,  &outer_cl<A>, kGemmRows,
+                                   isa};
+    return k;
+  }
 }
