@@ -57,9 +57,14 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t bands = L.bands(), gy_row = plan.gy_row;
 
+  const int64_t per_depth = g.kernel[1] * g.kernel[2];
   // With Sanitize, input NaN/Inf read as zero (the dropped columns would pair them with
-  // zeros); see nonfinite.h.
-  auto pass = [&](auto sanitize) {
+  // zeros); see nonfinite.h. With skip, an output depth sums only the kernel depths that
+  // read input frames (live_kernel_depths): the products with padding zeros are zero
+  // unless that grad_output is NaN/Inf, and then a live product with it is not finite
+  // either, so the caller sees a non-finite sum and reruns without skipping. (A depth
+  // with no live kernel depth is summed in full.)
+  auto pass = [&](auto sanitize, bool skip) {
     acc_holder.zero_();
     at::parallel_for(0, plan.tasks, 1, [&](int64_t begin, int64_t end) {
       at::Tensor h_buf, h_gy;
@@ -85,18 +90,30 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
               for (int64_t dl = 0; dl < depths; ++dl) {
                 pack_grad_output(L, gyp + n * gysn + (grp * out_per_group + co0) * gysc,
                                  out_count, gysc, gys, od0 + dl, oh0, gy_tile, gy_row, 0);
-                dot(out_count, gy_tile, gy_row, buf + dl * L.depth_step(), offs.data(),
-                    in_count * kvol, L.positions(th), out, K);
+                const E* window = buf + dl * L.depth_step();
+                const DepthRange live = live_kernel_depths(g, od0 + dl, skip);
+                if (live.empty() || live.to - live.from == g.kernel[0]) {
+                  dot(out_count, gy_tile, gy_row, window, offs.data(), in_count * kvol,
+                      L.positions(th), out, K);
+                  continue;
+                }
+                const int64_t first = live.from * per_depth;
+                for (int64_t c = 0; c < in_count; ++c)
+                  dot(out_count, gy_tile, gy_row, window, offs.data() + c * kvol + first,
+                      (live.to - live.from) * per_depth, L.positions(th),
+                      out + c * kvol + first, K);
               }
             }
       }
     });
   };
-  pass(std::false_type{});
+  const bool skip = g.mode[0] == PadMode::Zeros;
+  pass(std::false_type{}, skip);
   if (any_nonfinite(acc, g.out_channels * K)) {
+    if (skip) pass(std::false_type{}, false);
     const auto where = nonfinite_inputs<T>(g, input);
     if (!where.empty()) {
-      pass(std::true_type{});
+      pass(std::true_type{}, false);
       add_input_terms<T, A>(g, grad_output, input, where, acc);
     }
   }
