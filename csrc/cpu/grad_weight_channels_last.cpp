@@ -131,12 +131,15 @@ bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
       4 * in_per_group < 3 * round_up(in_per_group, kLanes) || out_per_group < 4)
     return false;
   // bfloat16 on AVX512-BF16: the planar pass's vdpbf16ps dot products (pairs of positions)
-  // beat float outer products here, its transposing copy included (1.0-1.35x measured),
-  // except on strided layers, whose phase planes make that copy dearer (2 threads:
-  // nnU-Net's stride-2 down-convolution 1.89 -> 1.52 ms, 3D U-Net's 2x2x2 stride 2
-  // 1.04 -> 0.64 ms; at stride 1 C3D conv3a 19.1 -> 27.6 ms).
+  // beat float outer products here, its transposing copy included, except where that copy
+  // weighs more: strided layers (phase planes) and few taps to spread it over. Measured,
+  // 2 threads, planar -> outer: C3D conv3a 19.1 -> 27.6 ms, 3D U-Net 3x3x3 4.5 -> 5.5,
+  // MedicalNet dilated 5.2 -> 7.3; R(2+1)D 1x3x3 2.95 -> 2.40, 3x1x1 1.38 -> 1.18,
+  // nnU-Net stride 2 1.89 -> 1.44, U-Net 2x2x2 stride 2 1.04 -> 0.57.
   const bool strided = g.stride[0] > 1 || g.stride[1] > 1 || g.stride[2] > 1;
-  if (input.scalar_type() == at::kBFloat16 && bf16_kernels() && !strided) return false;
+  if (input.scalar_type() == at::kBFloat16 && bf16_kernels() && !strided &&
+      g.kernel_volume() > 9)
+    return false;
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_grad_weight_cl",
                 [&] { grad_weight_kernel<scalar_t>(g, grad_output, input, grad_weight); });
   return true;
