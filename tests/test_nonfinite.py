@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import torchconv3d
+
 from cases import (BY_NAME, CPU, MODES, each_backend, make_layout, product, reference,
                    select)
 from exact_reference import assert_same_values, exact_conv3d
@@ -135,3 +137,26 @@ def test_torch_float64_agrees(mode, injection):
         return reference(x, w, b, [1] * 3, [padding] * 6, [1] * 3, 1, padding_mode)
 
     check_nonfinite(CPU, BY_NAME["pad1"], mode, injection, conv=torch_conv)
+
+
+@pytest.mark.parametrize("value", [INF, NAN])
+def test_bfloat16_channels_last_pairs_keep_to_terms(value):
+    """bfloat16 channels_last grad_weight sums positions in pairs (vdpbf16ps, 32+ input
+    channels); with an odd output width the last pair's partner is past the row. An Inf or
+    NaN input there (w = W_out, read by taps 1 and 2 of a width-3 kernel, not by tap 0)
+    must reach only the taps whose terms hold it. Also the odd row's last position itself."""
+    x = torch.randn(2, 32, 3, 4, 9, dtype=torch.float64).bfloat16().double()
+    x[0, 5, 1, 2, 7] = value  # w = 7 = W_out: taps 1 and 2 read it, tap 0 does not
+    x[1, 9, 0, 3, 6] = -value if value == INF else value  # the row's last output, tap 0
+    w = torch.randn(16, 32, 1, 1, 3, dtype=torch.float64).bfloat16().double()
+    b = torch.randn(16, dtype=torch.float64).bfloat16().double()
+    ref_in = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = exact_conv3d(*ref_in, (1, 1, 1), [0] * 6, (1, 1, 1), 1, "zeros")
+    gy = torch.randn_like(ref).bfloat16().double()
+    ref_gw = torch.autograd.grad(ref, ref_in[1], gy)[0]
+    cl = torch.channels_last_3d
+    ours_x = x.bfloat16().contiguous(memory_format=cl)
+    ours_w = w.bfloat16().requires_grad_()
+    out = torchconv3d.conv3d(ours_x, ours_w, b.bfloat16())
+    gw = torch.autograd.grad(out, ours_w, gy.bfloat16().contiguous(memory_format=cl))[0]
+    assert_same_values(gw, ref_gw, 2e-2, f"bfloat16 channels_last grad_weight {value}")

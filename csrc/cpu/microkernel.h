@@ -88,6 +88,14 @@ struct Bf16Kernels {
   // there).
   void (*dot)(int64_t rows, const uint16_t* g, int64_t ldg, const uint16_t* b,
               const int64_t* offs, int64_t cols, int64_t n, float* out, int64_t ldo);
+  // outer_cl of MicroKernels summing positions in pairs (f, f + 1), f even:
+  //   g[r * ldgr + (f / 2) * ldg + j] holds (gy[f], gy[f + 1]) of output channel j (zero
+  //   past the row's n positions); b[offs[k] + r * ldbr + f * ldb + e] holds input channel
+  //   e at that tile position and at the next one (ldb further). es a multiple of kLanes.
+  //   With an odd n the last pair of b is read with its upper half cleared.
+  void (*outer_cl)(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es,
+                   const uint32_t* g, int64_t ldg, int64_t ldgr, const uint32_t* b, int64_t ldb,
+                   int64_t ldbr, const int64_t* offs, float* out, int64_t ldk, int64_t ldo);
   int64_t max_rows;
 };
 

@@ -236,6 +236,94 @@ TC3D_FN void dot(int64_t rows, const uint16_t* g, int64_t ldg, const uint16_t* b
                        n, out + r * ldo, ldo);
 }
 
+// outer_cl on pairs of positions (microkernel.h): an R x V block of sums for one tap in
+// registers over every row and pair, then added to out. b holds (x[q], x[q + 1]) per lane
+// at position q, so any tap offset pairs positions (f, f + 1) for even f; with an odd n
+// the last pair's upper half is cleared (its g is zero, its x may be any value).
+struct OuterArgs {
+  int64_t rows, n;
+  const uint32_t* g;
+  int64_t ldg, ldgr;
+  int64_t ldb, ldbr;
+  float* out;
+  int64_t ldo;
+};
+
+template <int R, int V>
+TC3D_INLINE void outer_block(const OuterArgs& p, const uint32_t* b, const uint32_t* g, float* out) {
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  const int64_t pairs = p.n / 2;
+  const __m512i low = _mm512_set1_epi32(0xffff);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const uint32_t* br = b + r * p.ldbr;
+    const uint32_t* gr = g + r * p.ldgr;
+    for (int64_t q = 0; q <= pairs; ++q) {
+      if (q == pairs && p.n % 2 == 0) break;
+      __m512i xv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_si512(br + 2 * q * p.ldb + v * 16);
+      if (q == pairs) {  // the odd last position, alone
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) xv[v] = _mm512_and_si512(xv[v], low);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < R; ++j) {
+        const __m512bh gv = (__m512bh)_mm512_set1_epi32(static_cast<int>(gr[q * p.ldg + j]));
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], gv, (__m512bh)xv[v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* o = out + j * p.ldo + v * 16;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[j][v]));
+    }
+}
+
+template <int R, int V>
+TC3D_INLINE void outer_block_r(int64_t r, const OuterArgs& p, const uint32_t* b,
+                               const uint32_t* g, float* out) {
+  if constexpr (R > 1) {
+    if (r < R) return outer_block_r<R - 1, V>(r, p, b, g, out);
+  }
+  outer_block<R, V>(p, b, g, out);
+}
+
+// Blocks of 8 output channels x 2 registers of input channels (as the float kernel: 12 x 2
+// spills), the taps outermost.
+constexpr int kOuterRows = 8;
+constexpr int kOuterVecs = 2;
+
+template <int V>
+TC3D_INLINE void outer_columns(const OuterArgs& p, int64_t taps, int64_t js, const uint32_t* b,
+                               const int64_t* offs, int64_t ldk, int64_t e) {
+  for (int64_t k = 0; k < taps; ++k)
+    for (int64_t j = 0; j < js; j += kOuterRows)
+      outer_block_r<kOuterRows, V>(std::min<int64_t>(kOuterRows, js - j), p, b + offs[k] + e,
+                                   p.g + j, p.out + k * ldk + j * p.ldo + e);
+}
+
+TC3D_FN void outer_cl(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es,
+                      const uint32_t* g, int64_t ldg, int64_t ldgr, const uint32_t* b,
+                      int64_t ldb, int64_t ldbr, const int64_t* offs, float* out, int64_t ldk,
+                      int64_t ldo) {
+  const OuterArgs p{rows, n, g, ldg, ldgr, ldb, ldbr, out, ldo};
+  for (int64_t e = 0; e < es; e += kOuterVecs * 16) {
+    if (es - e >= kOuterVecs * 16) {
+      outer_columns<kOuterVecs>(p, taps, js, b, offs, ldk, e);
+    } else {
+      outer_columns<1>(p, taps, js, b, offs, ldk, e);
+    }
+  }
+}
+
 }  // namespace
 
 bool have_avx512_bf16_kernels() {
@@ -243,7 +331,7 @@ bool have_avx512_bf16_kernels() {
 }
 
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{&gemm, &gemm_cl, &dot, kRows};
+  static const Bf16Kernels k{&gemm, &gemm_cl, &dot, &outer_cl, kRows};
   return k;
 }
 
@@ -254,7 +342,7 @@ const Bf16Kernels& avx512_bf16_kernels() {
 namespace torchconv3d::cpu {
 bool have_avx512_bf16_kernels() { return false; }
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{nullptr, nullptr, nullptr, 0};
+  static const Bf16Kernels k{nullptr, nullptr, nullptr, nullptr, 0};
   return k;
 }
 }  // namespace torchconv3d::cpu
