@@ -107,7 +107,7 @@ struct Panels {
     return offs;
   }
   // c[f * cols + j] for every j, from the tile window b (ldb per position, offs per tap),
-  // summing the layer's taps [taps_from, taps_to) (a non-empty range).
+  // summing the layer's taps in `range` (not empty).
   template <typename E, typename C, typename GemmCl>
   void run(GemmCl gemm_cl, const E* a, int64_t grp, const E* b, int64_t ldb,
            const int64_t* offs, int64_t n, C* c, TapRange range) const {

@@ -61,9 +61,12 @@ std::vector<E> pack_weight_blocks(const Geometry& g, const Blocks& out_blocks, i
 // The GEMM's operands for each output depth: K runs over (channel, tap) in weight order,
 // and an output depth sums only its live kernel depths (live_kernel_depths), a range of
 // taps within each channel; each distinct range (the full one, and a few at the borders)
-// gets its own weight blocks and tap offsets. (With the kernel depth outermost in K, a
-// range would be one slice of a single pack, but that order measured 7% slower on C3D:
-// channel-major reads each channel's planes in turn.)
+// gets its own weight blocks and tap offsets, as long as those extra copies stay within
+// kBorderSetBytes (past it, a depth sums every tap: right, only not the fewest products).
+// (With the kernel depth outermost in K, a range would be one slice of a single pack, but
+// that order measured 7% slower on C3D: channel-major reads each channel's planes in turn.)
+constexpr int64_t kBorderSetBytes = int64_t(8) << 20;
+
 template <typename E>
 struct TermSets {
   struct Set {
@@ -72,7 +75,7 @@ struct TermSets {
     std::vector<E> weights;
     std::vector<int64_t> offs;
   };
-  std::vector<Set> sets;
+  std::vector<Set> sets;          // sets[0]: every tap
   std::vector<int64_t> of_depth;  // per output depth, its set; -1 where none is live
 
   // element(co, k) and offs(k) for the full K = channels * kvol.
@@ -80,6 +83,18 @@ struct TermSets {
   TermSets(const Geometry& g, const Blocks& out_blocks, int64_t channels, bool finite_weights,
            const std::vector<int64_t>& offs, Element&& element) {
     const int64_t kvol = g.kernel_volume(), per_depth = g.kernel[1] * g.kernel[2];
+    auto add = [&](DepthRange live) {
+      const int64_t span = (live.to - live.from) * per_depth;
+      // Term k of this set is term full(k) of the whole K.
+      auto full = [&](int64_t k) { return k / span * kvol + live.from * per_depth + k % span; };
+      Set set{live, channels * span, {}, {}};
+      set.weights = pack_weight_blocks<E>(g, out_blocks, set.K,
+                                          [&](int64_t co, int64_t k) { return element(co, full(k)); });
+      for (int64_t k = 0; k < set.K; ++k) set.offs.push_back(offs[full(k)]);
+      sets.push_back(std::move(set));
+    };
+    add(DepthRange{0, g.kernel[0]});
+    int64_t extra_bytes = 0;
     for (int64_t od = 0; od < g.out[0]; ++od) {
       const DepthRange live = live_kernel_depths(g, od, finite_weights);
       if (live.empty()) {
@@ -90,16 +105,17 @@ struct TermSets {
       while (s < int64_t(sets.size()) &&
              (sets[s].live.from != live.from || sets[s].live.to != live.to))
         ++s;
+      if (s == int64_t(sets.size())) {
+        const int64_t bytes =
+            g.out_channels * channels * (live.to - live.from) * per_depth * int64_t(sizeof(E));
+        if (extra_bytes + bytes > kBorderSetBytes) {
+          s = 0;
+        } else {
+          extra_bytes += bytes;
+          add(live);
+        }
+      }
       of_depth.push_back(s);
-      if (s < int64_t(sets.size())) continue;
-      const int64_t span = (live.to - live.from) * per_depth;
-      // Term k of this set is term full(k) of the whole K.
-      auto full = [&](int64_t k) { return k / span * kvol + live.from * per_depth + k % span; };
-      Set set{live, channels * span, {}, {}};
-      set.weights = pack_weight_blocks<E>(g, out_blocks, set.K,
-                                          [&](int64_t co, int64_t k) { return element(co, full(k)); });
-      for (int64_t k = 0; k < set.K; ++k) set.offs.push_back(offs[full(k)]);
-      sets.push_back(std::move(set));
     }
   }
 };
