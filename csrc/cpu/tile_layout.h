@@ -193,9 +193,11 @@ inline int64_t row_source(const Layout& L, int64_t oh0, int64_t t_row, int64_t r
 // depths per tile while the budget and the tile count allow (thin layers, where copying
 // the input is a large share of the work).
 inline Layout forward_layout(const Geometry& g, int64_t channels, int64_t elem,
-                             int64_t threads = at::get_num_threads()) {
+                             int64_t threads = at::get_num_threads(),
+                             int64_t min_positions = 0) {
   Layout L(g);
-  int64_t band = kTileBytes / (channels * L.row_bytes(elem)) - L.qh_max;
+  int64_t band = std::max(ceil_div(min_positions, L.lw),
+                          kTileBytes / (channels * L.row_bytes(elem)) - L.qh_max);
   const int64_t planes = g.batch * g.groups * g.out[0];
   const int64_t want = 4 * threads;
   if (planes * ceil_div(g.out[1], std::max<int64_t>(band, 1)) < want)
