@@ -6,7 +6,9 @@
 // (a row of the channels-innermost tile, packing.h's pack_channels_innermost, so a tap
 // is a row offset as in the forward), grad_output's channels broadcast (read where they lie
 // when grad_output is channels_last in the accumulation type). MicroKernels::outer_cl keeps
-// an R x V block of sums in registers over a whole band of output rows.
+// an R x V block of sums in registers over a whole band of output rows. bfloat16 on
+// AVX512-BF16 (Bf16Kernels::outer_cl) sums two positions per vdpbf16ps: the tile is paired
+// with its next position and grad_output along each row, an odd row's last pair half-cleared.
 //
 // Only real output positions are summed (each row's first W_out tile positions), so every
 // product formed is a term of the convolution: no non-finite handling is needed, and the
