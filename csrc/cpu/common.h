@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <type_traits>
 
 namespace torchconv3d::cpu {
 
@@ -44,10 +45,16 @@ inline DepthRange live_kernel_depths(const Geometry& g, int64_t od, bool finite_
   return {from, to};
 }
 
+// Whether no element is NaN or Inf (the half types through their exact float value).
 template <typename E>
 bool all_finite(const E* p, int64_t count) {
-  for (int64_t i = 0; i < count; ++i)
-    if (!std::isfinite(static_cast<float>(p[i]))) return false;
+  for (int64_t i = 0; i < count; ++i) {
+    if constexpr (std::is_floating_point_v<E>) {
+      if (!std::isfinite(p[i])) return false;
+    } else if (!std::isfinite(static_cast<float>(p[i]))) {
+      return false;
+    }
+  }
   return true;
 }
 

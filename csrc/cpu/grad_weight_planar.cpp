@@ -109,7 +109,7 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
   };
   const bool skip = g.mode[0] == PadMode::Zeros;
   pass(std::false_type{}, skip);
-  if (any_nonfinite(acc, g.out_channels * K)) {
+  if (!all_finite(acc, g.out_channels * K)) {
     if (skip) pass(std::false_type{}, false);
     const auto where = nonfinite_inputs<T>(g, input);
     if (!where.empty()) {

@@ -85,13 +85,6 @@ void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
   });
 }
 
-template <typename A>
-bool any_nonfinite(const A* p, int64_t n) {
-  for (int64_t e = 0; e < n; ++e)
-    if (!std::isfinite(p[e])) return true;
-  return false;
-}
-
 // Positions (n, c, d, h, w) of the non-finite input elements, in memory-independent order.
 template <typename T>
 std::vector<std::array<int64_t, 5>> nonfinite_inputs(const Geometry& g, const at::Tensor& x) {
