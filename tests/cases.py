@@ -228,6 +228,11 @@ CASES = [
          stride=(2, 3, 2)),
     case("cl_grad_crop_dilation", (2, 48, 7, 9, 8), 12, 3, "channels_last",
          stride=2, padding=(2, 2, 1), dilation=(1, 2, 1)),
+    # One register of input channels: grad_weight summed per chunk of output depths (5 of
+    # 10 here; bfloat16 pairs with an odd row), grad_input's phase forwards on one register
+    # of output channels.
+    case("cl_one_register", (2, 16, 5, 6, 9), 24, 3, "channels_last",
+         stride=(1, 2, 2), padding=1),
 
     # Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so they
     # run on the tensor-core kernels: K tails, both tile widths, several M and N tiles,

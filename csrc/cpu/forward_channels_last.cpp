@@ -446,14 +446,19 @@ ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& i
     return zero_row_size(g, input.stride(4)) > kMaxZeroRow ? ChannelsLastForward::None
                                                            : ChannelsLastForward::Depthwise;
   }
-  // Output channels fill the vector lanes: with fewer than two registers of them, or below
-  // 3/4 of the lanes in use (small groups), the planar kernels, which vectorise over
-  // positions, do better (a broadcast would feed a single FMA).
+  // Output channels fill the vector lanes: below 3/4 of the lanes in use (small groups) the
+  // planar kernels, which vectorise over positions, do better, and with one register of
+  // them (a broadcast feeds a single FMA) unless each position sums few terms: then the
+  // planar kernels' transposing pack and store cost more than the narrow GEMM loses
+  // (VoxelMorph's grad_input phases, 32 -> 16 channels and 1-8 taps, 2 threads: 1.98 ->
+  // 1.21 ms bfloat16, 2.70 -> 2.17 ms float32; V-Net 5x5x5 16 -> 16, 2000 terms, loses
+  // 20-30%).
   // Below 8 input channels per group (an RGB stem) the planar kernels win too: their
   // copy of a few channels is cheap and their sums run along positions, not a short
   // channel run per tap.
   const int64_t cols = round_up(out_per_group, kLanes);
-  if (cols < 2 * kLanes || 4 * out_per_group < 3 * cols || in_per_group < 8)
+  const int64_t min_cols = in_per_group * g.kernel_volume() <= 512 ? kLanes : 2 * kLanes;
+  if (cols < min_cols || 4 * out_per_group < 3 * cols || in_per_group < 8)
     return ChannelsLastForward::None;
   return ChannelsLastForward::Dense;
 }

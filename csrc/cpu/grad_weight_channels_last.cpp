@@ -15,9 +15,12 @@
 // padding mode acts in the packing alone.
 //
 // Threads own (group, block of input channels, block of output channels, block of taps)
-// and walk every sample and tile in order; the blocks of input channels and the bands are chosen from the
-// shape alone, so each sum runs in an order fixed by the shape (bitwise stable across runs
-// and thread counts).
+// and walk every sample and tile in order. Every such task packs the whole input, so where
+// the weight gradient is small (few channels: the packing is then a large share of the
+// work) tasks own a chunk of the output depths instead, with every tap and output channel,
+// and the chunks' partial sums are added in chunk order afterwards. The blocks, chunks and
+// bands are chosen from the shape alone, so each sum runs in an order fixed by the shape
+// (bitwise stable across runs and thread counts).
 #include "kernels.h"
 #include "microkernel.h"
 #include "packing.h"
@@ -31,6 +34,11 @@ namespace {
 
 // Input channels per task at most: a tile row holds this many, 4 registers x 2 sweeps.
 constexpr int64_t kChannelBlock = 128;
+
+// Weight gradients up to this size (sums in the accumulation type) are summed in chunks of
+// output depths, at most kDepthChunks of them (partial sums: kDepthChunks x the gradient).
+constexpr int64_t kChunkedWeightBytes = 512 * 1024;
+constexpr int64_t kDepthChunks = 8;
 
 // Pairs (bfloat16 on AVX512-BF16): the tile stays bfloat16 and is paired with the next
 // position, grad_output paired along positions, and Bf16Kernels::outer_cl sums two
@@ -54,12 +62,27 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
   const std::vector<int64_t> offs = tap_offsets(L, ldb);
 
   // Tasks: every thread needs two, of equal cost; taps are split first (each costs the
-  // same and only repacks the cheap input tile), output channels when taps run out.
+  // same and only repacks the input tile), output channels when taps run out. A small
+  // gradient is split by chunks of output depths instead (the input packed once in all).
   const int64_t want = 2 * at::get_num_threads(), base = g.groups * ciblocks.count;
-  const Blocks tapb(kvol, ceil_div(kvol, std::clamp<int64_t>(ceil_div(want, base), 1, kvol)));
+  const int64_t depths = g.batch * g.out[0];
+  const bool chunked = depths > 1 && base * kvol * out_per_group * ldb * int64_t(sizeof(A)) <=
+                                         kChunkedWeightBytes;
+  const Blocks chunks(depths, chunked ? ceil_div(depths, kDepthChunks) : depths);
+  const int64_t tap_blocks = chunked ? 1 : std::clamp<int64_t>(ceil_div(want, base), 1, kvol);
+  const Blocks tapb(kvol, ceil_div(kvol, tap_blocks));
   const int64_t coblocks =
-      std::clamp<int64_t>(ceil_div(want, base * tapb.count), 1, ceil_div(out_per_group, 6));
+      chunked ? 1
+              : std::clamp<int64_t>(ceil_div(want, base * tapb.count), 1,
+                                    ceil_div(out_per_group, 6));
   const Blocks cob(out_per_group, ceil_div(out_per_group, coblocks));
+  const int64_t tasks = base * cob.count * tapb.count * chunks.count;
+  // Chunked: each task's sums [tap][co][ci], added over chunks once all are done.
+  const int64_t task_sums = kvol * out_per_group * ldb;
+  at::Tensor partial;
+  if (chunked)
+    partial = at::empty({tasks * task_sums},
+                        at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
   // grad_output is read in place when its channels are contiguous values of A.
   const bool gy_in_place = !Pairs && std::is_same_v<T, A> && grad_output.stride(1) == 1;
 
@@ -72,14 +95,28 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
   const std::array<int64_t, 3> gwk = {grad_weight.stride(2), grad_weight.stride(3),
                                       grad_weight.stride(4)};
 
-  at::parallel_for(0, base * cob.count * tapb.count, 1, [&](int64_t begin, int64_t end) {
+  // Sums [tap][co][ci] of output channels co0.. and input channels ci0.., taps k0.., to
+  // grad_weight.
+  auto store = [&](const A* sums, int64_t co0, int64_t cos, int64_t ci0, int64_t cis,
+                   int64_t k0, int64_t taps) {
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t k = k0 + t, l = k % g.kernel[2];
+      const int64_t i = k / (g.kernel[1] * g.kernel[2]), j = k / g.kernel[2] % g.kernel[1];
+      T* gw = gwp + co0 * gw0 + ci0 * gw1 + i * gwk[0] + j * gwk[1] + l * gwk[2];
+      for (int64_t co = 0; co < cos; ++co)
+        for (int64_t e = 0; e < cis; ++e)
+          gw[co * gw0 + e * gw1] = static_cast<T>(sums[(t * cos + co) * ldb + e]);
+    }
+  };
+
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor h_buf, h_acc, h_gy, h_pairs, h_gpairs;
     const int64_t positions = L.planes_per_channel() * L.plane + L.lw + kLanes;
     const int64_t bufsize = positions * ldb;
     E* buf = scratch<E>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, E(0));
     const int64_t cos_max = cob.size(0);
-    A* acc = scratch<A>(h_acc, tapb.size(0) * cos_max * ldb);  // [tap][co][ci]
+    A* const own = chunked ? nullptr : scratch<A>(h_acc, tapb.size(0) * cos_max * ldb);
     A* gyb = gy_in_place || Pairs ? nullptr : scratch<A>(h_gy, L.th * g.out[2] * cos_max);
     // Pairs: the tile paired with the next position, and grad_output's pairs.
     uint32_t* pairs = Pairs ? reinterpret_cast<uint32_t*>(scratch<int32_t>(h_pairs, bufsize))
@@ -88,26 +125,28 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
         Pairs ? reinterpret_cast<uint32_t*>(scratch<int32_t>(h_gpairs, L.th * pairs_per_row * cos_max))
               : nullptr;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t tb = task % tapb.count, ob = task / tapb.count % cob.count;
-      const int64_t cb = task / (tapb.count * cob.count) % ciblocks.count;
-      const int64_t grp = task / (tapb.count * cob.count * ciblocks.count);
+      const int64_t chunk = task % chunks.count, rest = task / chunks.count;
+      const int64_t tb = rest % tapb.count, ob = rest / tapb.count % cob.count;
+      const int64_t cb = rest / (tapb.count * cob.count) % ciblocks.count;
+      const int64_t grp = rest / (tapb.count * cob.count * ciblocks.count);
       const int64_t ci0 = ciblocks.start(cb), cis = ciblocks.size(cb);
       const int64_t co0 = grp * out_per_group + cob.start(ob), cos = cob.size(ob);
       const int64_t k0 = tapb.start(tb), taps = tapb.size(tb);
+      A* acc = chunked ? partial.data_ptr<A>() + task * task_sums : own;  // [tap][co][ci]
       std::fill(acc, acc + taps * cos * ldb, A(0));
-      for (int64_t n = 0; n < g.batch; ++n)
-        for (int64_t od = 0; od < g.out[0]; ++od)
-          for (int64_t oh0 = 0; oh0 < g.out[1]; oh0 += L.th) {
+      const int64_t nd0 = chunks.start(chunk), nd1 = nd0 + chunks.size(chunk);
+      for (int64_t nd = nd0; nd < nd1; ++nd) {
+        const int64_t n = nd / g.out[0], od = nd % g.out[0];
+        for (int64_t oh0 = 0; oh0 < g.out[1]; oh0 += L.th) {
             const int64_t th = L.band_rows(oh0);
             pack_channels_innermost(L, cm,
                                     xp + n * xsn + (grp * in_per_group + ci0) * input.stride(1),
                                     cis, ldb, xs, od, 1, oh0, th + L.qh_max, buf);
             const T* gy = gyp + n * gysn + co0 * gysc + od * gys[0] + oh0 * gys[1];
             if constexpr (Pairs) {
+              const Bf16Kernels& bk = *bf16_kernels();
               const uint16_t* x16 = reinterpret_cast<const uint16_t*>(buf);
-              for (int64_t q = 0; q + 1 < positions; ++q)
-                for (int64_t e = 0; e < ldb; ++e)
-                  pairs[q * ldb + e] = x16[q * ldb + e] | uint32_t(x16[(q + 1) * ldb + e]) << 16;
+              bk.interleave((positions - 1) * ldb, x16, x16 + ldb, pairs);
               std::fill(pairs + (positions - 1) * ldb, pairs + positions * ldb, 0u);
               const uint16_t* g16 = reinterpret_cast<const uint16_t*>(gy);
               for (int64_t r = 0; r < th; ++r)
@@ -115,6 +154,10 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
                   const uint16_t* lo = g16 + r * gys[1] + 2 * q * gys[2];
                   const bool whole = 2 * q + 1 < g.out[2];
                   uint32_t* d = gpairs + (r * pairs_per_row + q) * cos;
+                  if (gysc == 1) {
+                    bk.interleave(cos, lo, whole ? lo + gys[2] : nullptr, d);
+                    continue;
+                  }
                   for (int64_t j = 0; j < cos; ++j)
                     d[j] = lo[j * gysc] | (whole ? uint32_t(lo[j * gysc + gys[2]]) << 16 : 0u);
                 }
@@ -142,14 +185,22 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
                           offs.data() + k0, acc, cos * ldb, ldb);
             }
           }
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t k = k0 + t, l = k % g.kernel[2];
-        const int64_t i = k / (g.kernel[1] * g.kernel[2]), j = k / g.kernel[2] % g.kernel[1];
-        T* gw = gwp + co0 * gw0 + ci0 * gw1 + i * gwk[0] + j * gwk[1] + l * gwk[2];
-        for (int64_t co = 0; co < cos; ++co)
-          for (int64_t e = 0; e < cis; ++e)
-            gw[co * gw0 + e * gw1] = static_cast<T>(acc[(t * cos + co) * ldb + e]);
       }
+      if (!chunked) store(acc, co0, cos, ci0, cis, k0, taps);
+    }
+  });
+  if (!chunked) return;
+  // The chunks' partial sums added in chunk order, per (group, block of input channels).
+  at::parallel_for(0, base, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      A* sum = partial.data_ptr<A>() + b * chunks.count * task_sums;
+      for (int64_t c = 1; c < chunks.count; ++c) {
+        const A* p = sum + c * task_sums;
+        for (int64_t i = 0; i < task_sums; ++i) sum[i] += p[i];
+      }
+      const int64_t cb = b % ciblocks.count, grp = b / ciblocks.count;
+      store(sum, grp * out_per_group, out_per_group, ciblocks.start(cb), ciblocks.size(cb), 0,
+            kvol);
     }
   });
 }
@@ -164,21 +215,15 @@ bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
   if (input.stride(1) != 1 || in_per_group < kLanes ||
       4 * in_per_group < 3 * round_up(in_per_group, kLanes) || out_per_group < 4)
     return false;
-  // bfloat16 on AVX512-BF16: vdpbf16ps on pairs of positions here with two registers of
-  // input channels or more. With one (16-31 channels; 8 broadcasts per loaded register) the
-  // float outer products or, where its transposing copy is spread over more than 9 taps of
-  // a stride-1 layer, the planar pass's dot products do better. Measured, 2 threads,
-  // planar / float outer / pairs (ms): C3D conv3a 17.7 / 26.2 / 14.5, 3D U-Net 3x3x3
-  // 3.84 / 4.77 / 3.22, R(2+1)D 1x3x3 2.99 / 2.43 / 1.45, nnU-Net stride 2 1.77 / 1.43 /
-  // 1.12, MedicalNet dilated 5.24 / 7.22 / 5.43; 16 channels: VoxelMorph stride 2
-  // 1.82 / 1.78 / 2.08, V-Net 5x5x5 4.16 / 6.38 (planar kept).
+  // bfloat16 on AVX512-BF16: vdpbf16ps on pairs of positions. Measured, 2 threads, planar /
+  // float outer / pairs (ms): C3D conv3a 17.7 / 26.2 / 14.5, 3D U-Net 3x3x3 3.84 / 4.77 /
+  // 3.22, R(2+1)D 1x3x3 2.99 / 2.43 / 1.45, nnU-Net stride 2 1.77 / 1.43 / 1.12, MedicalNet
+  // dilated 5.24 / 7.22 / 5.43. With 16-31 channels (one register: 8 broadcasts per load)
+  // pairs won once the input is packed once per chunk of depths, not once per tap block:
+  // VoxelMorph float outer / pairs 1.61 / 1.07, V-Net 5x5x5 4.11 (planar) / 4.04.
   if (input.scalar_type() == at::kBFloat16 && bf16_kernels()) {
-    if (in_per_group >= 2 * kLanes) {
-      grad_weight_kernel<c10::BFloat16, true>(g, grad_output, input, grad_weight);
-      return true;
-    }
-    const bool strided = g.stride[0] > 1 || g.stride[1] > 1 || g.stride[2] > 1;
-    if (!strided && g.kernel_volume() > 9) return false;
+    grad_weight_kernel<c10::BFloat16, true>(g, grad_output, input, grad_weight);
+    return true;
   }
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_grad_weight_cl",
                 [&] { grad_weight_kernel<scalar_t, false>(g, grad_output, input, grad_weight); });

@@ -96,6 +96,8 @@ struct Bf16Kernels {
   void (*outer_cl)(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es,
                    const uint32_t* g, int64_t ldg, int64_t ldgr, const uint32_t* b, int64_t ldb,
                    int64_t ldbr, const int64_t* offs, float* out, int64_t ldk, int64_t ldo);
+  // The pairs outer_cl reads: out[i] = lo[i] | hi[i] << 16 for i < n (hi nullptr: zeros).
+  void (*interleave)(int64_t n, const uint16_t* lo, const uint16_t* hi, uint32_t* out);
   int64_t max_rows;
 };
 

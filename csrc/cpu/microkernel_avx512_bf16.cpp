@@ -8,8 +8,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define TC3D_FN __attribute__((target("avx512f,avx512bf16")))
-#define TC3D_INLINE __attribute__((target("avx512f,avx512bf16"), always_inline)) inline
+#define TC3D_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define TC3D_INLINE \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline
 
 namespace torchconv3d::cpu {
 namespace {
@@ -324,14 +325,25 @@ TC3D_FN void outer_cl(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t
   }
 }
 
+TC3D_FN void interleave(int64_t n, const uint16_t* lo, const uint16_t* hi, uint32_t* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512i l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo + i));
+    const __m512i h =
+        hi ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi + i)) : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(out + i, m, _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+  }
+}
+
 }  // namespace
 
 bool have_avx512_bf16_kernels() {
-  return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512bf16") != 0;
+  return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
+         __builtin_cpu_supports("avx512vl") != 0 && __builtin_cpu_supports("avx512bf16") != 0;
 }
 
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{&gemm, &gemm_cl, &dot, &outer_cl, kRows};
+  static const Bf16Kernels k{&gemm, &gemm_cl, &dot, &outer_cl, &interleave, kRows};
   return k;
 }
 
@@ -342,7 +354,7 @@ const Bf16Kernels& avx512_bf16_kernels() {
 namespace torchconv3d::cpu {
 bool have_avx512_bf16_kernels() { return false; }
 const Bf16Kernels& avx512_bf16_kernels() {
-  static const Bf16Kernels k{nullptr, nullptr, nullptr, nullptr, 0};
+  static const Bf16Kernels k{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
   return k;
 }
 }  // namespace torchconv3d::cpu

@@ -10,6 +10,20 @@
 
 namespace torchconv3d::cpu {
 
+// memcpy of a short run (a position's channels, often 32-128 bytes), in 16-byte pieces the
+// compiler keeps inline: a libc call per position cost a quarter of a 16-channel tile pass.
+inline void copy_run(void* dst, const void* src, size_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  if (bytes < 16 || bytes > 512) {
+    std::memcpy(d, s, bytes);
+    return;
+  }
+  size_t i = 0;
+  for (; i + 16 <= bytes; i += 16) std::memcpy(d + i, s + i, 16);
+  if (i < bytes) std::memcpy(d + bytes - 16, s + bytes - 16, 16);  // (overlaps, same bytes)
+}
+
 // pack_planes for channel stride 1 (channels_last): the same planes, filled walking each
 // source row once with the channel innermost, so reads are contiguous.
 template <bool Sanitize, typename T, typename A>
@@ -228,7 +242,7 @@ void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
             }
             const T* sp = src + col[t] * xs[2];
             if constexpr (std::is_same_v<T, B>) {
-              std::memcpy(dt, sp, channels * sizeof(T));
+              copy_run(dt, sp, channels * sizeof(T));
             } else {
               for (int64_t e = 0; e < channels; ++e) dt[e] = static_cast<B>(sp[e]);
             }
