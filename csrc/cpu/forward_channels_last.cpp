@@ -186,11 +186,15 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
           } else {
             std::fill(ct, ct + nf * cols, C(0));
           }
-          for (int64_t f = f0; f < f0 + nf; ++f) {
-            const int64_t t_row = f / L.lw, ow = f % L.lw;
-            if (ow >= g.out[2]) continue;
-            store_run(yd + (t.oh0 + t_row) * ys[1] + ow * ys[2], ysc, ct + (f - f0) * cols,
-                      bias.data() + t.grp * out_per_group, out_per_group);
+          // Row by row: the real outputs of each tile row met in [f0, f0 + nf).
+          for (int64_t f = f0; f < f0 + nf;) {
+            const int64_t t_row = f / L.lw, row_end = std::min(f0 + nf, (t_row + 1) * L.lw);
+            T* yr = yd + (t.oh0 + t_row) * ys[1];
+            const int64_t ow_end = std::min(row_end - t_row * L.lw, g.out[2]);
+            for (int64_t ow = f - t_row * L.lw; ow < ow_end; ++ow)
+              store_run(yr + ow * ys[2], ysc, ct + (t_row * L.lw + ow - f0) * cols,
+                        bias.data() + t.grp * out_per_group, out_per_group);
+            f = row_end;
           }
         }
       }
