@@ -81,16 +81,18 @@ void gather_phase_weight(const Geometry& g, const at::Tensor& weight,
   const int64_t kvol = g.kernel_volume(), tvol = ka * kb * kc;
   const E* src = static_cast<const E*>(weight.const_data_ptr());
   E* dst = static_cast<E*>(out.mutable_data_ptr());
+  std::vector<int64_t> tap(tvol);  // the source tap of each phase tap
+  for (int64_t a = 0, t = 0; a < ka; ++a)
+    for (int64_t b = 0; b < kb; ++b)
+      for (int64_t c = 0; c < kc; ++c)
+        tap[t++] = ((*taps[0])[a] * g.kernel[1] + (*taps[1])[b]) * g.kernel[2] + (*taps[2])[c];
   at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ci = begin; ci < end; ++ci) {
       const int64_t grp = ci / in_per_group, e = ci % in_per_group;
       for (int64_t j = 0; j < out_per_group; ++j) {
         const E* w = src + ((grp * out_per_group + j) * in_per_group + e) * kvol;
         E* o = dst + (ci * out_per_group + j) * tvol;
-        for (int64_t a = 0; a < ka; ++a)
-          for (int64_t b = 0; b < kb; ++b)
-            for (int64_t c = 0; c < kc; ++c)
-              *o++ = w[((*taps[0])[a] * g.kernel[1] + (*taps[1])[b]) * g.kernel[2] + (*taps[2])[c]];
+        for (int64_t t = 0; t < tvol; ++t) o[t] = w[tap[t]];
       }
     }
   });
