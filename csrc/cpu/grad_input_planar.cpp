@@ -232,6 +232,14 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
 
 void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
                       const at::Tensor& weight, at::Tensor& grad_input) {
+  if (g.zero_padding() && backward_through_channels_last(g, grad_output)) {
+    const at::Tensor gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast3d);
+    at::Tensor gx = at::empty_like(grad_input, at::MemoryFormat::ChannelsLast3d);
+    if (grad_input_by_phases(g, gy, weight, gx)) {
+      grad_input.copy_(gx);
+      return;
+    }
+  }
   if (grad_input_by_phases(g, grad_output, weight, grad_input)) return;
   TC3D_DISPATCH(grad_output.scalar_type(), "torchconv3d_grad_input",
                 [&] { grad_input_kernel<scalar_t>(g, grad_output, weight, grad_input); });

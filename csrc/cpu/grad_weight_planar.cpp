@@ -125,6 +125,10 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
 
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
+  if (backward_through_channels_last(g, input) &&
+      grad_weight_channels_last(g, grad_output.contiguous(at::MemoryFormat::ChannelsLast3d),
+                                input.contiguous(at::MemoryFormat::ChannelsLast3d), grad_weight))
+    return;
   if (grad_weight_channels_last(g, grad_output, input, grad_weight)) return;
   if (grad_output.scalar_type() == at::kBFloat16 && bf16_kernels()) {
     return grad_weight_kernel<c10::BFloat16, c10::BFloat16>(g, grad_output, input, grad_weight);

@@ -40,6 +40,10 @@ bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
 bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
                                const at::Tensor& input, at::Tensor& grad_weight);
 
+// Whether a bfloat16 backward pass of planar tensors runs on channels_last copies of them
+// (kernels.cpp): t is the pass's planar operand (input or grad_output).
+bool backward_through_channels_last(const Geometry& g, const at::Tensor& t);
+
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
 
