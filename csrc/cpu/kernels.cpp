@@ -38,9 +38,11 @@ void grad_bias_kernel(const Geometry& g, const at::Tensor& grad_output, at::Tens
 // (vdpbf16ps on channel pairs and on position pairs) beat the planar ones by more than a
 // transposing copy of their operands costs; below that (16-32 channels) they do not.
 // Measured, 2 threads, forward + backward planar / through copies (ms): C3D conv3a 34.3 /
-// 30.1, R3D-18 8.71 / 8.08, R(2+1)D 1x3x3 4.84 / 3.44, 3x1x1 2.10 / 1.87, MedicalNet
-// dilated 9.40 / 8.18; V-Net 16 channels 6.58 / 7.32, nnU-Net 32 -> 64 3.33 / 3.58. The
-// copies are bfloat16 copies of input and grad_output: a temporary the size of each.
+// 30.8, R(2+1)D 1x3x3 4.84 / 3.50, MedicalNet dilated 9.40 / 8.16 (copies made in Python
+// first: R3D-18 8.71 / 8.08, R(2+1)D 3x1x1 2.10 / 1.87; V-Net 16 channels 6.58 / 7.32,
+// nnU-Net 32 -> 64 3.33 / 3.58). The copies are bfloat16 copies of input and grad_output:
+// a temporary the size of each. (Each pass copies grad_output for itself: the passes are
+// separate kernel-table entries; 0.4 ms of C3D's 31.)
 bool backward_through_channels_last(const Geometry& g, const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 && bf16_kernels() != nullptr && t.stride(1) != 1 &&
          std::min(g.in_per_group(), g.out_per_group()) >= 64;

@@ -15,7 +15,7 @@ ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows
   const int64_t channels = g.in_per_group();
   // Bands of at least ~384 positions, past the tile budget if need be: a 256-channel layer
   // got 1-row bands (one GEMM call per 48 positions re-reading a 166 KB weight block),
-  // 127 -> 94 ms for 256 -> 256 channels at 9 x 32 x 32 (2 threads), C3D float32 30.0 -> 27.4.
+  // 127 -> 82 ms for 256 -> 256 channels at 9 x 32 x 32 (2 threads), C3D float32 30.0 -> 27.4.
   const Layout L = forward_layout(g, channels, plane_elem, threads, kMinBandPositions);
   const Blocks out_blocks(g.out_per_group(), max_rows);
   const int64_t results = max_rows * L.n * int64_t(sizeof(float));  // float or double rows

@@ -4,9 +4,10 @@
 // kernels execute a plan; describe_plan() prints one, so tests can read it (cpu_plan op).
 //
 // Every budget is kTileBytes (the forward's bands are at least ~384 positions tall even
-// past it: the tile then grows with channels x row width, never with the volume). Choices that fix how terms are grouped into sums (bands,
-// depths per tile) depend on the shape alone, never on the thread count, so results are
-// bitwise stable across thread counts; only the split into tasks follows the threads.
+// past it: the tile then grows with channels x row width, never with the volume). Choices
+// that fix how terms are grouped into sums (bands, depths per tile) depend on the shape
+// alone, never on the thread count, so results are bitwise stable across thread counts;
+// only the split into tasks follows the threads.
 #pragma once
 
 #include "tile_layout.h"
