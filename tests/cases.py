@@ -145,6 +145,7 @@ def case(name, input, out_channels, kernel, tags, **kwargs):
 #   nonfinite    NaN / Inf propagation (tests/test_nonfinite.py)
 #   dead_taps    taps that read only zero padding (dropped by the plan, csrc/ops.cpp)
 #   tc_nonfinite NaN / Inf through the CUDA v2 kernels (float16, channels_last)
+#   winograd     the CPU's Winograd forward (float32 from 64 channels, bfloat16 from 32)
 CASES = [
     case("basic", (2, 4, 6, 7, 5), 6, (3, 3, 3), "core"),
     case("pad1", (2, 3, 5, 6, 7), 4, 3, "core emulate nonfinite", padding=1),
@@ -236,6 +237,22 @@ CASES = [
     # 64 channels a side: a planar bfloat16 backward runs on channels_last copies.
     case("cl_wide_backward", (2, 64, 4, 5, 6), 64, 3, "channels_last",
          stride=(1, 2, 1), padding=1),
+
+    # The CPU's Winograd forward (forward_winograd.cpp): tiles cut by the output's edge in
+    # every dimension and several chunks of them, dilation (tiles per residue class),
+    # asymmetric padding, one-tap axes (the identity, with stride), two weight panels (72
+    # output channels), 'causal', and weights past 12 MB once transformed in bfloat16 (the
+    # threads share each chunk). Non-finite values send the layer to the direct kernels.
+    case("wino_3d", (2, 64, 5, 7, 9), 64, 3, "winograd", padding=1),
+    case("wino_dilated_asym", (1, 64, 9, 8, 11), 72, 3, "winograd",
+         dilation=(2, 1, 3), padding=((2, 1), (0, 2), (3, 3))),
+    case("wino_spatial_stride", (2, 64, 5, 9, 10), 64, (1, 3, 3), "winograd",
+         stride=(2, 1, 1), padding=(0, 1, 1)),
+    case("wino_one_tap_h", (1, 64, 6, 5, 7), 64, (3, 1, 3), "winograd",
+         stride=(1, 2, 1), padding=(1, 0, 1)),
+    case("wino_causal", (1, 64, 6, 5, 7), 64, 3, "winograd", padding="causal"),
+    case("wino_shared", (1, 128, 3, 4, 5), 144, 3, "winograd", padding=1),
+    case("wino_nonfinite", (1, 64, 4, 5, 6), 64, 3, "nonfinite", padding=1),
 
     # Layers whose channels per group fill whole 16-byte chunks (8 halves, 4 floats), so they
     # run on the tensor-core kernels: K tails, both tile widths, several M and N tiles,

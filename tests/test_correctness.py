@@ -67,6 +67,13 @@ def test_channels_last_kernels(backend, case, dtype, mode, grad_layout):
     run_case(backend, case, dtype, mode=mode, layout="channels_last", grad_layout=grad_layout)
 
 
+@each_backend("case, dtype, mode, layout",
+              product(select("winograd"), [F32, BF16], MODES, ["channels_last", "contiguous"]),
+              backends=("cpu",))
+def test_winograd(backend, case, dtype, mode, layout):
+    run_case(backend, case, dtype, mode=mode, layout=layout)
+
+
 # The element types of the CUDA tensor-core kernels; "tf32" is float32 with
 # torch.backends.cudnn.allow_tf32 on, checked against TF32-rounded operands. Their float32
 # sums run in the tensor cores' own order, so TF32 gets a float32-accumulation tolerance.

@@ -109,7 +109,8 @@ def test_taps_reading_only_padding(backend, case, injection):
 
 
 @each_backend("case, injection, dtype",
-              product(select(names=("pad1", "depthwise_4ch")), ["x_inf", "w_inf", "gy_nan"],
+              product(select(names=("pad1", "depthwise_4ch", "wino_nonfinite")),
+                      ["x_inf", "w_inf", "gy_nan"],
                       [torch.bfloat16, torch.float16]))
 def test_half_types(backend, case, injection, dtype):
     check_nonfinite(backend, case, "zeros", injection, dtype, "strided")

@@ -124,21 +124,6 @@ struct Panels {
   }
 };
 
-// dst[j * stride] = src[j] + bias[j] for j < count, as T (a contiguous run when stride is 1,
-// which lets the compiler vectorise it; bfloat16 runs take the micro-kernels' rounding).
-template <typename T, typename C>
-inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64_t count) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<C, float>) {
-    if (stride == 1)
-      return micro_kernels(float{}).store_bf16(count, src, bias, reinterpret_cast<uint16_t*>(dst));
-  }
-  if (stride == 1) {
-    for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<T>(src[j] + bias[j]);
-  } else {
-    for (int64_t j = 0; j < count; ++j) dst[j * stride] = static_cast<T>(src[j] + bias[j]);
-  }
-}
-
 // Runs the tiles of L (ForwardTile; L.g's groups are the tiles' groups): packs each tile's
 // `channels` input channels of its group with row stride ldb (buffer elements of type B),
 // then for each output depth and chunk of positions calls

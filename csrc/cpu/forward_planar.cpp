@@ -273,6 +273,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
 void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
   // (It takes only layers with input channels, so the K == 0 case stays in forward_kernel.)
+  if (forward_winograd(g, input, weight, bias, output)) return;
   if (forward_channels_last(g, input, weight, bias, output)) return;
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
                 [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });

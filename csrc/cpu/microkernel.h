@@ -20,6 +20,9 @@ namespace torchconv3d::cpu {
 // position count up to it and keep the padded tail readable (and finite).
 constexpr int64_t kLanes = 16;
 
+// The most inputs a transform row sums.
+constexpr int64_t kMaxTransform = 8;
+
 template <typename A>
 struct MicroKernels {
   // c[r * ldc + f] = (accumulate ? c[r * ldc + f] : 0) + sum_k a[k * rows + r] * b[offs[k] + f]
@@ -66,6 +69,26 @@ struct MicroKernels {
   void (*outer_cl)(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es, const A* g,
                    int64_t ldg, int64_t ldgr, const A* b, int64_t ldb, int64_t ldbr,
                    const int64_t* offs, A* out, int64_t ldk, int64_t ldo);
+  // A small matrix applied along one axis of a batch (the Winograd weight transforms,
+  // forward_winograd.cpp): out[i * ldo + x] = sum_{t < k, m[i * k + t] != 0}
+  // m[i * k + t] * in[t][x] for i < rows, x < n (any count), k <= kMaxTransform. in[t] is
+  // read below n; out rows are written up to the next multiple of kLanes past n at most.
+  void (*transform)(int64_t rows, int64_t k, const A* m, const A* const* in, int64_t n, A* out,
+                    int64_t ldo);
+  // Winograd's transforms of one tile (forward_winograd.cpp), the axes (d, h, w) each with
+  // m[axis] in {1 (a one-tap axis, the identity), 2, 4} outputs per tile from
+  // a = m + 2 inputs (1 for m = 1); components c run over (d, h, w), w fastest.
+  // winograd_input: out[c * ldo + x] = (B^T_d (x) B^T_h (x) B^T_w) src, channel x < n (any
+  // count): src[c] is component c's input position, read below n; out written up to the
+  // next multiple of kLanes past n at most.
+  void (*winograd_input)(const int64_t* m, const A* const* src, int64_t n, A* out, int64_t ldo);
+  void (*winograd_input_bf16)(const int64_t* m, const uint16_t* const* src, int64_t n, A* out,
+                              int64_t ldo);
+  // winograd_output: out[((i * m_h + j) * m_w + l) * n + x] = (A^T_d (x) A^T_h (x) A^T_w)
+  // in[c * ldi + x] for x < n (a multiple of kLanes); false if an output is not finite.
+  bool (*winograd_output)(const int64_t* m, const A* in, int64_t ldi, int64_t n, A* out);
+  // (The three are float-table entries of the SIMD builds: nullptr for double and in the
+  // generic build, where the direct kernels run.)
   int64_t max_rows;
   const char* isa;
 };

@@ -310,6 +310,121 @@ TC3D_FN void store_bf16(int64_t n, const float* src, const float* bias, uint16_t
                                         W::load_first(bias + j, n - j)), n - j);
 }
 
+// transform (microkernel.h): the k inputs of a width of the batch are loaded once, then
+// each output row is their sum with its nonzero coefficients.
+template <typename A>
+TC3D_FN void transform(int64_t rows, int64_t k, const A* m, const A* const* in, int64_t n,
+                       A* out, int64_t ldo) {
+  using W = Vec<A>;
+  for (int64_t x = 0; x < n; x += W::width) {
+    typename W::reg v[kMaxTransform];
+    for (int64_t t = 0; t < k; ++t)
+      v[t] = n - x >= W::width ? W::load(in[t] + x) : W::load_first(in[t] + x, n - x);
+    for (int64_t i = 0; i < rows; ++i) {
+      typename W::reg acc = W::zero();
+      for (int64_t t = 0; t < k; ++t)
+        if (m[i * k + t] != A(0)) acc = W::fma(W::bcast(m + i * k + t), v[t], acc);
+      W::store(out + i * ldo + x, acc);
+    }
+  }
+}
+
+// Winograd's 1-D transforms on registers d[i * s] (microkernel.h's winograd_input and
+// winograd_output): m = 1 is the identity (a one-tap axis), m = 2 and 4 are F(2, 3) and
+// F(4, 3) (Lavin & Gray's B^T and A^T, row by row in the comments).
+template <typename A>
+struct Winograd1d {
+  using W = Vec<A>;
+  using R = typename W::reg;
+  static TC3D_INLINE R c(A v) { return W::bcast(&v); }
+  static TC3D_INLINE R sub(R a, R b) { return W::fma(c(-1), b, a); }
+  // a = m + 2 inputs -> a components, in place.
+  static TC3D_INLINE void input(int64_t m, R* d, int64_t s) {
+    if (m == 2) {
+      const R d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s];
+      d[0] = sub(d0, d2);      // [1, 0, -1, 0]
+      d[s] = W::add(d1, d2);   // [0, 1, 1, 0]
+      d[2 * s] = sub(d2, d1);  // [0, -1, 1, 0]
+      d[3 * s] = sub(d1, d3);  // [0, 1, 0, -1]
+    } else if (m == 4) {
+      const R d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+      const R d4m2 = sub(d4, d2);
+      d[0] = W::fma(c(4), d0, W::fma(c(-5), d2, d4));            // [4, 0, -5, 0, 1, 0]
+      d[s] = W::fma(c(-4), W::add(d1, d2), W::add(d3, d4));      // [0, -4, -4, 1, 1, 0]
+      d[2 * s] = W::fma(c(4), sub(d1, d2), sub(d4, d3));         // [0, 4, -4, -1, 1, 0]
+      d[3 * s] = W::fma(c(2), sub(d3, d1), d4m2);                // [0, -2, -1, 2, 1, 0]
+      d[4 * s] = W::fma(c(2), sub(d1, d3), d4m2);                // [0, 2, -1, -2, 1, 0]
+      d[5 * s] = W::fma(c(4), d1, W::fma(c(-5), d3, d5));        // [0, 4, 0, -5, 0, 1]
+    }
+  }
+  // a components -> m outputs in d[0], d[s], ...
+  static TC3D_INLINE void output(int64_t m, R* d, int64_t s) {
+    if (m == 2) {
+      const R m0 = d[0], m1 = d[s], m2 = d[2 * s], m3 = d[3 * s];
+      d[0] = W::add(W::add(m0, m1), m2);  // [1, 1, 1, 0]
+      d[s] = sub(sub(m1, m2), m3);        // [0, 1, -1, -1]
+    } else if (m == 4) {
+      const R m1 = d[s], m2 = d[2 * s], m3 = d[3 * s], m4 = d[4 * s], m5 = d[5 * s];
+      const R s12 = W::add(m1, m2), d12 = sub(m1, m2), s34 = W::add(m3, m4), d34 = sub(m3, m4);
+      d[0] = W::add(W::add(d[0], s12), s34);           // [1, 1, 1, 1, 1, 0]
+      d[s] = W::fma(c(2), d34, d12);                   // [0, 1, -1, 2, -2, 0]
+      d[2 * s] = W::fma(c(4), s34, s12);               // [0, 1, 1, 4, 4, 0]
+      d[3 * s] = W::add(W::fma(c(8), d34, d12), m5);   // [0, 1, -1, 8, -8, 1]
+    }
+  }
+};
+
+inline int64_t winograd_inputs(int64_t m) { return m == 1 ? 1 : m + 2; }
+
+// One tile's components, a register of channels at a time: loaded from the a_d a_h a_w
+// source positions, transformed along w, h, d in a stack array, stored.
+template <typename A, typename B>
+TC3D_FN void winograd_input(const int64_t* m, const B* const* src, int64_t n, A* out,
+                            int64_t ldo) {
+  using W = Vec<A>;
+  using T = Winograd1d<A>;
+  const int64_t ad = winograd_inputs(m[0]), ah = winograd_inputs(m[1]),
+                aw = winograd_inputs(m[2]), comps = ad * ah * aw;
+  typename W::reg v[6 * 6 * 6];
+  for (int64_t x = 0; x < n; x += W::width) {
+    for (int64_t c = 0; c < comps; ++c)
+      v[c] = n - x >= W::width ? W::load(src[c] + x) : W::load_first(src[c] + x, n - x);
+    for (int64_t r = 0; r < ad * ah; ++r) T::input(m[2], v + r * aw, 1);
+    for (int64_t i = 0; i < ad; ++i)
+      for (int64_t l = 0; l < aw; ++l) T::input(m[1], v + i * ah * aw + l, aw);
+    for (int64_t hw = 0; hw < ah * aw; ++hw) T::input(m[0], v + hw, ah * aw);
+    for (int64_t c = 0; c < comps; ++c) W::store(out + c * ldo + x, v[c]);
+  }
+}
+
+// One tile's outputs from its components in[c * ldi + x]: transformed along d, h, w, stored
+// as out[((i * m_h + j) * m_w + l) * n + x]; false if an output is not finite.
+template <typename A>
+TC3D_FN bool winograd_output(const int64_t* m, const A* in, int64_t ldi, int64_t n, A* out) {
+  using W = Vec<A>;
+  using T = Winograd1d<A>;
+  const int64_t ad = winograd_inputs(m[0]), ah = winograd_inputs(m[1]),
+                aw = winograd_inputs(m[2]), comps = ad * ah * aw;
+  typename W::reg v[6 * 6 * 6];
+  typename W::reg bad = W::zero();
+  for (int64_t x = 0; x < n; x += W::width) {
+    for (int64_t c = 0; c < comps; ++c) v[c] = W::load(in + c * ldi + x);
+    for (int64_t hw = 0; hw < ah * aw; ++hw) T::output(m[0], v + hw, ah * aw);
+    for (int64_t i = 0; i < m[0]; ++i)
+      for (int64_t l = 0; l < aw; ++l) T::output(m[1], v + i * ah * aw + l, aw);
+    for (int64_t i = 0; i < m[0]; ++i)
+      for (int64_t j = 0; j < m[1]; ++j) {
+        typename W::reg* row = v + (i * ah + j) * aw;
+        T::output(m[2], row, 1);
+        for (int64_t l = 0; l < m[2]; ++l) {
+          W::store(out + ((i * m[1] + j) * m[2] + l) * n + x, row[l]);
+          bad = W::fma(row[l], W::zero(), bad);
+        }
+      }
+  }
+  return W::sum(bad) == A(0);
+}
+
 // The operands of outer_cl (microkernel.h).
 template <typename A>
 struct OuterArgs {
@@ -407,12 +522,15 @@ const MicroKernels<A>& kernel_table(const char* isa) {
     static const MicroKernels<A> k{&gemm<A>,    &dot<A>,
                                    &gemm_cl<A>, &depthwise_cl<A, A>,
                                    &depthwise_cl<A, uint16_t>, &store_bf16,
-                                   &outer_cl<A>, kGemmRows,
+                                   &outer_cl<A>, &transform<A>,
+                                   &winograd_input<A, A>, &winograd_input<A, uint16_t>,
+                                   &winograd_output<A>, kGemmRows,
                                    isa};
     return k;
   } else {
     static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
-                                   nullptr,      nullptr,  &outer_cl<A>, kGemmRows,
+                                   nullptr,      nullptr,  &outer_cl<A>, &transform<A>,
+                                   nullptr,      nullptr,  nullptr,     kGemmRows,
                                    isa};
     return k;
   }

@@ -1,6 +1,7 @@
 // Packing and its adjoint, side by side: a tile's input copied into phase planes (planar,
 // or channels innermost), the phase-plane gradients added back into grad_input, and a
-// band of grad_output copied into rows. The layouts are Layout's (tile_layout.h).
+// band of grad_output copied into rows, and result runs stored. The layouts are Layout's
+// (tile_layout.h).
 #pragma once
 
 #include "tile_layout.h"
@@ -22,6 +23,21 @@ inline void copy_run(void* dst, const void* src, size_t bytes) {
   size_t i = 0;
   for (; i + 16 <= bytes; i += 16) std::memcpy(d + i, s + i, 16);
   if (i < bytes) std::memcpy(d + bytes - 16, s + bytes - 16, 16);  // (overlaps, same bytes)
+}
+
+// dst[j * stride] = src[j] + bias[j] for j < count, as T (a contiguous run when stride is 1,
+// which lets the compiler vectorise it; bfloat16 runs take the micro-kernels' rounding).
+template <typename T, typename C>
+inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64_t count) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<C, float>) {
+    if (stride == 1)
+      return micro_kernels(float{}).store_bf16(count, src, bias, reinterpret_cast<uint16_t*>(dst));
+  }
+  if (stride == 1) {
+    for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<T>(src[j] + bias[j]);
+  } else {
+    for (int64_t j = 0; j < count; ++j) dst[j * stride] = static_cast<T>(src[j] + bias[j]);
+  }
 }
 
 // pack_planes for channel stride 1 (channels_last): the same planes, filled walking each

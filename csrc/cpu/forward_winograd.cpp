@@ -1,0 +1,336 @@
+// Forward by Winograd's minimal filtering, F(m, 3), for layers whose every dimension has
+// either 3 taps at stride 1 (any dilation) or 1 tap, channels innermost.
+//
+// Along a 3-tap dimension, m outputs of a tile are computed from its a = m + 2 inputs as
+//   y = A^T [(G w) . (B^T d)]
+// (Lavin & Gray 2016): a products per tile instead of 3 m. Applied along each dimension
+// in turn, a tile of m_d x m_h x m_w outputs becomes a_d a_h a_w independent "components",
+// and each component is a plain GEMM over channels: the tiles' transformed inputs
+// V[comp][tile][C_in] times the transformed weights U[comp][C_in][C_out]. A 3x3x3 layer
+// then multiplies 27 m^3 / (m + 2)^3 times less: 3.4x for F(2, 3), 8x for F(4, 3).
+//
+// Accuracy decides m. F(2, 3)'s transforms add and halve; in float its error is that of
+// the direct sum (~5e-7 of the largest output on 128-channel 3x3x3 layers). F(4, 3)'s
+// coefficients reach 8 and 1/24 and its error is ~3e-5 in float: far below bfloat16's
+// rounding (4e-3), not below float's. So float32 takes F(2, 3) and bfloat16 F(4, 3), both
+// summed in float (bfloat16 operands are exact in float; the products then run on the
+// float GEMM at half vdpbf16ps's rate, 4x fewer cycles than the direct bfloat16 pass).
+//
+// Non-finite values: Winograd mixes inputs, so an Inf meets -Inf or 0 where the direct sum
+// would not and gives NaN where torch gives Inf. Every coefficient column of B^T, G and
+// A^T has a nonzero entry, so a non-finite input or weight (or an overflow) always shows
+// as a non-finite value in the tile's outputs; the output transform reports it and the
+// layer is then recomputed by the direct kernels, which give torch's values.
+#include "common.h"
+#include "kernels.h"
+#include "microkernel.h"
+#include "packing.h"
+
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+namespace torchconv3d::cpu {
+namespace {
+
+// One axis's transform: m outputs per tile from a inputs, and G (a x taps, row-major),
+// the weight transform (B^T and A^T are the micro-kernels' winograd_input and _output).
+struct Transform {
+  int64_t m, a;
+  std::vector<float> g;
+};
+
+Transform identity() { return {1, 1, {1.f}}; }
+
+Transform winograd(int64_t m) {
+  if (m == 2) return {2, 4, {1, 0, 0, .5f, .5f, .5f, .5f, -.5f, .5f, 0, 0, 1}};
+  return {4, 6,
+          {1.f / 4, 0, 0, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6,
+           1.f / 24, 1.f / 12, 1.f / 6, 1.f / 24, -1.f / 12, 1.f / 6, 0, 0, 1}};
+}
+
+// One spatial dimension: its transform and its tiles. A tile's outputs are
+// origin + i * step (i < m, those below the output size real); it reads input coordinates
+// origin * stride - pad + j * step (j < a). With dilation, tiles run along each residue
+// class of the outputs (step = dilation).
+struct Axis {
+  Transform t;
+  int64_t step;
+  std::vector<int64_t> origin;
+};
+
+Axis make_axis(const Geometry& g, int d, int64_t m) {
+  Axis ax{g.kernel[d] == 1 ? identity() : winograd(m), g.kernel[d] == 1 ? 1 : g.dilation[d], {}};
+  const int64_t out = g.out[d];
+  for (int64_t r = 0; r < std::min(ax.step, out); ++r)
+    for (int64_t o = r; o < out; o += ax.t.m * ax.step) ax.origin.push_back(o);
+  return ax;
+}
+
+// The F(m, 3) tile edge for a dtype, or 0 where Winograd does not pay.
+int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return 0;
+  // Few channels: the transforms (per channel) outweigh the GEMMs (per channel pair).
+  // Float32 at 32 channels (3D U-Net) lost 15%, at 64 (MedicalNet, R(2+1)D) it won
+  // 17-20%; bfloat16 at 32 won 33%.
+  const int64_t m = dtype == at::kFloat ? 2 : 4;
+  const int64_t min_channels = dtype == at::kFloat ? 64 : 32;
+  if (g.groups != 1 || std::min(g.in_channels, g.out_channels) < min_channels) return 0;
+  int64_t products = 1, outputs = 1;  // per tile, against kvol * outputs direct
+  for (int d = 0; d < 3; ++d) {
+    if (g.kernel[d] == 1) continue;
+    if (g.kernel[d] != 3 || g.stride[d] != 1) return 0;
+    products *= m + 2;
+    outputs *= m;
+  }
+  // Direct over Winograd products: float runs both on the float GEMM; bfloat16's direct
+  // pass runs at twice that rate (vdpbf16ps), so it needs twice the saving.
+  const double saving = double(g.kernel_volume() * outputs) / double(products);
+  return saving >= (dtype == at::kFloat ? 2.0 : 3.5) ? m : 0;
+}
+
+// How chunks of tiles are run. Every chunk's GEMMs read all the transformed weights U
+// (comps x C_in x C_out floats: 8x the weights for F(4, 3) in 3-D), while its transformed
+// inputs and products (V and M) are cheap to read from L2 and costly from memory. With
+// U up to kSharedWeights, each thread runs whole chunks of about max(kChunkBytes, U / 2)
+// of V and M (at most 4x that): more tiles per read of U as U grows. Past it (C3D's
+// 128 -> 256 channels in bfloat16: 28 MB), U is read once per chunk of kSharedChunkBytes,
+// the threads sharing its tiles and then its components. Measured on Zen 5, 2 threads
+// (ms, bfloat16): 3D U-Net 32 channels 1.7 at 1 MB per chunk vs 3.0 at 4 MB; R3D-18 128
+// channels 2.6 shared vs 3.6; C3D 8.3 shared vs 12.1.
+constexpr int64_t kChunkBytes = int64_t(1) << 20;
+constexpr int64_t kSharedWeights = int64_t(12) << 20;
+constexpr int64_t kSharedChunkBytes = int64_t(32) << 20;
+
+// The input coordinates (or -1: a padding zero) that a tile's a inputs read along axis d.
+void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile, int64_t* src) {
+  const int64_t q0 = ax.origin[tile] * g.stride[d] - g.pad_before[d];
+  for (int64_t j = 0; j < ax.t.a; ++j)
+    src[j] = source_index(q0 + j * ax.step, g.in[d], g.pad_before[d], g.pad_after[d], g.mode[d]);
+}
+
+template <typename T>
+bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
+                      const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+  using B = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
+  const MicroKernels<float>& mk = micro_kernels(float{});
+  const std::array<Axis, 3> ax{make_axis(g, 0, m), make_axis(g, 1, m), make_axis(g, 2, m)};
+  const int64_t ms[3] = {ax[0].t.m, ax[1].t.m, ax[2].t.m};
+  const int64_t ad = ax[0].t.a, ah = ax[1].t.a, aw = ax[2].t.a, hws = ah * aw;
+  const int64_t comps = ad * hws;
+  const int64_t cin = g.in_channels, cout = g.out_channels;
+  const int64_t cp = round_up(cin, kLanes), cols = round_up(cout, kLanes);
+  const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2], kvol = kd * kh * kw;
+  const int64_t td = ax[0].origin.size(), th = ax[1].origin.size(), tw = ax[2].origin.size();
+  const int64_t tiles = g.batch * td * th * tw;
+  if (tiles == 0) return true;
+
+  // The weights transformed along w and h: per (kernel depth, h and w component) a slice
+  // of C_in x C_out in panels of kPanel output channels, [panel][C_in][panel width] (the
+  // weights one GEMM call reads contiguous). The d transform (finish_weights) comes after:
+  // once for all components, or per component just before its GEMMs where all of them
+  // would not stay in cache. A task per (panel, block of 16 input channels).
+  constexpr int64_t kPanel = 64, kBlock = 16;
+  const int64_t slice = cin * cols;
+  const int64_t panels = ceil_div(cols, kPanel), blocks = ceil_div(cin, kBlock);
+  at::Tensor h_t2;
+  float* t2 = scratch<float>(h_t2, kd * hws * slice);
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const float* wp = w.const_data_ptr<float>();
+  at::parallel_for(0, panels * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> src(kvol * kBlock * kPanel), t1(kd * kh * aw * kBlock * kPanel);
+    const float* in[kMaxTransform];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t j0 = task / blocks * kPanel, e0 = task % blocks * kBlock;
+      const int64_t pw = std::min(kPanel, cols - j0), eb = std::min(kBlock, cin - e0);
+      const int64_t n = eb * pw;  // the batch: [channel][panel width]
+      // [tap][channel][panel width]; per channel, the panel's runs of taps (pw lines) stay
+      // in L1 while every tap is taken from them.
+      const int64_t live = std::min(pw, cout - j0);
+      for (int64_t e = 0; e < eb; ++e) {
+        const float* taps = wp + (j0 * cin + e0 + e) * kvol;
+        for (int64_t k = 0; k < kvol; ++k) {
+          float* d = src.data() + (k * eb + e) * pw;
+          for (int64_t j = 0; j < live; ++j) d[j] = taps[j * cin * kvol + k];
+          std::fill(d + live, d + pw, 0.f);
+        }
+      }
+      for (int64_t r = 0; r < kd * kh; ++r) {  // along w: [kd][kh][aw][batch]
+        for (int64_t t = 0; t < kw; ++t) in[t] = src.data() + (r * kw + t) * n;
+        mk.transform(aw, kw, ax[2].t.g.data(), in, n, t1.data() + r * aw * n, n);
+      }
+      for (int64_t i = 0; i < kd; ++i)  // along h, rows hws * slice apart... one per w
+        for (int64_t z = 0; z < aw; ++z) {
+          for (int64_t t = 0; t < kh; ++t) in[t] = t1.data() + ((i * kh + t) * aw + z) * n;
+          mk.transform(ah, kh, ax[1].t.g.data(), in, n,
+                       t2 + (i * hws + z) * slice + j0 * cin + e0 * pw, aw * slice);
+        }
+    }
+  });
+
+  const std::vector<float> bvec = [&] {  // (declared before the steps that add it)
+    std::vector<float> b(cout, 0.f);
+    if (bias.defined()) {
+      const at::Tensor bc = bias.to(at::kFloat).contiguous();
+      std::copy(bc.const_data_ptr<float>(), bc.const_data_ptr<float>() + cout, b.begin());
+    }
+    return b;
+  }();
+
+  const B* xp = reinterpret_cast<const B*>(input.const_data_ptr());
+  T* yp = output.mutable_data_ptr<T>();
+  const auto xs = spatial_strides(input), ys = spatial_strides(output);
+  const int64_t xsn = input.stride(0), ysn = output.stride(0), ysc = output.stride(1);
+  const auto tile_coords = [&](int64_t q) {
+    return std::array<int64_t, 4>{q / (tw * th * td), q / (tw * th) % td, q / tw % th, q % tw};
+  };
+
+  // The three steps of a chunk of tiles from tile0, on the chunk's tiles or components
+  // [begin, end); v [comp][tile][C_in] and prod [comp][tile][C_out] hold `cap` tiles.
+  // Each tile's inputs, read where they lie (a padding zero reads a row of zeros).
+  const auto inputs = [&](int64_t tile0, int64_t cap, float* v, int64_t begin, int64_t end) {
+    std::vector<B> zeros(cp, B(0));
+    std::vector<const B*> src(comps);
+    int64_t sd[6], sh[6], sw[6];
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [n, id, ih, iw] = tile_coords(tile0 + i);
+      tile_sources(g, 0, ax[0], id, sd);
+      tile_sources(g, 1, ax[1], ih, sh);
+      tile_sources(g, 2, ax[2], iw, sw);
+      const B* xn = xp + n * xsn;
+      for (int64_t x = 0; x < ad; ++x)
+        for (int64_t y = 0; y < ah; ++y)
+          for (int64_t z = 0; z < aw; ++z)
+            src[(x * ah + y) * aw + z] = sd[x] < 0 || sh[y] < 0 || sw[z] < 0
+                                             ? zeros.data()
+                                             : xn + sd[x] * xs[0] + sh[y] * xs[1] + sw[z] * xs[2];
+      if constexpr (std::is_same_v<B, float>) {
+        mk.winograd_input(ms, src.data(), cin, v + i * cp, cap * cp);
+      } else {
+        mk.winograd_input_bf16(ms, src.data(), cin, v + i * cp, cap * cp);
+      }
+    }
+  };
+  // One GEMM per component, [tiles x C_in] x [C_in x C_out], its weights finished from the
+  // slices first (into ubuf); components with the same (h, w) run in a row, sharing slices.
+  // The weights of component k = x * hws + hw: its d transform from the slices.
+  const auto finish_weights = [&](int64_t x, int64_t hw, float* u) {
+    const float* in[kMaxTransform];
+    for (int64_t t = 0; t < kd; ++t) in[t] = t2 + (t * hws + hw) * slice;
+    mk.transform(1, kd, ax[0].t.g.data() + x * kd, in, slice, u, slice);
+  };
+  // u_all: every component's weights, or nullptr: finished here into ubuf.
+  const auto gemms = [&](int64_t count, int64_t cap, const float* v, float* prod,
+                         const float* u_all, float* ubuf, int64_t begin, int64_t end) {
+    const int64_t offs = 0;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t hw = r / ad, x = r % ad, k = x * hws + hw;
+      const float* u = kd == 1 ? t2 + hw * slice : u_all ? u_all + k * slice : ubuf;
+      if (kd != 1 && !u_all) finish_weights(x, hw, ubuf);
+      for (int64_t j0 = 0; j0 < cols; j0 += kPanel) {
+        const int64_t pw = std::min(kPanel, cols - j0);
+        for (int64_t e0 = 0; e0 < cin; e0 += 128)  // (128 channels x a panel stay in L1)
+          mk.gemm_cl(count, pw, u + j0 * cin + e0 * pw, pw, cin * pw, 1,
+                     std::min<int64_t>(128, cin - e0), v + k * cap * cp + e0, cp, &offs,
+                     prod + k * cap * cols + j0, cols, e0 > 0);
+      }
+    }
+  };
+  // Each tile's outputs, stored with the bias; false at an output that is not finite.
+  const auto outputs = [&](int64_t tile0, int64_t cap, const float* prod, int64_t begin,
+                           int64_t end) {
+    std::vector<float> out(ms[0] * ms[1] * ms[2] * cols);
+    for (int64_t i = begin; i < end; ++i) {
+      if (!mk.winograd_output(ms, prod + i * cols, cap * cols, cols, out.data())) return false;
+      const auto [n, id, ih, iw] = tile_coords(tile0 + i);
+      T* yn = yp + n * ysn;
+      for (int64_t x = 0; x < ms[0]; ++x) {
+        const int64_t od = ax[0].origin[id] + x * ax[0].step;
+        if (od >= g.out[0]) break;
+        for (int64_t y = 0; y < ms[1]; ++y) {
+          const int64_t oh = ax[1].origin[ih] + y * ax[1].step;
+          if (oh >= g.out[1]) break;
+          for (int64_t z = 0; z < ms[2]; ++z) {
+            const int64_t ow = ax[2].origin[iw] + z * ax[2].step;
+            if (ow >= g.out[2]) break;
+            store_run(yn + od * ys[0] + oh * ys[1] + ow * ys[2], ysc,
+                      out.data() + ((x * ms[1] + y) * ms[2] + z) * cols, bvec.data(), cout);
+          }
+        }
+      }
+    }
+    return true;
+  };
+
+  const int64_t per_tile = comps * (cp + cols) * int64_t(sizeof(float));
+  const int64_t u_bytes = comps * slice * int64_t(sizeof(float));
+  const bool shared = u_bytes > kSharedWeights;
+  const int64_t budget =
+      shared ? kSharedChunkBytes : std::clamp(u_bytes / 2, kChunkBytes, 4 * kChunkBytes);
+  int64_t chunks = ceil_div(tiles, std::max<int64_t>(1, budget / per_tile));
+  const int64_t threads = at::get_num_threads();
+  if (!shared) chunks = std::min(tiles, round_up(chunks, threads));
+  const int64_t chunk = ceil_div(tiles, chunks);
+  chunks = ceil_div(tiles, chunk);
+  std::atomic<bool> finite{true};
+  if (shared) {
+    // The threads share each chunk: its tiles, then its components, then its tiles.
+    at::Tensor h_v, h_m;
+    float* v = scratch<float>(h_v, comps * chunk * cp);
+    float* prod = scratch<float>(h_m, comps * chunk * cols);
+    for (int64_t tile0 = 0; tile0 < tiles && finite.load(); tile0 += chunk) {
+      const int64_t count = std::min(chunk, tiles - tile0);
+      at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+        inputs(tile0, chunk, v, begin, end);
+      });
+      at::parallel_for(0, comps, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor h_u;
+        gemms(count, chunk, v, prod, nullptr, kd == 1 ? nullptr : scratch<float>(h_u, slice),
+              begin, end);
+      });
+      at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+        if (!outputs(tile0, chunk, prod, begin, end)) finite.store(false);
+      });
+    }
+  } else {
+    // A thread takes whole chunks, small enough for its caches; every chunk reads all the
+    // weights, finished once here.
+    at::Tensor h_u;
+    float* u_all = kd == 1 ? nullptr : scratch<float>(h_u, comps * slice);
+    if (u_all)
+      at::parallel_for(0, comps, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) finish_weights(k / hws, k % hws, u_all + k * slice);
+      });
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor h_v, h_m;
+      float* v = scratch<float>(h_v, comps * chunk * cp);
+      float* prod = scratch<float>(h_m, comps * chunk * cols);
+      for (int64_t c = begin; c < end && finite.load(std::memory_order_relaxed); ++c) {
+        const int64_t tile0 = c * chunk, count = std::min(chunk, tiles - tile0);
+        inputs(tile0, chunk, v, 0, count);
+        gemms(count, chunk, v, prod, u_all, nullptr, 0, comps);
+        if (!outputs(tile0, chunk, prod, 0, count)) finite.store(false);
+      }
+    });
+  }
+  return finite.load();
+}
+
+}  // namespace
+
+bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                      const at::Tensor& bias, at::Tensor& output) {
+  const int64_t m = tile_outputs(g, input.scalar_type());
+  if (m == 0 || micro_kernels(float{}).winograd_input == nullptr) return false;
+  // The transforms read a run of channels per position: a planar input is copied to
+  // channels innermost first (a twelfth of C3D's bfloat16 forward).
+  const at::Tensor x =
+      input.stride(1) == 1 ? input : input.contiguous(at::MemoryFormat::ChannelsLast3d);
+  if (input.scalar_type() == at::kFloat)
+    return winograd_forward<float>(g, m, x, weight, bias, output);
+  return winograd_forward<c10::BFloat16>(g, m, x, weight, bias, output);
+}
+
+}  // namespace torchconv3d::cpu
