@@ -324,13 +324,17 @@ bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tens
                       const at::Tensor& bias, at::Tensor& output) {
   const int64_t m = tile_outputs(g, input.scalar_type());
   if (m == 0 || micro_kernels(float{}).winograd_input == nullptr) return false;
-  // The transforms read a run of channels per position: a planar input is copied to
-  // channels innermost first (a twelfth of C3D's bfloat16 forward).
+  // The transforms read and write runs of channels: planar tensors go through channels_last
+  // copies (a store per element into a planar output cost more than the layer's GEMMs).
   const at::Tensor x =
       input.stride(1) == 1 ? input : input.contiguous(at::MemoryFormat::ChannelsLast3d);
-  if (input.scalar_type() == at::kFloat)
-    return winograd_forward<float>(g, m, x, weight, bias, output);
-  return winograd_forward<c10::BFloat16>(g, m, x, weight, bias, output);
+  at::Tensor y =
+      output.stride(1) == 1 ? output : at::empty_like(output, at::MemoryFormat::ChannelsLast3d);
+  const bool done = input.scalar_type() == at::kFloat
+                        ? winograd_forward<float>(g, m, x, weight, bias, y)
+                        : winograd_forward<c10::BFloat16>(g, m, x, weight, bias, y);
+  if (done && !y.is_same(output)) output.copy_(y);
+  return done;
 }
 
 }  // namespace torchconv3d::cpu
