@@ -68,21 +68,25 @@ at::Tensor weight_as(const at::Tensor& weight) {
   return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
 }
 
-// A scratch buffer; at::empty gives 64-byte aligned memory. Buffers of megabytes come
-// fresh from the kernel on most calls, one page fault per 4 KB on first touch: the
-// Winograd forward's 46 MB for C3D took 13,000 faults a call, 20 ms where its
-// arithmetic takes 7. Asking for transparent huge pages first (Linux, where THP is
+// Buffers of megabytes come fresh from the kernel on most calls, one page fault per 4 KB on
+// first touch: the Winograd forward's 46 MB for C3D took 13,000 faults a call, 20 ms where
+// its arithmetic takes 7. Asking for transparent huge pages first (Linux, where THP is
 // 'madvise') makes it 2 MB a fault.
+inline void advise_huge_pages(void* ptr, size_t bytes) {
+#ifdef __linux__
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
+}
+
+// A scratch buffer; at::empty gives 64-byte aligned memory.
 template <typename T>
 T* scratch(at::Tensor& holder, int64_t n) {
   holder = at::empty({std::max<int64_t>(n, 1)},
                      at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(holder.data_ptr());
-  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + n * sizeof(T)) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#endif
+  advise_huge_pages(holder.data_ptr(), n * sizeof(T));
   return holder.data_ptr<T>();
 }
 

@@ -28,7 +28,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <atomic>
+#include <memory>
 #include <cstring>
 #include <vector>
 
@@ -69,6 +71,10 @@ Axis make_axis(const Geometry& g, int d, int64_t m) {
   return ax;
 }
 
+// The transformed weights past this many bytes (a 512 -> 512 channel layer's would be
+// 226 MB in bfloat16) leave the layer to the direct kernels.
+constexpr int64_t kMaxWeightBytes = int64_t(64) << 20;
+
 // The F(m, 3) tile edge for a dtype, or 0 where Winograd does not pay.
 int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16) return 0;
@@ -88,7 +94,9 @@ int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
   // Direct over Winograd products: float runs both on the float GEMM; bfloat16's direct
   // pass runs at twice that rate (vdpbf16ps), so it needs twice the saving.
   const double saving = double(g.kernel_volume() * outputs) / double(products);
-  return saving >= (dtype == at::kFloat ? 2.0 : 3.5) ? m : 0;
+  if (saving < (dtype == at::kFloat ? 2.0 : 3.5)) return 0;
+  const int64_t weight_bytes = products * g.in_channels * round_up(g.out_channels, kLanes) * 4;
+  return weight_bytes <= kMaxWeightBytes ? m : 0;
 }
 
 // How chunks of tiles are run. Every chunk's GEMMs read all the transformed weights U
@@ -103,6 +111,30 @@ int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
 constexpr int64_t kChunkBytes = int64_t(1) << 20;
 constexpr int64_t kSharedWeights = int64_t(12) << 20;
 constexpr int64_t kSharedChunkBytes = int64_t(32) << 20;
+
+// Buffer `slot` of the calling thread, at least n floats, kept between calls: fresh memory
+// comes zeroed from the kernel, and zeroing C3D's 36 MB of transformed inputs and products
+// cost 4 ms a call (its arithmetic takes 7). What a thread keeps is its largest use so far:
+// for the calling thread up to kSharedChunkBytes of tiles and 48 MB of weights (C3D in
+// bfloat16: 33 + 14 MB), a few MB for the others.
+enum Slot { kWeights, kAllWeights, kInputs, kProducts, kComponentWeights, kSlots };
+float* kept_buffer(Slot slot, int64_t n) {
+  struct Kept {
+    std::unique_ptr<float[]> raw;
+    float* p = nullptr;  // 64-byte aligned, as at::empty's: a vector load stays in one line
+    int64_t n = 0;
+  };
+  thread_local std::array<Kept, kSlots> kept;
+  Kept& k = kept[slot];
+  if (k.n < n) {
+    k.raw.reset();
+    k.raw.reset(new float[n + 16]);
+    k.p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(k.raw.get()) + 63) & ~uintptr_t(63));
+    k.n = n;
+    advise_huge_pages(k.p, n * sizeof(float));
+  }
+  return k.p;
+}
 
 // The input coordinates (or -1: a padding zero) that a tile's a inputs read along axis d.
 void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile, int64_t* src) {
@@ -135,8 +167,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   constexpr int64_t kPanel = 64, kBlock = 16;
   const int64_t slice = cin * cols;
   const int64_t panels = ceil_div(cols, kPanel), blocks = ceil_div(cin, kBlock);
-  at::Tensor h_t2;
-  float* t2 = scratch<float>(h_t2, kd * hws * slice);
+  float* t2 = kept_buffer(kWeights, kd * hws * slice);
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   const float* wp = w.const_data_ptr<float>();
   at::parallel_for(0, panels * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -277,18 +308,16 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   std::atomic<bool> finite{true};
   if (shared) {
     // The threads share each chunk: its tiles, then its components, then its tiles.
-    at::Tensor h_v, h_m;
-    float* v = scratch<float>(h_v, comps * chunk * cp);
-    float* prod = scratch<float>(h_m, comps * chunk * cols);
+    float* v = kept_buffer(kInputs, comps * chunk * cp);
+    float* prod = kept_buffer(kProducts, comps * chunk * cols);
     for (int64_t tile0 = 0; tile0 < tiles && finite.load(); tile0 += chunk) {
       const int64_t count = std::min(chunk, tiles - tile0);
       at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
         inputs(tile0, chunk, v, begin, end);
       });
       at::parallel_for(0, comps, 1, [&](int64_t begin, int64_t end) {
-        at::Tensor h_u;
-        gemms(count, chunk, v, prod, nullptr, kd == 1 ? nullptr : scratch<float>(h_u, slice),
-              begin, end);
+        gemms(count, chunk, v, prod, nullptr,
+              kd == 1 ? nullptr : kept_buffer(kComponentWeights, slice), begin, end);
       });
       at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
         if (!outputs(tile0, chunk, prod, begin, end)) finite.store(false);
@@ -297,16 +326,14 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   } else {
     // A thread takes whole chunks, small enough for its caches; every chunk reads all the
     // weights, finished once here.
-    at::Tensor h_u;
-    float* u_all = kd == 1 ? nullptr : scratch<float>(h_u, comps * slice);
+    float* u_all = kd == 1 ? nullptr : kept_buffer(kAllWeights, comps * slice);
     if (u_all)
       at::parallel_for(0, comps, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) finish_weights(k / hws, k % hws, u_all + k * slice);
       });
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor h_v, h_m;
-      float* v = scratch<float>(h_v, comps * chunk * cp);
-      float* prod = scratch<float>(h_m, comps * chunk * cols);
+      float* v = kept_buffer(kInputs, comps * chunk * cp);
+      float* prod = kept_buffer(kProducts, comps * chunk * cols);
       for (int64_t c = begin; c < end && finite.load(std::memory_order_relaxed); ++c) {
         const int64_t tile0 = c * chunk, count = std::min(chunk, tiles - tile0);
         inputs(tile0, chunk, v, 0, count);
