@@ -120,13 +120,16 @@ def test_torch_compile_fullgraph_forward_and_backward(backend):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
 
 
-# (channels, groups, layout, padding mode, stride): the planar passes, and channels_last
-# with enough channels for the channels-innermost ones (grad_input by stride phases).
+# (channels, groups, layout, padding mode, stride): the planar passes, channels_last with
+# enough channels for the channels-innermost ones (grad_input by stride phases), and 64
+# channels at stride 1 for the Winograd passes (grad_weight summed over chunks of tiles).
 @pytest.mark.parametrize("channels, groups, layout, mode, stride", [
     (8, 1, "contiguous", "reflect", 1),
     (8, 4, "contiguous", "reflect", 1),
     (32, 1, "channels_last", "zeros", 2),
     (32, 1, "channels_last", "replicate", 1),
+    (64, 1, "channels_last", "zeros", 1),
+    (64, 1, "contiguous", "reflect", 1),
 ])
 def test_gradients_are_bitwise_deterministic(channels, groups, layout, mode, stride):
     x = make_layout(torch.randn(2, channels, 9, 10, 11), layout)

@@ -36,11 +36,22 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
 bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                       const at::Tensor& bias, at::Tensor& output);
 
+// Whether a planar float32 grad_input runs as the Winograd forward on channels_last copies
+// of grad_output and grad_input (stride-1 layers the forward's rule takes; bfloat16 gets
+// there through backward_through_channels_last or its planar phase forward).
+bool grad_input_through_winograd(const Geometry& g, const at::Tensor& grad_output);
+
 // grad_input as forward convolutions of grad_output, one per stride phase of the input
 // (grad_input_phases.cpp), where those are faster (channels innermost, bfloat16 pairs);
 // false (nothing done) elsewhere.
 bool grad_input_by_phases(const Geometry& g, const at::Tensor& grad_output,
                           const at::Tensor& weight, at::Tensor& grad_input);
+
+// grad_weight by Winograd's F(m, 3) (grad_weight_winograd.cpp) for the layers the Winograd
+// forward takes; false (grad_weight unspecified) where it does not apply or met a value
+// that is not finite.
+bool grad_weight_winograd(const Geometry& g, const at::Tensor& grad_output,
+                          const at::Tensor& input, at::Tensor& grad_weight);
 
 // grad_weight with the input's channels innermost (grad_weight_channels_last.cpp), for an
 // input with channel stride 1; false (nothing done) where the planar pass does better.

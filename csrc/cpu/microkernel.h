@@ -87,7 +87,14 @@ struct MicroKernels {
   // winograd_output: out[((i * m_h + j) * m_w + l) * n + x] = (A^T_d (x) A^T_h (x) A^T_w)
   // in[c * ldi + x] for x < n (a multiple of kLanes); false if an output is not finite.
   bool (*winograd_output)(const int64_t* m, const A* in, int64_t ldi, int64_t n, A* out);
-  // (The three are float-table entries of the SIMD builds: nullptr for double and in the
+  // winograd_output_adjoint (grad_weight): out[c * ldo + x] = (A_d (x) A_h (x) A_w) of the
+  // tile's output gradients src[o] (o over (d, h, w), w fastest), x < n (any count; src
+  // read below n, out written up to the next multiple of kLanes past n at most).
+  void (*winograd_output_adjoint)(const int64_t* m, const A* const* src, int64_t n, A* out,
+                                  int64_t ldo);
+  void (*winograd_output_adjoint_bf16)(const int64_t* m, const uint16_t* const* src, int64_t n,
+                                       A* out, int64_t ldo);
+  // (These are float-table entries of the SIMD builds: nullptr for double and in the
   // generic build, where the direct kernels run.)
   int64_t max_rows;
   const char* isa;

@@ -193,6 +193,8 @@ const MicroKernels<float>& generic_kernels(float) {
                                      nullptr,
                                      nullptr,
                                      nullptr,
+                                     nullptr,
+                                     nullptr,
                                      kRows,
                                      "generic"};
   return k;
@@ -202,7 +204,7 @@ const MicroKernels<double>& generic_kernels(double) {
   static const MicroKernels<double> k{&gemm<double>, &dot<double>, &gemm_cl<double>,
                                       &depthwise_cl<double, double>, nullptr, nullptr,
                                       &outer_cl<double>, &transform<double>, nullptr, nullptr,
-                                      nullptr, kRows, "generic"};
+                                      nullptr, nullptr, nullptr, kRows, "generic"};
   return k;
 }
 

@@ -357,6 +357,25 @@ struct Winograd1d {
       d[5 * s] = W::fma(c(4), d1, W::fma(c(-5), d3, d5));        // [0, 4, 0, -5, 0, 1]
     }
   }
+  // The adjoint of output: m output gradients in d[0], d[s], ... -> a component
+  // gradients, in place (A, the transpose of A^T, column by column in the comments).
+  static TC3D_INLINE void output_adjoint(int64_t m, R* d, int64_t s) {
+    if (m == 2) {
+      const R g0 = d[0], g1 = d[s];
+      d[s] = W::add(g0, g1);   // [1, 1]
+      d[2 * s] = sub(g0, g1);  // [1, -1]
+      d[3 * s] = sub(W::zero(), g1);  // [0, -1]
+    } else if (m == 4) {
+      const R g0 = d[0], g1 = d[s], g2 = d[2 * s], g3 = d[3 * s];
+      const R e = W::add(g0, g2), o = W::add(g1, g3);  // even and odd sums
+      const R e4 = W::fma(c(4), g2, g0), o2 = W::fma(c(4), g3, g1);  // g0 + 4 g2, g1 + 4 g3
+      d[s] = W::add(e, o);                       // [1, 1, 1, 1]
+      d[2 * s] = sub(e, o);                      // [1, -1, 1, -1]
+      d[3 * s] = W::fma(c(2), o2, e4);           // [1, 2, 4, 8]
+      d[4 * s] = W::fma(c(-2), o2, e4);          // [1, -2, 4, -8]
+      d[5 * s] = g3;                             // [0, 0, 0, 1]
+    }
+  }
   // a components -> m outputs in d[0], d[s], ...
   static TC3D_INLINE void output(int64_t m, R* d, int64_t s) {
     if (m == 2) {
@@ -393,6 +412,35 @@ TC3D_FN void winograd_input(const int64_t* m, const B* const* src, int64_t n, A*
     for (int64_t i = 0; i < ad; ++i)
       for (int64_t l = 0; l < aw; ++l) T::input(m[1], v + i * ah * aw + l, aw);
     for (int64_t hw = 0; hw < ah * aw; ++hw) T::input(m[0], v + hw, ah * aw);
+    for (int64_t c = 0; c < comps; ++c) W::store(out + c * ldo + x, v[c]);
+  }
+}
+
+// One tile's component gradients from its m_d m_h m_w output gradients (src[o], o over
+// (d, h, w), w fastest; zeros past the output's edge): transformed along w, h, d by the
+// adjoint of winograd_output, stored as out[c * ldo + x], channel x < n (any count; src
+// read below n).
+template <typename A, typename B>
+TC3D_FN void winograd_output_adjoint(const int64_t* m, const B* const* src, int64_t n, A* out,
+                                     int64_t ldo) {
+  using W = Vec<A>;
+  using T = Winograd1d<A>;
+  const int64_t ad = winograd_inputs(m[0]), ah = winograd_inputs(m[1]),
+                aw = winograd_inputs(m[2]), comps = ad * ah * aw;
+  typename W::reg v[6 * 6 * 6];
+  for (int64_t x = 0; x < n; x += W::width) {
+    for (int64_t i = 0; i < m[0]; ++i)
+      for (int64_t j = 0; j < m[1]; ++j) {
+        typename W::reg* row = v + (i * ah + j) * aw;
+        for (int64_t l = 0; l < m[2]; ++l) {
+          const B* p = src[(i * m[1] + j) * m[2] + l] + x;
+          row[l] = n - x >= W::width ? W::load(p) : W::load_first(p, n - x);
+        }
+        T::output_adjoint(m[2], row, 1);
+      }
+    for (int64_t i = 0; i < m[0]; ++i)
+      for (int64_t l = 0; l < aw; ++l) T::output_adjoint(m[1], v + i * ah * aw + l, aw);
+    for (int64_t hw = 0; hw < ah * aw; ++hw) T::output_adjoint(m[0], v + hw, ah * aw);
     for (int64_t c = 0; c < comps; ++c) W::store(out + c * ldo + x, v[c]);
   }
 }
@@ -524,14 +572,15 @@ const MicroKernels<A>& kernel_table(const char* isa) {
                                    &depthwise_cl<A, uint16_t>, &store_bf16,
                                    &outer_cl<A>, &transform<A>,
                                    &winograd_input<A, A>, &winograd_input<A, uint16_t>,
-                                   &winograd_output<A>, kGemmRows,
+                                   &winograd_output<A>, &winograd_output_adjoint<A, A>,
+                                   &winograd_output_adjoint<A, uint16_t>, kGemmRows,
                                    isa};
     return k;
   } else {
     static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
                                    nullptr,      nullptr,  &outer_cl<A>, &transform<A>,
-                                   nullptr,      nullptr,  nullptr,     kGemmRows,
-                                   isa};
+                                   nullptr,      nullptr,  nullptr,     nullptr,
+                                   nullptr,      kGemmRows, isa};
     return k;
   }
 }

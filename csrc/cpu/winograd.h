@@ -1,0 +1,110 @@
+// Winograd's minimal filtering F(m, 3) on the CPU: the pieces the forward
+// (forward_winograd.cpp, where the method is described) and grad_weight
+// (grad_weight_winograd.cpp) share — each axis's transform and tiles, which layers take it,
+// and the buffers kept between calls.
+#pragma once
+
+#include "common.h"
+#include "microkernel.h"
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace torchconv3d::cpu::winograd {
+
+// One axis's transform: m outputs per tile from a inputs, and G (a x taps, row-major),
+// the weight transform (B^T and A^T are the micro-kernels' winograd_input and _output).
+struct Transform {
+  int64_t m, a;
+  std::vector<float> g;
+};
+
+inline Transform identity() { return {1, 1, {1.f}}; }
+
+inline Transform make_transform(int64_t m) {
+  if (m == 2) return {2, 4, {1, 0, 0, .5f, .5f, .5f, .5f, -.5f, .5f, 0, 0, 1}};
+  return {4, 6,
+          {1.f / 4, 0, 0, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6,
+           1.f / 24, 1.f / 12, 1.f / 6, 1.f / 24, -1.f / 12, 1.f / 6, 0, 0, 1}};
+}
+
+// One spatial dimension: its transform and its tiles. A tile's outputs are
+// origin + i * step (i < m, those below the output size real); it reads input coordinates
+// origin * stride - pad + j * step (j < a). With dilation, tiles run along each residue
+// class of the outputs (step = dilation).
+struct Axis {
+  Transform t;
+  int64_t step;
+  std::vector<int64_t> origin;
+};
+
+inline Axis make_axis(const Geometry& g, int d, int64_t m) {
+  Axis ax{g.kernel[d] == 1 ? identity() : make_transform(m), g.kernel[d] == 1 ? 1 : g.dilation[d], {}};
+  const int64_t out = g.out[d];
+  for (int64_t r = 0; r < std::min(ax.step, out); ++r)
+    for (int64_t o = r; o < out; o += ax.t.m * ax.step) ax.origin.push_back(o);
+  return ax;
+}
+
+// The transformed weights past this many bytes (a 512 -> 512 channel layer's would be
+// 226 MB in bfloat16) leave the layer to the direct kernels.
+constexpr int64_t kMaxWeightBytes = int64_t(64) << 20;
+
+// The F(m, 3) tile edge for a dtype, or 0 where Winograd does not pay.
+inline int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return 0;
+  // Few channels: the transforms (per channel) outweigh the GEMMs (per channel pair).
+  // Float32 at 32 channels (3D U-Net) lost 15%, at 64 (MedicalNet, R(2+1)D) it won
+  // 17-20%; bfloat16 at 32 won 33%.
+  const int64_t m = dtype == at::kFloat ? 2 : 4;
+  const int64_t min_channels = dtype == at::kFloat ? 64 : 32;
+  if (g.groups != 1 || std::min(g.in_channels, g.out_channels) < min_channels) return 0;
+  int64_t products = 1, outputs = 1;  // per tile, against kvol * outputs direct
+  for (int d = 0; d < 3; ++d) {
+    if (g.kernel[d] == 1) continue;
+    if (g.kernel[d] != 3 || g.stride[d] != 1) return 0;
+    products *= m + 2;
+    outputs *= m;
+  }
+  // Direct over Winograd products: float runs both on the float GEMM; bfloat16's direct
+  // pass runs at twice that rate (vdpbf16ps), so it needs twice the saving.
+  const double saving = double(g.kernel_volume() * outputs) / double(products);
+  if (saving < (dtype == at::kFloat ? 2.0 : 3.5)) return 0;
+  const int64_t weight_bytes = products * g.in_channels * round_up(g.out_channels, kLanes) * 4;
+  return weight_bytes <= kMaxWeightBytes ? m : 0;
+}
+
+// Buffer `slot` of the calling thread, at least n floats, kept between calls: fresh memory
+// comes zeroed from the kernel, and zeroing C3D's 36 MB of transformed inputs and products
+// cost 4 ms a call (its arithmetic takes 7). What a thread keeps is its largest use so far:
+// for the calling thread up to kSharedChunkBytes of tiles and 48 MB of weights (C3D in
+// bfloat16: 33 + 14 MB), a few MB for the others.
+enum Slot { kWeights, kAllWeights, kInputs, kProducts, kComponentWeights, kSlots };
+inline float* kept_buffer(Slot slot, int64_t n) {
+  struct Kept {
+    std::unique_ptr<float[]> raw;
+    float* p = nullptr;  // 64-byte aligned, as at::empty's: a vector load stays in one line
+    int64_t n = 0;
+  };
+  thread_local std::array<Kept, kSlots> kept;
+  Kept& k = kept[slot];
+  if (k.n < n) {
+    k.raw.reset();
+    k.raw.reset(new float[n + 16]);
+    k.p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(k.raw.get()) + 63) & ~uintptr_t(63));
+    k.n = n;
+    advise_huge_pages(k.p, n * sizeof(float));
+  }
+  return k.p;
+}
+
+// The input coordinates (or -1: a padding zero) that a tile's a inputs read along axis d.
+inline void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile, int64_t* src) {
+  const int64_t q0 = ax.origin[tile] * g.stride[d] - g.pad_before[d];
+  for (int64_t j = 0; j < ax.t.a; ++j)
+    src[j] = source_index(q0 + j * ax.step, g.in[d], g.pad_before[d], g.pad_after[d], g.mode[d]);
+}
+
+}  // namespace torchconv3d::cpu::winograd
