@@ -28,7 +28,6 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
-#include <cstring>
 #include <vector>
 
 namespace torchconv3d::cpu {
@@ -61,8 +60,8 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   const int64_t cin = g.in_channels, cout = g.out_channels;
   const int64_t cp = round_up(cin, kLanes), cols = round_up(cout, kLanes);
   const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2], kvol = kd * kh * kw;
-  const int64_t td = ax[0].origin.size(), th = ax[1].origin.size(), tw = ax[2].origin.size();
-  const int64_t tiles = g.batch * td * th * tw;
+  const TileGrid grid(ax);
+  const int64_t tiles = grid.count(g.batch);
   if (tiles == 0) return true;
 
   // The weights transformed along w and h: per (kernel depth, h and w component) a slice
@@ -98,7 +97,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
         for (int64_t t = 0; t < kw; ++t) in[t] = src.data() + (r * kw + t) * n;
         mk.transform(aw, kw, ax[2].t.g.data(), in, n, t1.data() + r * aw * n, n);
       }
-      for (int64_t i = 0; i < kd; ++i)  // along h, rows hws * slice apart... one per w
+      for (int64_t i = 0; i < kd; ++i)  // along h, into the kept slices
         for (int64_t z = 0; z < aw; ++z) {
           for (int64_t t = 0; t < kh; ++t) in[t] = t1.data() + ((i * kh + t) * aw + z) * n;
           mk.transform(ah, kh, ax[1].t.g.data(), in, n,
@@ -107,7 +106,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
     }
   });
 
-  const std::vector<float> bvec = [&] {  // (declared before the steps that add it)
+  const std::vector<float> bvec = [&] {
     std::vector<float> b(cout, 0.f);
     if (bias.defined()) {
       const at::Tensor bc = bias.to(at::kFloat).contiguous();
@@ -120,9 +119,6 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
   const int64_t xsn = input.stride(0), ysn = output.stride(0), ysc = output.stride(1);
-  const auto tile_coords = [&](int64_t q) {
-    return std::array<int64_t, 4>{q / (tw * th * td), q / (tw * th) % td, q / tw % th, q % tw};
-  };
 
   // The three steps of a chunk of tiles from tile0, on the chunk's tiles or components
   // [begin, end); v [comp][tile][C_in] and prod [comp][tile][C_out] hold `cap` tiles.
@@ -130,19 +126,9 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   const auto inputs = [&](int64_t tile0, int64_t cap, float* v, int64_t begin, int64_t end) {
     std::vector<B> zeros(cp, B(0));
     std::vector<const B*> src(comps);
-    int64_t sd[6], sh[6], sw[6];
     for (int64_t i = begin; i < end; ++i) {
-      const auto [n, id, ih, iw] = tile_coords(tile0 + i);
-      tile_sources(g, 0, ax[0], id, sd);
-      tile_sources(g, 1, ax[1], ih, sh);
-      tile_sources(g, 2, ax[2], iw, sw);
-      const B* xn = xp + n * xsn;
-      for (int64_t x = 0; x < ad; ++x)
-        for (int64_t y = 0; y < ah; ++y)
-          for (int64_t z = 0; z < aw; ++z)
-            src[(x * ah + y) * aw + z] = sd[x] < 0 || sh[y] < 0 || sw[z] < 0
-                                             ? zeros.data()
-                                             : xn + sd[x] * xs[0] + sh[y] * xs[1] + sw[z] * xs[2];
+      const auto [n, id, ih, iw] = grid.coords(tile0 + i);
+      input_sources(g, ax, id, ih, iw, xp + n * xsn, xs, zeros.data(), src.data());
       if constexpr (std::is_same_v<B, float>) {
         mk.winograd_input(ms, src.data(), cin, v + i * cp, cap * cp);
       } else {
@@ -181,7 +167,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
     std::vector<float> out(ms[0] * ms[1] * ms[2] * cols);
     for (int64_t i = begin; i < end; ++i) {
       if (!mk.winograd_output(ms, prod + i * cols, cap * cols, cols, out.data())) return false;
-      const auto [n, id, ih, iw] = tile_coords(tile0 + i);
+      const auto [n, id, ih, iw] = grid.coords(tile0 + i);
       T* yn = yp + n * ysn;
       for (int64_t x = 0; x < ms[0]; ++x) {
         const int64_t od = ax[0].origin[id] + x * ax[0].step;

@@ -38,8 +38,8 @@ bool winograd_grad_weight(const Geometry& g, int64_t m, const at::Tensor& grad_o
   const int64_t cin = g.in_channels, cout = g.out_channels;
   const int64_t cp = round_up(cin, kLanes), cols = round_up(cout, kLanes);
   const int64_t kd = g.kernel[0], kh = g.kernel[1], kw = g.kernel[2], kvol = kd * kh * kw;
-  const int64_t td = ax[0].origin.size(), th = ax[1].origin.size(), tw = ax[2].origin.size();
-  const int64_t tiles = g.batch * td * th * tw;
+  const TileGrid grid(ax);
+  const int64_t tiles = grid.count(g.batch);
   if (tiles == 0) return false;
 
   const int64_t per_tile = comps * (cp + cols) * int64_t(sizeof(float));
@@ -56,28 +56,15 @@ bool winograd_grad_weight(const Geometry& g, int64_t m, const at::Tensor& grad_o
   const B* gp = reinterpret_cast<const B*>(grad_output.const_data_ptr());
   const auto xs = spatial_strides(input), gs = spatial_strides(grad_output);
   const int64_t xsn = input.stride(0), gsn = grad_output.stride(0);
-  const auto tile_coords = [&](int64_t q) {
-    return std::array<int64_t, 4>{q / (tw * th * td), q / (tw * th) % td, q / tw % th, q % tw};
-  };
   for (int64_t tile0 = 0; tile0 < tiles; tile0 += chunk) {
     const int64_t count = std::min(chunk, tiles - tile0);
     // Each tile's input components (as the forward's) and output-gradient components.
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<B> zeros(std::max(cp, cols), B(0));
       std::vector<const B*> src(comps), gsrc(ms[0] * ms[1] * ms[2]);
-      int64_t sd[6], sh[6], sw[6];
       for (int64_t i = begin; i < end; ++i) {
-        const auto [n, id, ih, iw] = tile_coords(tile0 + i);
-        tile_sources(g, 0, ax[0], id, sd);
-        tile_sources(g, 1, ax[1], ih, sh);
-        tile_sources(g, 2, ax[2], iw, sw);
-        const B* xn = xp + n * xsn;
-        for (int64_t x = 0; x < ad; ++x)
-          for (int64_t y = 0; y < ah; ++y)
-            for (int64_t z = 0; z < aw; ++z)
-              src[(x * ah + y) * aw + z] = sd[x] < 0 || sh[y] < 0 || sw[z] < 0
-                                               ? zeros.data()
-                                               : xn + sd[x] * xs[0] + sh[y] * xs[1] + sw[z] * xs[2];
+        const auto [n, id, ih, iw] = grid.coords(tile0 + i);
+        input_sources(g, ax, id, ih, iw, xp + n * xsn, xs, zeros.data(), src.data());
         const B* gn = gp + n * gsn;
         for (int64_t x = 0; x < ms[0]; ++x) {
           const int64_t od = ax[0].origin[id] + x * ax[0].step;

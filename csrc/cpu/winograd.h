@@ -107,4 +107,35 @@ inline void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile,
     src[j] = source_index(q0 + j * ax.step, g.in[d], g.pad_before[d], g.pad_after[d], g.mode[d]);
 }
 
+// The tiles of a layer in (sample, d, h, w) order.
+struct TileGrid {
+  int64_t td, th, tw;
+  explicit TileGrid(const std::array<Axis, 3>& ax)
+      : td(ax[0].origin.size()), th(ax[1].origin.size()), tw(ax[2].origin.size()) {}
+  int64_t count(int64_t batch) const { return batch * td * th * tw; }
+  // (sample, d, h, w) tile indices of tile q.
+  std::array<int64_t, 4> coords(int64_t q) const {
+    return {q / (tw * th * td), q / (tw * th) % td, q / tw % th, q % tw};
+  }
+};
+
+// Where each input component of tile (id, ih, iw) reads its run of channels: in the
+// sample at xn (spatial strides xs), or `zeros` for a padding zero.
+template <typename B>
+void input_sources(const Geometry& g, const std::array<Axis, 3>& ax, int64_t id, int64_t ih,
+                   int64_t iw, const B* xn, const std::array<int64_t, 3>& xs, const B* zeros,
+                   const B** src) {
+  int64_t sd[6], sh[6], sw[6];
+  tile_sources(g, 0, ax[0], id, sd);
+  tile_sources(g, 1, ax[1], ih, sh);
+  tile_sources(g, 2, ax[2], iw, sw);
+  const int64_t ah = ax[1].t.a, aw = ax[2].t.a;
+  for (int64_t x = 0; x < ax[0].t.a; ++x)
+    for (int64_t y = 0; y < ah; ++y)
+      for (int64_t z = 0; z < aw; ++z)
+        src[(x * ah + y) * aw + z] = sd[x] < 0 || sh[y] < 0 || sw[z] < 0
+                                         ? zeros
+                                         : xn + sd[x] * xs[0] + sh[y] * xs[1] + sw[z] * xs[2];
+}
+
 }  // namespace torchconv3d::cpu::winograd
