@@ -105,3 +105,45 @@ def test_split_half_grad_input_matches_torch(case, dtype):
     (gx64,) = torch.autograd.grad(ref, x64, gy.double())
     # Float sums rounded once to the half type.
     assert rel_err(gx, gx64) < (4e-3 if dtype == torch.bfloat16 else 5e-4), name
+
+
+def test_winograd_plan_takes_the_layers_it_pays_on():
+    """Which layers the Winograd forward takes (m: F(m, 3); 0 leaves the layer to the direct
+    kernels), and how it runs them (csrc/cpu/forward_winograd.cpp)."""
+    c3d = ((1, 128, 8, 28, 28), (256, 128, 3, 3, 3))
+    bf = plan("winograd", meta(c3d[0], torch.bfloat16), meta(c3d[1], torch.bfloat16))
+    assert (bf["m"], bf["comps"], bf["tiles"], bf["shared"]) == (4, 216, 2 * 7 * 7, 1)
+    f32 = plan("winograd", meta(c3d[0], torch.float32), meta(c3d[1], torch.float32))
+    assert (f32["m"], f32["comps"], f32["tiles"], f32["shared"]) == (2, 64, 4 * 14 * 14, 0)
+    assert f32["chunks"] % torch.get_num_threads() == 0  # whole chunks per thread
+    spatial = plan("winograd", meta((1, 64, 8, 28, 28), torch.bfloat16),
+                   meta((144, 64, 1, 3, 3), torch.bfloat16), padding=(0, 1, 1))
+    assert (spatial["m"], spatial["comps"]) == (4, 36)
+    unet = ((1, 32, 32, 32, 32), (32, 32, 3, 3, 3))
+    assert plan("winograd", meta(unet[0], torch.bfloat16), meta(unet[1], torch.bfloat16))["m"] == 4
+    assert plan("winograd", meta(unet[0], torch.float32), meta(unet[1], torch.float32))["m"] == 0
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = meta((1, 64, 8, 16, 16), dtype), meta((64, 64, 3, 3, 3), dtype)
+        assert plan("winograd", x, w, dilation=2, padding=2)["m"] > 0
+        assert plan("winograd", x, w, stride=2)["m"] == 0
+        assert plan("winograd", x, meta((64, 32, 3, 3, 3), dtype), groups=2)["m"] == 0
+        assert plan("winograd", x, meta((64, 64, 5, 5, 5), dtype), padding=2)["m"] == 0
+        assert plan("winograd", x, meta((64, 64, 3, 1, 1), dtype), padding=(1, 0, 0))["m"] == 0
+        # transformed weights past 64 MB: direct
+        big = meta((1, 576, 4, 8, 8), dtype), meta((576, 576, 3, 3, 3), dtype)
+        assert plan("winograd", *big)["m"] == 0
+    for dtype in (torch.float64, torch.float16):
+        assert plan("winograd", meta(c3d[0], dtype), meta(c3d[1], dtype))["m"] == 0
+
+
+@pytest.mark.parametrize("x, w", LAYERS)
+def test_winograd_buffers_are_bounded(x, w):
+    """What the Winograd forward keeps between calls does not grow with the volume: a chunk
+    of tiles (32 MB at most) and the transformed weights (at most 48 MB)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        p = plan("winograd", meta(x, dtype), meta(w, dtype))
+        if p["m"] == 0:
+            continue
+        assert p["chunk"] * p["chunks"] >= p["tiles"] > p["chunk"] * (p["chunks"] - 1)
+        assert p["caller_bytes"] <= (32 + 48) << 20
+        assert p["thread_bytes"] <= 32 << 20

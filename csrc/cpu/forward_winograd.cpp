@@ -35,19 +35,6 @@ namespace {
 
 using namespace winograd;
 
-// How chunks of tiles are run. Every chunk's GEMMs read all the transformed weights U
-// (comps x C_in x C_out floats: 8x the weights for F(4, 3) in 3-D), while its transformed
-// inputs and products (V and M) are cheap to read from L2 and costly from memory. With
-// U up to kSharedWeights, each thread runs whole chunks of about max(kChunkBytes, U / 2)
-// of V and M (at most 4x that): more tiles per read of U as U grows. Past it (C3D's
-// 128 -> 256 channels in bfloat16: 28 MB), U is read once per chunk of kSharedChunkBytes,
-// the threads sharing its tiles and then its components. Measured on Zen 5, 2 threads
-// (ms, bfloat16): 3D U-Net 32 channels 1.7 at 1 MB per chunk vs 3.0 at 4 MB; R3D-18 128
-// channels 2.6 shared vs 3.6; C3D 8.3 shared vs 12.1.
-constexpr int64_t kChunkBytes = int64_t(1) << 20;
-constexpr int64_t kSharedWeights = int64_t(12) << 20;
-constexpr int64_t kSharedChunkBytes = int64_t(32) << 20;
-
 template <typename T>
 bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
                       const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
@@ -187,16 +174,9 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
     return true;
   };
 
-  const int64_t per_tile = comps * (cp + cols) * int64_t(sizeof(float));
-  const int64_t u_bytes = comps * slice * int64_t(sizeof(float));
-  const bool shared = u_bytes > kSharedWeights;
-  const int64_t budget =
-      shared ? kSharedChunkBytes : std::clamp(u_bytes / 2, kChunkBytes, 4 * kChunkBytes);
-  int64_t chunks = ceil_div(tiles, std::max<int64_t>(1, budget / per_tile));
-  const int64_t threads = at::get_num_threads();
-  if (!shared) chunks = std::min(tiles, round_up(chunks, threads));
-  const int64_t chunk = ceil_div(tiles, chunks);
-  chunks = ceil_div(tiles, chunk);
+  const WinogradPlan p = plan_winograd(g, m, at::get_num_threads());
+  const bool shared = p.shared;
+  const int64_t chunk = p.chunk, chunks = p.chunks;
   std::atomic<bool> finite{true};
   if (shared) {
     // The threads share each chunk: its tiles, then its components, then its tiles.
@@ -238,6 +218,51 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
 }
 
 }  // namespace
+
+namespace winograd {
+
+// How chunks of tiles are run. Every chunk's GEMMs read all the transformed weights U
+// (comps x C_in x C_out floats: 8x the weights for F(4, 3) in 3-D), while its transformed
+// inputs and products (V and M) are cheap to read from L2 and costly from memory. With
+// U up to kSharedWeights, each thread runs whole chunks of about max(kChunkBytes, U / 2)
+// of V and M (at most 4x that): more tiles per read of U as U grows. Past it (C3D's
+// 128 -> 256 channels in bfloat16: 28 MB), U is read once per chunk of kSharedChunkBytes,
+// the threads sharing its tiles and then its components. Measured on Zen 5, 2 threads
+// (ms, bfloat16): 3D U-Net 32 channels 1.7 at 1 MB per chunk vs 3.0 at 4 MB; R3D-18 128
+// channels 2.6 shared vs 3.6; C3D 8.3 shared vs 12.1.
+constexpr int64_t kChunkBytes = int64_t(1) << 20;
+constexpr int64_t kSharedWeights = int64_t(12) << 20;
+constexpr int64_t kSharedChunkBytes = int64_t(32) << 20;
+
+WinogradPlan plan_winograd(const Geometry& g, int64_t m, int64_t threads) {
+  WinogradPlan p;
+  p.m = m;
+  if (m == 0) return p;
+  const std::array<Axis, 3> ax{make_axis(g, 0, m), make_axis(g, 1, m), make_axis(g, 2, m)};
+  const int64_t hws = ax[1].t.a * ax[2].t.a;
+  p.comps = ax[0].t.a * hws;
+  p.tiles = TileGrid(ax).count(g.batch);
+  const int64_t cp = round_up(g.in_channels, kLanes), cols = round_up(g.out_channels, kLanes);
+  const int64_t f = sizeof(float), slice = g.in_channels * cols * f;
+  const int64_t per_tile = p.comps * (cp + cols) * f, u_bytes = p.comps * slice;
+  p.shared = u_bytes > kSharedWeights;
+  const int64_t budget =
+      p.shared ? kSharedChunkBytes : std::clamp(u_bytes / 2, kChunkBytes, 4 * kChunkBytes);
+  p.chunks = ceil_div(p.tiles, std::max<int64_t>(1, budget / per_tile));
+  if (!p.shared) p.chunks = std::min(p.tiles, round_up(p.chunks, threads));
+  p.chunk = p.tiles == 0 ? 0 : ceil_div(p.tiles, p.chunks);
+  p.chunks = p.tiles == 0 ? 0 : ceil_div(p.tiles, p.chunk);
+  // The kept buffers (kept_buffer): the weights along w and h, then either a chunk's V and M
+  // on the calling thread and a component's weights per thread (shared), or every
+  // component's weights on the calling thread and a chunk per thread.
+  const int64_t slices = g.kernel[0] * hws * slice, chunk_bytes = p.chunk * per_tile;
+  const int64_t finished = g.kernel[0] == 1 ? 0 : p.shared ? slice : u_bytes;
+  p.caller_bytes = slices + (p.shared ? chunk_bytes : finished);
+  p.thread_bytes = p.shared ? finished : chunk_bytes;
+  return p;
+}
+
+}  // namespace winograd
 
 bool grad_input_through_winograd(const Geometry& g, const at::Tensor& grad_output) {
   // A stride-1 layer's grad_input is one forward with the same kernel, dilation and

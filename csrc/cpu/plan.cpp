@@ -1,5 +1,6 @@
 // The planar passes' plans (plan.h) and their printed form.
 #include "plan.h"
+#include "winograd.h"
 
 #include <ATen/OpMathType.h>
 
@@ -173,8 +174,17 @@ std::string describe_plan(std::string_view pass, const Geometry& g, at::ScalarTy
     s << " in_block=" << p.in_block << " in_blocks=" << p.in_blocks
       << " out_block=" << p.out_block << " out_blocks=" << p.out_blocks << " tasks=" << p.tasks
       << " workspace_bytes=" << p.workspace_bytes;
+  } else if (pass == "winograd") {
+    // The Winograd forward's plan (m=0: the layer runs on the direct kernels).
+    const winograd::WinogradPlan p =
+        winograd::plan_winograd(g, winograd::tile_outputs(g, dtype), threads);
+    s << "m=" << p.m << " comps=" << p.comps << " tiles=" << p.tiles << " chunk=" << p.chunk
+      << " chunks=" << p.chunks << " shared=" << p.shared << " caller_bytes=" << p.caller_bytes
+      << " thread_bytes=" << p.thread_bytes;
   } else {
-    TORCH_CHECK_VALUE(false, "pass must be 'forward', 'grad_input' or 'grad_weight', but got '",
+    TORCH_CHECK_VALUE(false,
+                      "pass must be 'forward', 'grad_input', 'grad_weight' or 'winograd', but "
+                      "got '",
                       std::string(pass), "'");
   }
   return s.str();

@@ -107,6 +107,18 @@ inline void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile,
     src[j] = source_index(q0 + j * ax.step, g.in[d], g.pad_before[d], g.pad_after[d], g.mode[d]);
 }
 
+// How the forward runs a layer (forward_winograd.cpp), from its Geometry, m (0: the direct
+// kernels take it) and the thread count; describe_plan prints it.
+struct WinogradPlan {
+  int64_t m = 0;
+  int64_t comps = 0, tiles = 0;
+  int64_t chunk = 0, chunks = 0;  // tiles per chunk, chunks
+  bool shared = false;            // the threads share each chunk; else a chunk per thread
+  int64_t caller_bytes = 0;       // kept by the calling thread
+  int64_t thread_bytes = 0;       // kept by each thread that runs tasks
+};
+WinogradPlan plan_winograd(const Geometry& g, int64_t m, int64_t threads);
+
 // The tiles of a layer in (sample, d, h, w) order.
 struct TileGrid {
   int64_t td, th, tw;
