@@ -14,6 +14,7 @@
 #include <array>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 namespace torchconv3d::cpu {
 
@@ -68,9 +69,20 @@ at::Tensor weight_as(const at::Tensor& weight) {
   return weight.to(c10::CppTypeToScalarType<A>::value).contiguous();
 }
 
+// The bias in the accumulation type C, zeros where there is none.
+template <typename C>
+std::vector<C> bias_or_zeros(const Geometry& g, const at::Tensor& bias) {
+  std::vector<C> b(g.out_channels, C(0));
+  if (bias.defined()) {
+    const at::Tensor bc = bias.to(c10::CppTypeToScalarType<C>::value).contiguous();
+    std::copy(bc.const_data_ptr<C>(), bc.const_data_ptr<C>() + g.out_channels, b.begin());
+  }
+  return b;
+}
+
 // Asks Linux for transparent huge pages (where THP is 'madvise') over the whole 2 MB pages
 // inside [ptr, ptr + bytes): one fault per 2 MB on first touch instead of one per 4 KB.
-// For buffers used whole and kept (forward_winograd.cpp: C3D's 46 MB took 13,000 faults,
+// For buffers used whole and kept (winograd.h's kept_buffer: C3D's 46 MB took 13,000 faults,
 // 20 ms a call, when allocated per call); a buffer touched in part would zero more.
 inline void advise_huge_pages(void* ptr, size_t bytes) {
 #ifdef __linux__

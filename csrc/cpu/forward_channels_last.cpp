@@ -238,16 +238,6 @@ void run_pointwise(const Geometry& g, const at::Tensor& input, int64_t cols,
   });
 }
 
-template <typename C>
-std::vector<C> bias_or_zeros(const Geometry& g, const at::Tensor& bias) {
-  std::vector<C> b(g.out_channels, C(0));
-  if (bias.defined()) {
-    const at::Tensor bc = bias.to(c10::CppTypeToScalarType<C>::value).contiguous();
-    std::copy(bc.const_data_ptr<C>(), bc.const_data_ptr<C>() + g.out_channels, b.begin());
-  }
-  return b;
-}
-
 // Dense (and grouped) layers on gemm_cl, in A = float or double.
 template <typename T>
 void forward_dense(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,

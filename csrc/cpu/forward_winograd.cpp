@@ -60,7 +60,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
   const int64_t slice = cin * cols;
   const int64_t panels = ceil_div(cols, kPanel), blocks = ceil_div(cin, kBlock);
   float* t2 = kept_buffer(kWeights, kd * hws * slice);
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const at::Tensor w = weight_as<float>(weight);
   const float* wp = w.const_data_ptr<float>();
   at::parallel_for(0, panels * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> src(kvol * kBlock * kPanel), t1(kd * kh * aw * kBlock * kPanel);
@@ -93,14 +93,7 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
     }
   });
 
-  const std::vector<float> bvec = [&] {
-    std::vector<float> b(cout, 0.f);
-    if (bias.defined()) {
-      const at::Tensor bc = bias.to(at::kFloat).contiguous();
-      std::copy(bc.const_data_ptr<float>(), bc.const_data_ptr<float>() + cout, b.begin());
-    }
-    return b;
-  }();
+  const std::vector<float> bvec = bias_or_zeros<float>(g, bias);
 
   const B* xp = reinterpret_cast<const B*>(input.const_data_ptr());
   T* yp = output.mutable_data_ptr<T>();

@@ -30,9 +30,9 @@ bool forward_channels_last(const Geometry& g, const at::Tensor& input, const at:
                            const at::Tensor& bias, at::Tensor& output);
 
 // The forward by Winograd's F(m, 3) (forward_winograd.cpp) for float32 and bfloat16 layers
-// with channels innermost whose dimensions have 3 taps at stride 1 or 1 tap; false
-// (output unspecified) where it does not apply or met a value that is not finite: the
-// direct kernels then compute the layer.
+// whose dimensions have 3 taps at stride 1 or 1 tap (planar tensors through channels_last
+// copies); false (output unspecified) where it does not apply or met a value that is not
+// finite: the direct kernels then compute the layer.
 bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                       const at::Tensor& bias, at::Tensor& output);
 

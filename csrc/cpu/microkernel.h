@@ -94,8 +94,8 @@ struct MicroKernels {
                                   int64_t ldo);
   void (*winograd_output_adjoint_bf16)(const int64_t* m, const uint16_t* const* src, int64_t n,
                                        A* out, int64_t ldo);
-  // (These are float-table entries of the SIMD builds: nullptr for double and in the
-  // generic build, where the direct kernels run.)
+  // (transform and the winograd entries are float-table entries of the SIMD builds:
+  // nullptr for double and in the generic build, where the direct kernels run.)
   int64_t max_rows;
   const char* isa;
 };

@@ -136,18 +136,6 @@ void outer_cl(int64_t rows, int64_t n, int64_t taps, int64_t js, int64_t es, con
       }
 }
 
-template <typename A>
-void transform(int64_t rows, int64_t k, const A* m, const A* const* in, int64_t n, A* out,
-               int64_t ldo) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t x = 0; x < n; ++x) {
-      A acc = 0;
-      for (int64_t t = 0; t < k; ++t)
-        if (m[i * k + t] != A(0)) acc += m[i * k + t] * in[t][x];
-      out[i * ldo + x] = acc;
-    }
-}
-
 // TORCHCONV3D_CPU_ISA caps the instruction set (for tests and comparisons): avx512_bf16,
 // avx512, avx2 or generic, in any case; unset or empty means the widest. A value the CPU
 // cannot run falls back to what it can; an unknown value is warned about and ignored.
@@ -189,7 +177,7 @@ const MicroKernels<float>& generic_kernels(float) {
                                      &depthwise_cl<float, uint16_t>,
                                      &store_bf16,
                                      &outer_cl<float>,
-                                     &transform<float>,
+                                     nullptr,
                                      nullptr,
                                      nullptr,
                                      nullptr,
@@ -203,7 +191,7 @@ const MicroKernels<float>& generic_kernels(float) {
 const MicroKernels<double>& generic_kernels(double) {
   static const MicroKernels<double> k{&gemm<double>, &dot<double>, &gemm_cl<double>,
                                       &depthwise_cl<double, double>, nullptr, nullptr,
-                                      &outer_cl<double>, &transform<double>, nullptr, nullptr,
+                                      &outer_cl<double>, nullptr, nullptr, nullptr,
                                       nullptr, nullptr, nullptr, kRows, "generic"};
   return k;
 }

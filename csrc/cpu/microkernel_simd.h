@@ -578,7 +578,7 @@ const MicroKernels<A>& kernel_table(const char* isa) {
     return k;
   } else {
     static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
-                                   nullptr,      nullptr,  &outer_cl<A>, &transform<A>,
+                                   nullptr,      nullptr,  &outer_cl<A>, nullptr,
                                    nullptr,      nullptr,  nullptr,     nullptr,
                                    nullptr,      kGemmRows, isa};
     return k;

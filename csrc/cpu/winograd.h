@@ -41,7 +41,8 @@ struct Axis {
 };
 
 inline Axis make_axis(const Geometry& g, int d, int64_t m) {
-  Axis ax{g.kernel[d] == 1 ? identity() : make_transform(m), g.kernel[d] == 1 ? 1 : g.dilation[d], {}};
+  const bool one_tap = g.kernel[d] == 1;
+  Axis ax{one_tap ? identity() : make_transform(m), one_tap ? 1 : g.dilation[d], {}};
   const int64_t out = g.out[d];
   for (int64_t r = 0; r < std::min(ax.step, out); ++r)
     for (int64_t o = r; o < out; o += ax.t.m * ax.step) ax.origin.push_back(o);
@@ -79,8 +80,8 @@ inline int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
 // Buffer `slot` of the calling thread, at least n floats, kept between calls: fresh memory
 // comes zeroed from the kernel, and zeroing C3D's 36 MB of transformed inputs and products
 // cost 4 ms a call (its arithmetic takes 7). What a thread keeps is its largest use so far:
-// for the calling thread up to kSharedChunkBytes of tiles and 48 MB of weights (C3D in
-// bfloat16: 33 + 14 MB), a few MB for the others.
+// for the calling thread up to 32 MB of tiles and 48 MB of weights (C3D in bfloat16:
+// 33 + 14 MB), a few MB for the others (WinogradPlan's caller_bytes, thread_bytes).
 enum Slot { kWeights, kAllWeights, kInputs, kProducts, kComponentWeights, kSlots };
 inline float* kept_buffer(Slot slot, int64_t n) {
   struct Kept {
