@@ -56,10 +56,16 @@ struct Geometry {
 // or -1 for a padding zero. Coordinates past the padded extent [-pad_before, n + pad_after)
 // are never read by a real output position; they give -1 too.
 // I = int serves the CUDA tensor-core kernels, whose per-dimension coordinates fit 32 bits.
+// I is never deduced from the arguments (NoDeduce: C++17's std::type_identity_t; torch
+// before 2.12 builds extensions as C++17).
+template <typename T>
+struct NoDeduce {
+  using type = T;
+};
 template <typename I = int64_t>
-C10_HOST_DEVICE inline I source_index(std::type_identity_t<I> q, std::type_identity_t<I> n,
-                                      std::type_identity_t<I> pad_before,
-                                      std::type_identity_t<I> pad_after, PadMode mode) {
+C10_HOST_DEVICE inline I source_index(typename NoDeduce<I>::type q, typename NoDeduce<I>::type n,
+                                      typename NoDeduce<I>::type pad_before,
+                                      typename NoDeduce<I>::type pad_after, PadMode mode) {
   if (q >= 0 && q < n) return q;
   if (q < -pad_before || q >= n + pad_after) return -1;
   switch (mode) {

@@ -1,8 +1,11 @@
-"""Trains the same small 3D CNN twice under DistributedDataParallel (gloo, 2 CPU processes):
+"""Trains the same small 3D CNN twice under DistributedDataParallel (gloo, 2 processes):
 once with nn.Conv3d, once converted to torchconv3d, and prints the largest parameter
 difference after the steps. Run by tests/test_stress.py:
 
-    python tests/ddp_worker.py STEPS [fsdp]
+    python tests/ddp_worker.py STEPS [ddp|fsdp|ddp_cuda] [OUT]
+
+ddp_cuda keeps model and data on the GPU, both ranks on one device: NCCL refuses two ranks
+on one GPU, gloo reduces CUDA tensors.
 """
 import copy
 import json
@@ -28,13 +31,13 @@ def make_model():
     ).double()
 
 
-def train(model, wrap, rank, steps):
-    model = wrap(model)
+def train(model, wrap, rank, steps, device):
+    model = wrap(model.to(device))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
     for _ in range(steps):
-        x = torch.randn(2, 2, 6, 8, 8, dtype=torch.float64, generator=g)
-        target = torch.randint(0, 3, (2,), generator=g)
+        x = torch.randn(2, 2, 6, 8, 8, dtype=torch.float64, generator=g).to(device)
+        target = torch.randint(0, 3, (2,), generator=g).to(device)
         loss = nn.functional.cross_entropy(model(x), target)
         opt.zero_grad()
         loss.backward()
@@ -63,10 +66,11 @@ def worker(rank, world, steps, mode, port, out):
         def gather(state):
             return state
 
-    ref = gather(train(make_model(), wrap, rank, steps))
+    device = "cuda" if mode.endswith("cuda") else "cpu"
+    ref = {k: v.cpu() for k, v in gather(train(make_model(), wrap, rank, steps, device)).items()}
     ours_model = torchconv3d.convert(copy.deepcopy(make_model()))
     assert sum(isinstance(m, torchconv3d.Conv3d) for m in ours_model.modules()) == 3
-    ours = gather(train(ours_model, wrap, rank, steps))
+    ours = {k: v.cpu() for k, v in gather(train(ours_model, wrap, rank, steps, device)).items()}
     start = make_model().state_dict()
     diff = max((ref[k] - ours[k]).abs().max().item() for k in start)
     moved = max((ref[k] - start[k]).abs().max().item() for k in start)

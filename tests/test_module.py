@@ -107,15 +107,19 @@ def test_convert_keeps_parameters_and_outputs():
     assert torchconv3d.convert(conv) is conv  # already ours: untouched
 
 
-def test_autocast_bfloat16_like_nn_conv3d():
-    ref = nn.Conv3d(4, 6, 3, padding=1)
-    ours = torchconv3d.Conv3d(4, 6, 3, padding=1)
+@pytest.mark.parametrize("device,dtype", [
+    ("cpu", torch.bfloat16), ("cuda", torch.bfloat16), ("cuda", torch.float16)])
+def test_autocast_like_nn_conv3d(device, dtype):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("autocast('cuda') needs a CUDA GPU")
+    ref = nn.Conv3d(4, 6, 3, padding=1).to(device)
+    ours = torchconv3d.Conv3d(4, 6, 3, padding=1).to(device)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 4, 5, 6, 7, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(2, 4, 5, 6, 7, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
         ya = ref(x)
         yb = ours(x)
-    assert ya.dtype == yb.dtype == torch.bfloat16
+    assert ya.dtype == yb.dtype == dtype
     assert rel_err(yb, ya) <= 2e-2
     yb.float().sum().backward()
     assert x.grad.dtype == torch.float32 and ours.weight.grad.dtype == torch.float32

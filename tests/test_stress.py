@@ -14,9 +14,11 @@ import torchconv3d
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp_cuda"])
 def test_distributed_training_matches_nn_conv3d(mode, tmp_path):
     """2 gloo processes, 5 SGD steps, a 3-layer 3D CNN converted with convert()."""
+    if mode.endswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("ddp_cuda needs a CUDA GPU")
     out = tmp_path / "result.json"
     r = subprocess.run([sys.executable, os.path.join(HERE, "ddp_worker.py"), "5", mode,
                         str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Everything the CUDA kernels must show on a GPU, in one run, logs under $OUT (default
-# gpu-logs/): JIT build for TORCH_CUDA_ARCH_LIST (default 9.0, the H100), the test suite on
-# backend 'cuda' (`--backend cuda`: tests/cases.py, tests/conftest.py) and then whole,
+# Everything the CUDA kernels must show on a GPU, logs under $OUT (default gpu-logs/): JIT
+# build for TORCH_CUDA_ARCH_LIST (default 9.0, the H100/H200), the test suite on backend
+# 'cuda' (`--backend cuda`: tests/cases.py, tests/conftest.py) plus the GPU-only tests
+# (test_cuda.py, autocast('cuda'), DDP over gloo on CUDA tensors), then the whole suite,
 # compute-sanitizer memcheck, racecheck, synccheck and initcheck on subsets of the
-# differential suite (v1 and tensor-core kernels), and the benchmark suite against cuDNN
-# (float32 with TF32 on and off, float16, bfloat16).
+# differential suite (v1 and tensor-core kernels), and the benchmark against cuDNN (float32
+# with TF32 on and off, float16, bfloat16).
 #
-#     tools/gpu_verify.sh [quick]     # quick: tests and sanitizers, no benchmark
+#     tools/gpu_verify.sh [STAGE...]   # stages: build tests all sanitize bench (default: all five)
+#
+# A lent machine gives 10 minutes a command and 30 a session, so the stages can run in
+# separate calls; each step has a time limit (STEP_LIMIT seconds, default 420) so its log
+# comes back. The JIT build lands in .torch_extensions/ (TORCH_EXTENSIONS_DIR): `pack` tars it
+# into $OUT/ext.tgz, `unpack` restores a carried one and marks it newer than the sources, so
+# ninja rebuilds only what changed since (`unpack FILE...` touches those sources after).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-logs}
@@ -15,36 +22,69 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export TORCHCONV3D_FORCE_JIT=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}
 PY=${PYTHON:-python3}
+LIMIT=${STEP_LIMIT:-420}
+# pytest-xdist spreads the tests over the machine's cores when it is installed.
+XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-8}")
 status=0
-step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.txt, remembers a failure
+step() {  # step NAME COMMAND...: runs under the limit, logs to $OUT/NAME.txt, remembers a failure
   local name=$1; shift
   echo "== $name: $*"
   local t0=$SECONDS
-  "$@" >"$OUT/$name.txt" 2>&1
+  timeout "$LIMIT" "$@" >"$OUT/$name.txt" 2>&1
   local rc=$?
   tail -n 25 "$OUT/$name.txt"
   echo "== $name: rc=$rc, $((SECONDS - t0)) s"
   [ $rc -eq 0 ] || status=1
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-step build $PY -c "import torchconv3d, torch; from torchconv3d import _loader; \
-print(_loader.BACKEND, _loader.LIBRARY, torch.__version__, torch.version.cuda); \
+stage_build() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+  step build $PY -c "import torchconv3d, torch; from torchconv3d import _loader; \
+print(_loader.BACKEND, _loader.LIBRARY, torch.__version__, torch.version.cuda, torch.backends.cudnn.version()); \
 x = torch.randn(1, 2, 3, 4, 5, device='cuda'); print(torchconv3d.conv3d(x, torch.randn(3, 2, 1, 1, 1, device='cuda')).shape)"
-# Every backend-parametrised test on 'cuda' (ids hold the backend), and tests/test_cuda.py.
-CUDA_TESTS="tests/test_correctness.py tests/test_nonfinite.py tests/test_autograd.py tests/test_cuda.py"
-step pytest-cuda $PY -m pytest -q -x $CUDA_TESTS --backend cuda -k cuda -p no:cacheprovider -rs
-step pytest-all $PY -m pytest -q tests -p no:cacheprovider -k "not test_cuda_build"
-# Sanitizer subsets of tests/test_correctness.py; ids read backend-case-...-dtype-layouts.
-SAN="$PY -m pytest -q tests/test_correctness.py --backend cuda -p no:cacheprovider"
-SUBSET='test_matches_torch and (basic or groups or depthwise or stride or dilation or k2s2) or test_padding_modes and (pad1 or asym_groups_stride) or test_half_types and (pad1 or depthwise) or test_tensor_cores and contiguous-contiguous and (tc_pad1 or tc_groups or tc_stride_over or tc_split_k)'
-step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 $SAN -k "$SUBSET"
-RACE='test_matches_torch and float32 and (basic or groups or depthwise or k5) or test_tensor_cores and contiguous-contiguous and (tc_pad1 or tc_two_tiles or tc_split_k)'
-step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 $SAN -k "$RACE"
-step synccheck compute-sanitizer --tool synccheck --error-exitcode 1 $SAN -k "$RACE"
-step initcheck compute-sanitizer --tool initcheck --error-exitcode 1 $SAN -k "$RACE"
-if [ "${1:-}" != quick ]; then
+}
+
+stage_tests() {
+  # Every backend-parametrised test on 'cuda' (ids hold the backend) and the GPU-only ones.
+  local files="tests/test_correctness.py tests/test_nonfinite.py tests/test_autograd.py tests/test_conv_transpose.py tests/test_padding_per_dim.py tests/test_streaming.py"
+  step pytest-cuda $PY -m pytest -q $XDIST $files --backend cuda -k cuda -p no:cacheprovider -rs
+  step pytest-gpu-only $PY -m pytest -q tests/test_cuda.py tests/test_module.py tests/test_stress.py \
+    -k "cuda or Cuda or autocast or distributed" -p no:cacheprovider -rs
+}
+
+stage_all() {
+  step pytest-all $PY -m pytest -q $XDIST tests -p no:cacheprovider -k "not test_cuda_build"
+}
+
+stage_sanitize() {
+  # Sanitizer subsets of tests/test_correctness.py; ids read backend-case-...-dtype-layouts.
+  local san="$PY -m pytest -q tests/test_correctness.py --backend cuda -p no:cacheprovider"
+  local subset='test_matches_torch and (basic or groups or depthwise or stride or dilation or k2s2) or test_padding_modes and (pad1 or asym_groups_stride) or test_half_types and (pad1 or depthwise) or test_tensor_cores and contiguous-contiguous and (tc_pad1 or tc_groups or tc_stride_over or tc_split_k)'
+  local race='test_matches_torch and float32 and (basic or groups or depthwise or k5) or test_tensor_cores and contiguous-contiguous and (tc_pad1 or tc_two_tiles or tc_split_k)'
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 $san -k "$subset"
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 $san -k "$race"
+  step synccheck compute-sanitizer --tool synccheck --error-exitcode 1 $san -k "$race"
+  step initcheck compute-sanitizer --tool initcheck --error-exitcode 1 $san -k "$race"
+}
+
+stage_bench() {
   step bench $PY benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 \
     --tf32 on off --pass fwdbwd --markdown "$OUT/cuda.md"
+}
+
+if [ "${1:-}" = pack ]; then
+  tar czf "$OUT/ext.tgz" -C "$TORCH_EXTENSIONS_DIR" . && ls -l "$OUT/ext.tgz"
+  exit
 fi
+if [ "${1:-}" = unpack ]; then
+  shift
+  mkdir -p "$TORCH_EXTENSIONS_DIR" && tar xzf "${EXT_TGZ:-.gpu-carry/ext.tgz}" -C "$TORCH_EXTENSIONS_DIR"
+  find "$TORCH_EXTENSIONS_DIR" -exec touch {} +
+  sleep 1
+  [ $# -gt 0 ] && touch "$@"
+  exit 0
+fi
+for stage in "${@:-build tests all sanitize bench}"; do
+  for s in $stage; do "stage_$s"; done
+done
 exit $status
