@@ -76,15 +76,19 @@ TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
                            c10::IntArrayRef dilation, int64_t groups, const PadModes& modes) {
   const PadMode mode = formats_mode(modes);
   const auto cl = at::MemoryFormat::ChannelsLast3d, contiguous = at::MemoryFormat::Contiguous;
-  // F.pad's circular copy of a channels_last_3d input is contiguous; its other modes keep it.
-  const bool input_cl = x.suggest_memory_format() == cl && mode != PadMode::Circular;
+  // F.pad's copy of a channels_last_3d input is contiguous for circular (a cat) and, on
+  // CUDA, for every mode (its pad kernels write contiguous tensors, and so do their
+  // backwards); on the CPU reflect and replicate keep the input's format.
+  const bool contiguous_copy =
+      mode == PadMode::Circular || (mode != PadMode::Zeros && x.is_cuda());
+  const bool input_cl = x.suggest_memory_format() == cl && !contiguous_copy;
   const auto conv = torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
                                                      groups, mode) &&
                             (input_cl || weight.suggest_memory_format() == cl)
                         ? cl
                         : contiguous;
   at::MemoryFormat grad_input = conv;  // zeros: the convolution's own
-  if (mode == PadMode::Circular) {
+  if (contiguous_copy) {
     grad_input = contiguous;
   } else if (mode != PadMode::Zeros) {
     grad_input = input_cl ? cl : contiguous;  // F.pad's backward: the input's format

@@ -378,7 +378,7 @@ def cuda_emulated():
             os.path.join(ROOT, "csrc", "ops.cpp"),
             os.path.join(HERE, "cuda_emulation", "emulate.cpp"),
         ],
-        extra_cflags=["-O2"],
+        extra_cflags=["-O2", "-std=c++17"],  # as the extension (torchconv3d/_build.py)
         is_python_module=False,
     )
     return Backend("cuda_emulated", "cpu", emulated_conv3d, torch.ops.torchconv3d_emu, TOL)

@@ -38,13 +38,22 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 runs exactly in every test (torch's default lets cuDNN, and so our CUDA
+    kernels, use TF32); a test that wants TF32 turns it on itself (run_case(tf32=True))."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Where the test's convolutions run (a cases.Backend): 'cpu', 'cuda' (skipped without a
     GPU) or 'cuda_emulated' (the CUDA kernels on the CPU emulator, built on first use).
     Parametrise "backend" indirectly (cases.each_backend does) to run on fewer of them.
-    TF32 is off for the test, as the float32 references are exact; run_case(tf32=True)
-    turns it on around its own calls."""
+    TF32 is off (_no_tf32)."""
     name = request.param
     if name == "cpu":
         chosen = CPU
@@ -54,7 +63,4 @@ def backend(request):
         chosen = CUDA
     else:
         chosen = cuda_emulated()
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield chosen
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    return chosen

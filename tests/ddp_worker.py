@@ -52,8 +52,10 @@ def worker(rank, world, steps, mode, port, out):
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        def wrap(m):
-            fully_shard(m)
+        def wrap(m):  # on the CPU even where a GPU is present (its default mesh)
+            from torch.distributed.device_mesh import init_device_mesh
+
+            fully_shard(m, mesh=init_device_mesh("cpu", (world,)))
             return m
 
         def gather(state):

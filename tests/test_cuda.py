@@ -13,15 +13,6 @@ from cases import rel_err
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    # float32 runs exactly unless a test turns TF32 on itself.
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 @pytest.mark.parametrize("groups", [1, 4, 32])
 def test_gradients_are_bitwise_deterministic(groups):
     # Large enough that grad_weight splits K over blocks on any GPU.

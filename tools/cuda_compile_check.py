@@ -119,13 +119,13 @@ def commands(out, shim):
     cmds = []
     for src in sorted(glob.glob(os.path.join(_build.CSRC, "cuda", "*.cu"))):
         obj = os.path.join(out, os.path.basename(src) + ".o")
-        cmds.append(["nvcc", "-std=c++17", "-Xcompiler", "-fPIC", *torch_nvcc_flags(),
+        cmds.append(["nvcc", "-Xcompiler", "-fPIC", *torch_nvcc_flags(),
                      *_build.nvcc_flags(), *arch_flags(), "-Xptxas", "-v", *inc, "-c", src,
                      "-o", obj])
     for src in _build.sources(with_cuda=True):
         if src.endswith(".cpp"):
             obj = os.path.join(out, os.path.relpath(src, _build.CSRC).replace(os.sep, "_") + ".o")
-            cmds.append(["c++", "-std=c++17", "-fPIC", *_build.cxx_flags(with_cuda=True), *inc,
+            cmds.append(["c++", "-fPIC", *_build.cxx_flags(with_cuda=True), *inc,
                          "-c", src, "-o", obj])
     return cmds
 

@@ -7,6 +7,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
+STD = "-std=c++17"
 
 
 def want_cuda():
@@ -36,8 +37,9 @@ def sources(with_cuda, root=CSRC):
 
 def cxx_flags(with_cuda):
     # -fopenmp: at::parallel_for is an inline template whose `omp parallel` compiles to a
-    # serial loop in code built without it.
-    flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    # serial loop in code built without it. C++17 whatever torch's default (torch 2.11,
+    # seen on the lent GPU machines, builds extensions as C++17; 2.13 as C++20).
+    flags = [STD, "-O3", "-fno-math-errno", "-fopenmp"]
     if with_cuda:
         flags.append("-DWITH_CUDA")
     return flags
@@ -49,4 +51,4 @@ def link_flags():
 
 
 def nvcc_flags():
-    return ["-O3", "-DWITH_CUDA", "--expt-relaxed-constexpr"]
+    return [STD, "-O3", "-DWITH_CUDA", "--expt-relaxed-constexpr"]

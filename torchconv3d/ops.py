@@ -115,12 +115,13 @@ def torch_formats(x, weight, stride, padding, dilation, groups, mode):
     formats for the batched input x."""
     mode = formats_mode(mode)
     cl, contiguous = torch.channels_last_3d, torch.contiguous_format
-    input_cl = suggest_memory_format(x) == cl and mode != "circular"
+    contiguous_copy = mode == "circular" or (mode != "zeros" and x.device.type == "cuda")
+    input_cl = suggest_memory_format(x) == cl and not contiguous_copy
     conv = (cl if _torch_uses_channels_last_backend(x, weight, stride, padding, dilation,
                                                     groups, mode)
             and (input_cl or suggest_memory_format(weight) == cl) else contiguous)
     grad_input = conv
-    if mode == "circular":
+    if contiguous_copy:
         grad_input = contiguous
     elif mode != "zeros":
         grad_input = cl if input_cl else contiguous

@@ -27,13 +27,18 @@ using namespace torchconv3d;
 std::map<std::string, int64_t> v2_launches;
 
 struct EmuEnv {
-  // Kernels whose parameter is a v2 problem (with a kPass name) are counted.
-  template <typename First, typename... Rest>
+  // Kernels whose first parameter is a v2 problem (with a kPass name) are counted.
+  template <typename T, typename = void>
+  struct HasPass : std::false_type {};
+  template <typename T>
+  struct HasPass<T, std::void_t<decltype(T::kPass)>> : std::true_type {};
+  template <typename... Params>
   static void count() {
-    if constexpr (requires { First::kPass; }) ++v2_launches[First::kPass];
+    if constexpr (sizeof...(Params) > 0) {
+      using First = std::tuple_element_t<0, std::tuple<Params...>>;
+      if constexpr (HasPass<First>::value) ++v2_launches[First::kPass];
+    }
   }
-  template <typename... None>
-  static void count() requires(sizeof...(None) == 0) {}
 
   int64_t sm_count = 2;
   int64_t max_grid_x = 3;
