@@ -101,6 +101,26 @@ def write_chart(path, rows, torch_label, title):
     fig.savefig(path, dpi=110)
 
 
+def rows_from_markdown(paths):
+    """The rows of tables that --markdown wrote (title, header, rows), to redraw a chart
+    without re-running: (rows, torch label, title of the first file)."""
+    rows, label, title = [], None, None
+    for path in paths:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        title = title or lines[0]
+        header = [c.strip() for c in lines[1].strip("|").split("|")]
+        label = label or header[7].removesuffix(" ms")
+        for ln in lines[3:]:
+            if not ln.startswith("|"):
+                continue
+            cells = dict(zip(header, (c.strip() for c in ln.strip("|").split("|"))))
+            rows.append({"layer": cells["layer"], "pass": cells["pass"], "dtype": cells["dtype"],
+                         "layout": cells["layout"], "mode": cells["mode"],
+                         "vs_torch": float(cells[f"vs {label}"].rstrip("x"))})
+    return rows, label, title
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -125,7 +145,15 @@ def main(argv=None):
                     help="CPU: skip torch's oneDNN-disabled path (most of the run time)")
     ap.add_argument("--markdown", help="also write the table to this markdown file")
     ap.add_argument("--chart", help="also draw the speedups into this PNG (needs matplotlib)")
+    ap.add_argument("--redraw", nargs="+", metavar="MD",
+                    help="run nothing: draw --chart from tables that --markdown wrote")
     args = ap.parse_args(argv)
+    if args.redraw:
+        if not args.chart:
+            ap.error("--redraw needs --chart")
+        rows, label, title = rows_from_markdown(args.redraw)
+        write_chart(args.chart, rows, label, title)
+        return 0
 
     cpu = torch.device(args.device).type == "cpu"
     passes = ["fwd", "fwdbwd"] if args.passes == "both" else [args.passes]

@@ -93,7 +93,15 @@ TorchFormats torch_formats(const at::Tensor& x, const at::Tensor& weight,
   } else if (mode != PadMode::Zeros) {
     grad_input = input_cl ? cl : contiguous;  // F.pad's backward: the input's format
   }
-  return {conv, grad_input, conv};
+  // cuDNN's weight gradient takes the format that its input suggests once made contiguous
+  // in the convolution's: an unbatched channels_last_3d input (batch stride C) already is,
+  // yet suggests contiguous.
+  at::MemoryFormat grad_weight = conv;
+  if (x.is_cuda() && conv == cl && mode == PadMode::Zeros && x.is_contiguous(cl) &&
+      x.suggest_memory_format() != cl) {
+    grad_weight = contiguous;
+  }
+  return {conv, grad_input, grad_weight};
 }
 
 at::MemoryFormat torch_transpose_format(const at::Tensor& x, const at::Tensor& weight,

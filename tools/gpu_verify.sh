@@ -47,7 +47,7 @@ x = torch.randn(1, 2, 3, 4, 5, device='cuda'); print(torchconv3d.conv3d(x, torch
 stage_tests() {
   # Every backend-parametrised test on 'cuda' (ids hold the backend) and the GPU-only ones.
   local files="tests/test_correctness.py tests/test_nonfinite.py tests/test_autograd.py tests/test_conv_transpose.py tests/test_padding_per_dim.py tests/test_streaming.py"
-  step pytest-cuda $PY -m pytest -q $XDIST $files --backend cuda -k cuda -p no:cacheprovider -rs
+  step pytest-cuda $PY -m pytest -q $XDIST $files --backend cuda -k "cuda and not emulated" -p no:cacheprovider -rs
   step pytest-gpu-only $PY -m pytest -q tests/test_cuda.py tests/test_module.py tests/test_stress.py \
     -k "cuda or Cuda or autocast or distributed" -p no:cacheprovider -rs
 }

@@ -125,7 +125,11 @@ def torch_formats(x, weight, stride, padding, dilation, groups, mode):
         grad_input = contiguous
     elif mode != "zeros":
         grad_input = cl if input_cl else contiguous
-    return conv, grad_input, conv
+    grad_weight = conv
+    if (x.device.type == "cuda" and conv == cl and mode == "zeros"
+            and x.is_contiguous(memory_format=cl) and suggest_memory_format(x) != cl):
+        grad_weight = contiguous  # cuDNN: an unbatched channels_last_3d input (ops.cpp)
+    return conv, grad_input, grad_weight
 
 
 @torch.library.register_fake("torchconv3d::conv3d_forward")
