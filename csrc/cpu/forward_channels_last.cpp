@@ -354,6 +354,14 @@ void depthwise_rows(const Geometry& g, const at::Tensor& x, const B* xp, const a
   const int64_t top = g.in[2] - 1 + pw - (kw - 1) * dw;
   const int64_t hi = top < 0 ? lo : std::clamp<int64_t>(top / sw + 1, lo, g.out[2]);
 
+  // Border columns' sources along W (-1: padding), the same for every row.
+  std::vector<int64_t> border_cols;
+  for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+    if (ow == lo && hi > lo) ow = hi;
+    if (ow >= g.out[2]) break;
+    for (int64_t l = 0; l < kw; ++l) border_cols.push_back(tap_source(g, 2, ow, l));
+  }
+
   const int64_t planes = g.batch * g.out[0];
   const int64_t want = 4 * at::get_num_threads();
   const int64_t band = ceil_div(g.out[1], std::min(g.out[1], std::max<int64_t>(1, ceil_div(want, planes))));
@@ -388,16 +396,16 @@ void depthwise_rows(const Geometry& g, const at::Tensor& x, const B* xp, const a
           kernel(hi - lo, C, a.data(), ldc, kvol, xp, sw * xs[2], offs.data(), ct + lo * ldc,
                  ldc);
         }
+        const int64_t* cols = border_cols.data();
         for (int64_t ow = 0; ow < g.out[2]; ++ow) {
           if (ow == lo && hi > lo) ow = hi;
           if (ow >= g.out[2]) break;
           for (int64_t r = 0; r < kd * kh; ++r)
-            for (int64_t l = 0; l < kw; ++l) {
-              const int64_t col = tap_source(g, 2, ow, l);
-              offs[r * kw + l] =
-                  distance(xp, rows[r] == zero_row || col < 0 ? zero : rows[r] + col * xs[2]);
-            }
+            for (int64_t l = 0; l < kw; ++l)
+              offs[r * kw + l] = distance(
+                  xp, rows[r] == zero_row || cols[l] < 0 ? zero : rows[r] + cols[l] * xs[2]);
           kernel(1, C, a.data(), ldc, kvol, xp, 0, offs.data(), ct + ow * ldc, ldc);
+          cols += kw;
         }
         T* yrow = yp + n * ysn + od * ys[0] + oh * ys[1];
         for (int64_t ow = 0; ow < g.out[2]; ++ow)

@@ -59,6 +59,8 @@ struct MicroKernels {
   // dst[j] = bits of bfloat16(src[j] + bias[j]) for j < n, rounded as c10::BFloat16 rounds
   // (to nearest even; NaN -> 0x7fc0). Float table only (nullptr for double).
   void (*store_bf16)(int64_t n, const A* src, const A* bias, uint16_t* dst);
+  // dst[j] = src[j] + bias[j] for j < n: a row of sums leaving its scratch.
+  void (*store_biased)(int64_t n, const A* src, const A* bias, A* dst);
   // Outer products over positions, channels innermost (channels_last grad_weight,
   // grad_weight_channels_last.cpp): with output channels j and input channels e,
   //   out[k * ldk + j * ldo + e] += sum_{r < rows} sum_{f < n} g[r * ldgr + f * ldg + j]

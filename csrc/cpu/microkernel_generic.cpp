@@ -108,6 +108,11 @@ void depthwise_cl(int64_t n, int64_t cols, const A* a, int64_t lda, int64_t taps
     }
 }
 
+template <typename A>
+void store_biased(int64_t n, const A* src, const A* bias, A* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = src[j] + bias[j];
+}
+
 void store_bf16(int64_t n, const float* src, const float* bias, uint16_t* dst) {
   for (int64_t j = 0; j < n; ++j) {
     const float v = src[j] + bias[j];
@@ -176,6 +181,7 @@ const MicroKernels<float>& generic_kernels(float) {
                                      &depthwise_cl<float, float>,
                                      &depthwise_cl<float, uint16_t>,
                                      &store_bf16,
+                                     &store_biased<float>,
                                      &outer_cl<float>,
                                      nullptr,
                                      nullptr,
@@ -191,7 +197,7 @@ const MicroKernels<float>& generic_kernels(float) {
 const MicroKernels<double>& generic_kernels(double) {
   static const MicroKernels<double> k{&gemm<double>, &dot<double>, &gemm_cl<double>,
                                       &depthwise_cl<double, double>, nullptr, nullptr,
-                                      &outer_cl<double>, nullptr, nullptr, nullptr,
+                                      &store_biased<double>, &outer_cl<double>, nullptr, nullptr, nullptr,
                                       nullptr, nullptr, nullptr, kRows, "generic"};
   return k;
 }

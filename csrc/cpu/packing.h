@@ -33,6 +33,9 @@ inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64
     if (stride == 1)
       return micro_kernels(float{}).store_bf16(count, src, bias, reinterpret_cast<uint16_t*>(dst));
   }
+  if constexpr (std::is_same_v<T, C>) {  // this file is built for the baseline ISA
+    if (stride == 1) return micro_kernels(C{}).store_biased(count, src, bias, dst);
+  }
   if (stride == 1) {
     for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<T>(src[j] + bias[j]);
   } else {
