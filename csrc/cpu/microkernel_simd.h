@@ -256,13 +256,19 @@ TC3D_INLINE void cl_block_f(int64_t nf, const ClArgs<A, B>& p, int64_t f0, int64
   cl_block<Depthwise, Ragged, A, B, V, NF>(p, f0, j);
 }
 
-// Every position for the V registers of channels from j, in blocks of nearly equal size:
-// a short last block (2 of 26 positions at NF = 8) has too few accumulators to hide the
-// FMA latency over its taps.
+// Every position for the V registers of channels from j. Depthwise in blocks of nearly
+// equal size: a short last block (2 of 26 positions at NF = 8) has too few accumulators to
+// hide the FMA latency over its taps. Dense blocks stay full (NF positions share each
+// weight load; equal blocks measured 3% slower on the dense suite).
 template <bool Depthwise, bool Ragged, typename A, typename B, int V>
 TC3D_INLINE void cl_sweep(int64_t n, const ClArgs<A, B>& p, int64_t j) {
   constexpr int NF = cl_positions<V>();
   int64_t f = 0;
+  if constexpr (!Depthwise) {
+    for (; f + NF <= n; f += NF) cl_block<Depthwise, Ragged, A, B, V, NF>(p, f, j);
+    if (f < n) cl_block_f<Depthwise, Ragged, A, B, V, NF>(n - f, p, f, j);
+    return;
+  }
   for (int64_t left = (n + NF - 1) / NF; left > 0; --left) {
     const int64_t nf = (n - f + left - 1) / left;
     if (nf == NF) {
