@@ -234,10 +234,10 @@ void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
                       const at::Tensor& weight, at::Tensor& grad_input) {
   if (g.zero_padding() && (backward_through_channels_last(g, grad_output) ||
                            grad_input_through_winograd(g, grad_output))) {
-    const at::Tensor gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast3d);
+    const at::Tensor gy = to_channels_last(grad_output);
     at::Tensor gx = at::empty_like(grad_input, at::MemoryFormat::ChannelsLast3d);
     if (grad_input_by_phases(g, gy, weight, gx)) {
-      grad_input.copy_(gx);
+      copy_layout(grad_input, gx);
       return;
     }
   }
