@@ -275,6 +275,15 @@ void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor&
   // (It takes only layers with input channels, so the K == 0 case stays in forward_kernel.)
   if (forward_winograd(g, input, weight, bias, output)) return;
   if (forward_channels_last(g, input, weight, bias, output)) return;
+  // (1x1x1 is a plain GEMM on planar tensors already: 128 -> 128 channels took 0.46-0.48
+  // ms planar, 0.51-0.56 through the copies.)
+  if (g.kernel_volume() > 1 && through_channels_last(g, input)) {
+    at::Tensor y = at::empty_like(output, at::MemoryFormat::ChannelsLast3d);
+    if (forward_channels_last(g, to_channels_last(input), weight, bias, y)) {
+      copy_layout(output, y);
+      return;
+    }
+  }
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
                 [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });
 }

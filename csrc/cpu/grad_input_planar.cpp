@@ -232,7 +232,7 @@ void grad_input_kernel(const Geometry& g, const at::Tensor& grad_output,
 
 void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
                       const at::Tensor& weight, at::Tensor& grad_input) {
-  if (g.zero_padding() && (backward_through_channels_last(g, grad_output) ||
+  if (g.zero_padding() && (through_channels_last(g, grad_output) ||
                            grad_input_through_winograd(g, grad_output))) {
     const at::Tensor gy = to_channels_last(grad_output);
     at::Tensor gx = at::empty_like(grad_input, at::MemoryFormat::ChannelsLast3d);

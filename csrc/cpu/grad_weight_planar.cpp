@@ -126,7 +126,7 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
   if (grad_weight_winograd(g, grad_output, input, grad_weight)) return;
-  if (backward_through_channels_last(g, input) &&
+  if (through_channels_last(g, input) &&
       grad_weight_channels_last(g, to_channels_last(grad_output), to_channels_last(input),
                                 grad_weight))
     return;

@@ -38,7 +38,7 @@ bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tens
 
 // Whether a planar float32 grad_input runs as the Winograd forward on channels_last copies
 // of grad_output and grad_input (stride-1 layers the forward's rule takes; bfloat16 gets
-// there through backward_through_channels_last or its planar phase forward).
+// there through through_channels_last or its planar phase forward).
 bool grad_input_through_winograd(const Geometry& g, const at::Tensor& grad_output);
 
 // grad_input as forward convolutions of grad_output, one per stride phase of the input
@@ -58,9 +58,9 @@ bool grad_weight_winograd(const Geometry& g, const at::Tensor& grad_output,
 bool grad_weight_channels_last(const Geometry& g, const at::Tensor& grad_output,
                                const at::Tensor& input, at::Tensor& grad_weight);
 
-// Whether a bfloat16 backward pass of planar tensors runs on channels_last copies of them
+// Whether a bfloat16 pass of planar tensors runs on channels_last copies of them
 // (kernels.cpp): t is the pass's planar operand (input or grad_output).
-bool backward_through_channels_last(const Geometry& g, const at::Tensor& t);
+bool through_channels_last(const Geometry& g, const at::Tensor& t);
 
 // Sum of grad_output over batch and space per channel (kernels.cpp).
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_bias);
