@@ -199,8 +199,8 @@ TC3D_INLINE void cl_block(const ClArgs<A, B>& p, int64_t f0, int64_t j) {
       [[maybe_unused]] const int64_t last = p.cols - j - (V - 1) * W::width;
       // One pointer stepped by ldb per position. Left to itself the compiler hoists every
       // f * ldb + v * width out of the tap loop as its own invariant and, short of general
-      // registers, reloads them from the stack: two extra instructions per FMA (measured:
-      // 45 -> 60+ GFLOP/s on one core). The empty asm hides the pointer's value from it.
+      // registers, reloads them from the stack: two extra instructions per FMA (`perf
+      // annotate`; NOTES.md "CPU v9.1"). The empty asm hides the pointer's value from it.
       const B* bf = bk + j;
 #pragma GCC unroll 12
       for (int f = 0; f < NF; ++f) {
