@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../conv3d.h"
+#include "microkernel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -94,20 +95,39 @@ inline void advise_huge_pages(void* ptr, size_t bytes) {
 #endif
 }
 
-// dst[n][c][r] = src[n][r][c] for `batch` [rows][cols] matrices of E, in 32 x 32 tiles (both
-// sides of a tile stay in L1) split over threads.
+// dst[n][c][r] = src[n][r][c] for `batch` [rows][cols] matrices of E, in tiles split over
+// threads: whole 16 x 16 (2-byte) or 8 x 8 (4-byte) blocks by the SIMD `transpose`, the
+// ragged edges here, walking the side whose elements are adjacent in memory. Tiles are
+// 32 x 32, or 128 rows x 16 columns where rows are the longer side (a [D*H*W][C] source:
+// each destination row then takes 256 contiguous bytes a tile).
 template <typename E>
 void transpose_matrices(const E* src, E* dst, int64_t batch, int64_t rows, int64_t cols) {
-  constexpr int64_t kTile = 32;
-  const int64_t rt = ceil_div(rows, kTile), ct = ceil_div(cols, kTile);
+  const auto simd = sizeof(E) == 2 || sizeof(E) == 4 ? micro_kernels(float{}).transpose : nullptr;
+  const int64_t block = sizeof(E) == 2 ? 16 : 8;
+  const int64_t tile_r = rows >= cols ? 128 : 32, tile_c = rows >= cols ? 16 : 32;
+  const int64_t rt = ceil_div(rows, tile_r), ct = ceil_div(cols, tile_c);
   at::parallel_for(0, batch * rt * ct, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (rt * ct), r0 = (t / ct % rt) * kTile, c0 = t % ct * kTile;
-      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+      const int64_t n = t / (rt * ct), r0 = (t / ct % rt) * tile_r, c0 = t % ct * tile_c;
+      const int64_t r1 = std::min(rows, r0 + tile_r), c1 = std::min(cols, c0 + tile_c);
       const E* sp = src + n * rows * cols;
       E* dp = dst + n * rows * cols;
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) dp[c * rows + r] = sp[r * cols + c];
+      // [r0, rb) x [c0, cb): whole blocks; the rest element by element.
+      const int64_t rb = simd ? r0 + (r1 - r0) / block * block : r0;
+      const int64_t cb = simd ? c0 + (c1 - c0) / block * block : c0;
+      if (rb > r0 && cb > c0)
+        simd(sizeof(E), sp + r0 * cols + c0, cols, dp + c0 * rows + r0, rows, rb - r0, cb - c0);
+      const auto scalar = [&](int64_t ra, int64_t rz, int64_t ca, int64_t cz) {
+        if (rows < cols) {
+          for (int64_t r = ra; r < rz; ++r)
+            for (int64_t c = ca; c < cz; ++c) dp[c * rows + r] = sp[r * cols + c];
+        } else {
+          for (int64_t c = ca; c < cz; ++c)
+            for (int64_t r = ra; r < rz; ++r) dp[c * rows + r] = sp[r * cols + c];
+        }
+      };
+      if (rb > r0) scalar(r0, rb, cb, c1);  // right of the blocks
+      scalar(rb, r1, c0, c1);                // below them
     }
   });
 }

@@ -96,8 +96,13 @@ struct MicroKernels {
                                   int64_t ldo);
   void (*winograd_output_adjoint_bf16)(const int64_t* m, const uint16_t* const* src, int64_t n,
                                        A* out, int64_t ldo);
-  // (transform and the winograd entries are float-table entries of the SIMD builds:
-  // nullptr for double and in the generic build, where the direct kernels run.)
+  // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols: elements of `bytes` bytes,
+  // 2 (rows and cols multiples of 16) or 4 (multiples of 8). (transpose_matrices,
+  // common.h, takes the ragged edges and other sizes.)
+  void (*transpose)(int64_t bytes, const void* src, int64_t lds, void* dst, int64_t ldd,
+                    int64_t rows, int64_t cols);
+  // (transform, the winograd entries and transpose are float-table entries of the SIMD
+  // builds: nullptr for double and in the generic build, where the direct kernels run.)
   int64_t max_rows;
   const char* isa;
 };

@@ -189,6 +189,7 @@ const MicroKernels<float>& generic_kernels(float) {
                                      nullptr,
                                      nullptr,
                                      nullptr,
+                                     nullptr,
                                      kRows,
                                      "generic"};
   return k;
@@ -198,8 +199,8 @@ const MicroKernels<double>& generic_kernels(double) {
   static const MicroKernels<double> k{&gemm<double>, &dot<double>, &gemm_cl<double>,
                                       &depthwise_cl<double, double>, nullptr, nullptr,
                                       &store_biased<double>, &outer_cl<double>, nullptr,
-                                      nullptr, nullptr, nullptr, nullptr, nullptr, kRows,
-                                      "generic"};
+                                      nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                      kRows, "generic"};
   return k;
 }
 

@@ -342,6 +342,76 @@ TC3D_FN void store_biased(int64_t n, const A* src, const A* bias, A* dst) {
   for (; j < n; ++j) dst[j] = src[j] + bias[j];
 }
 
+// transpose (microkernel.h): 16 x 16 blocks of 16-bit elements and 8 x 8 blocks of 32-bit
+// ones in ymm registers (AVX2, which every SIMD build has). Each source row of a block is
+// one load, each destination row one store: the scalar loop read a 32-row tile column by
+// column and, with planes 64 KB apart (a 32^3 volume), every row of the tile fell in one
+// cache set (3.8 GB/s against 43 here).
+TC3D_INLINE void transpose_16x16(const uint16_t* src, int64_t lds, uint16_t* dst, int64_t ldd) {
+  __m256i r[16], t[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * lds));
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm256_unpacklo_epi16(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_epi16(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = _mm256_unpacklo_epi32(t[i + j], t[i + j + 2]);
+      r[i + j + 2] = _mm256_unpackhi_epi32(t[i + j], t[i + j + 2]);
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm256_unpacklo_epi64(r[i + j], r[i + j + 4]);
+      t[i + j + 4] = _mm256_unpackhi_epi64(r[i + j], r[i + j + 4]);
+    }
+  // The unpack stages leave source column kColumn[i] in register i.
+  constexpr int kColumn[16] = {0, 4, 2, 6, 1, 5, 3, 7, 8, 12, 10, 14, 9, 13, 11, 15};
+  for (int j = 0; j < 8; ++j) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kColumn[j] * ldd),
+                        _mm256_permute2x128_si256(t[j], t[j + 8], 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kColumn[j + 8] * ldd),
+                        _mm256_permute2x128_si256(t[j], t[j + 8], 0x31));
+  }
+}
+
+TC3D_INLINE void transpose_8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(dst + j * ldd, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+    _mm256_storeu_ps(dst + (j + 4) * ldd, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+  }
+}
+
+// Blocks in column order: consecutive blocks fill the same destination rows, which stay in
+// L1 even when those rows are a power of two apart.
+TC3D_FN void transpose(int64_t bytes, const void* src, int64_t lds, void* dst, int64_t ldd,
+                       int64_t rows, int64_t cols) {
+  if (bytes == 2) {
+    const auto* s = static_cast<const uint16_t*>(src);
+    auto* d = static_cast<uint16_t*>(dst);
+    for (int64_t c = 0; c < cols; c += 16)
+      for (int64_t r = 0; r < rows; r += 16)
+        transpose_16x16(s + r * lds + c, lds, d + c * ldd + r, ldd);
+  } else {
+    const auto* s = static_cast<const float*>(src);
+    auto* d = static_cast<float*>(dst);
+    for (int64_t c = 0; c < cols; c += 8)
+      for (int64_t r = 0; r < rows; r += 8) transpose_8x8(s + r * lds + c, lds, d + c * ldd + r, ldd);
+  }
+}
+
 // transform (microkernel.h): the k inputs of a width of the batch are loaded once, then
 // each output row is their sum with its nonzero coefficients.
 template <typename A>
@@ -605,14 +675,14 @@ const MicroKernels<A>& kernel_table(const char* isa) {
                                    &store_biased<A>, &outer_cl<A>, &transform<A>,
                                    &winograd_input<A, A>, &winograd_input<A, uint16_t>,
                                    &winograd_output<A>, &winograd_output_adjoint<A, A>,
-                                   &winograd_output_adjoint<A, uint16_t>, kGemmRows,
-                                   isa};
+                                   &winograd_output_adjoint<A, uint16_t>, &transpose,
+                                   kGemmRows, isa};
     return k;
   } else {
     static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
                                    nullptr,      nullptr,  &store_biased<A>, &outer_cl<A>, nullptr,
                                    nullptr,      nullptr,  nullptr,     nullptr,
-                                   nullptr,      kGemmRows, isa};
+                                   nullptr,      nullptr,  kGemmRows, isa};
     return k;
   }
 }
