@@ -234,7 +234,7 @@ CASES = [
     # of output channels.
     case("cl_one_register", (2, 16, 5, 6, 9), 24, 3, "channels_last",
          stride=(1, 2, 2), padding=1),
-    # 64 channels a side: planar bfloat16 passes run on channels_last copies.
+    # 16+ channels a side, 32+ on one: planar bfloat16 passes run on channels_last copies.
     case("cl_wide_backward", (2, 64, 4, 5, 6), 64, 3, "channels_last",
          stride=(1, 2, 1), padding=1),
 

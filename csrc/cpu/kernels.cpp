@@ -34,20 +34,23 @@ void grad_bias_kernel(const Geometry& g, const at::Tensor& grad_output, at::Tens
 
 }  // namespace
 
-// With 64+ channels per group on both sides, the channels-innermost bfloat16 passes
-// (vdpbf16ps on channel pairs and on position pairs) beat the planar ones by more than a
-// transposing copy of their operands costs; below that (16-32 channels) they do not.
-// Measured, 2 threads, forward + backward planar / through copies (ms): C3D conv3a 34.3 /
-// 30.8, R(2+1)D 1x3x3 4.84 / 3.50, MedicalNet dilated 9.40 / 8.16 (copies made in Python
-// first: R3D-18 8.71 / 8.08, R(2+1)D 3x1x1 2.10 / 1.87; V-Net 16 channels 6.58 / 7.32,
-// nnU-Net 32 -> 64 3.33 / 3.58). The copies are bfloat16 copies of input and grad_output:
-// a temporary the size of each. (Each pass copies grad_output for itself: the passes are
-// separate kernel-table entries; 0.4 ms of C3D's 31.) The forward of such layers that
-// Winograd does not take goes the same way but for 1x1x1 (forward_planar.cpp): R(2+1)D
-// 3x1x1 forward 0.78 ms planar, 0.64 through the copies.
+// With 16+ channels per group on each side and 32+ on one, the channels-innermost bfloat16
+// passes (vdpbf16ps on channel pairs and on position pairs) beat the planar ones by more
+// than a transposing copy of their operands costs (transpose_matrices, common.h); with 16
+// on both sides (V-Net 5x5x5) they do not. Measured, 2 threads, bfloat16, planar / through
+// copies (ms): fwd, grad_input, grad_weight of nnU-Net 32 -> 64 stride 2 0.98 / 0.82, 1.58 /
+// 1.09, 1.47 / 0.94; VoxelMorph 16 -> 32 stride 2 0.95 / 0.72, 1.64 / 1.28, 1.17 / 1.12; 3D
+// U-Net 2x2x2 stride 2 0.46 / 0.38, 0.89 / 0.55, 0.77 / 0.47; V-Net 16 -> 16 5x5x5 grad_input
+// 2.80 / 3.07, grad_weight 3.44 / 3.95. (64+ channels a side took this route before the
+// copies were SIMD: C3D conv3a fwd + bwd 34.3 / 30.8, R(2+1)D 1x3x3 4.84 / 3.50.) The
+// copies are bfloat16 copies of input and grad_output: a temporary the size of each. (Each
+// pass copies grad_output for itself: the passes are separate kernel-table entries.) Not
+// 1x1x1 forward (forward_planar.cpp): 128 -> 128 channels, 0.46-0.48 ms planar, 0.51-0.56
+// through the copies.
 bool through_channels_last(const Geometry& g, const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 && bf16_kernels() != nullptr && t.stride(1) != 1 &&
-         std::min(g.in_per_group(), g.out_per_group()) >= 64;
+         std::min(g.in_per_group(), g.out_per_group()) >= 16 &&
+         std::max(g.in_per_group(), g.out_per_group()) >= 32;
 }
 
 void grad_bias(const Geometry& g, const at::Tensor& grad_output, at::Tensor& grad_b) {
