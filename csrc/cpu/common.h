@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -132,6 +133,31 @@ void transpose_matrices(const E* src, E* dst, int64_t batch, int64_t rows, int64
   });
 }
 
+// Buffer `slot` of the calling thread, at least n floats, kept between calls: fresh memory
+// comes zeroed from the kernel, and zeroing C3D's 36 MB of transformed inputs and products
+// cost 4 ms a call (its arithmetic takes 7) in the Winograd passes (winograd.h). What a thread keeps is its largest use so far:
+// for the calling thread up to 32 MB of tiles and 48 MB of weights (C3D in bfloat16:
+// 33 + 14 MB), a few MB for the others (WinogradPlan's caller_bytes, thread_bytes).
+// kCopy, kCopy2: a pass's layout copies (layout_scratch).
+enum Slot { kWeights, kAllWeights, kInputs, kProducts, kComponentWeights, kCopy, kCopy2, kSlots };
+inline float* kept_buffer(Slot slot, int64_t n) {
+  struct Kept {
+    std::unique_ptr<float[]> raw;
+    float* p = nullptr;  // 64-byte aligned, as at::empty's: a vector load stays in one line
+    int64_t n = 0;
+  };
+  thread_local std::array<Kept, kSlots> kept;
+  Kept& k = kept[slot];
+  if (k.n < n) {
+    k.raw.reset();
+    k.raw.reset(new float[n + 16]);
+    k.p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(k.raw.get()) + 63) & ~uintptr_t(63));
+    k.n = n;
+    advise_huge_pages(k.p, n * sizeof(float));
+  }
+  return k.p;
+}
+
 // dst.copy_(src) for tensors of one shape. Between a contiguous and a channels_last_3d
 // tensor it is a transpose per sample of [C][D*H*W] (transpose_matrices): ATen's copy ran
 // at 4-35 GB/s here and, between our passes, cost MedicalNet's bfloat16 planar forward
@@ -160,11 +186,31 @@ inline void copy_layout(at::Tensor& dst, const at::Tensor& src) {
   }
 }
 
-// src in channels_last_3d: itself where it already is, else a copy (copy_layout).
-inline at::Tensor to_channels_last(const at::Tensor& src) {
+// A 5-D tensor of like's sizes and dtype in `format`, held in buffer `slot` of the calling
+// thread where it takes at most kKeptCopyBytes (fresh memory otherwise): the planar <->
+// channels_last copies around a pass. Fresh, their pages faulted in on every call: I3D's
+// channels_last stem forward, float32, planar copies of input and output, 2 threads: TODO.
+constexpr int64_t kKeptCopyBytes = int64_t(16) << 20;
+inline at::Tensor layout_scratch(const at::Tensor& like, at::MemoryFormat format, Slot slot) {
+  const int64_t bytes = like.numel() * like.element_size();
+  // (Not inside a parallel region: a pool thread would keep its own copy of every layer.)
+  if (like.dim() != 5 || bytes > kKeptCopyBytes || at::in_parallel_region())
+    return at::empty_like(like, format);
+  std::vector<int64_t> strides = c10::get_channels_last_strides_3d(like.sizes());
+  if (format != at::MemoryFormat::ChannelsLast3d) {
+    const auto planar = c10::contiguous_strides(like.sizes());
+    strides.assign(planar.begin(), planar.end());
+  }
+  return at::from_blob(kept_buffer(slot, ceil_div(bytes, 4)), like.sizes(), strides,
+                       like.options());
+}
+
+// src in channels_last_3d: itself where it already is, else a copy (copy_layout) in
+// layout_scratch's `slot`.
+inline at::Tensor to_channels_last(const at::Tensor& src, Slot slot) {
   const auto cl = at::MemoryFormat::ChannelsLast3d;
   if (src.is_contiguous(cl)) return src;
-  at::Tensor dst = at::empty_like(src, cl);
+  at::Tensor dst = layout_scratch(src, cl, slot);
   copy_layout(dst, src);
   return dst;
 }

@@ -278,11 +278,26 @@ void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor&
   // (1x1x1 is a plain GEMM on planar tensors already: 128 -> 128 channels took 0.46-0.48
   // ms planar, 0.51-0.56 through the copies.)
   if (g.kernel_volume() > 1 && through_channels_last(g, input)) {
-    at::Tensor y = at::empty_like(output, at::MemoryFormat::ChannelsLast3d);
-    if (forward_channels_last(g, to_channels_last(input), weight, bias, y)) {
+    at::Tensor y = layout_scratch(output, at::MemoryFormat::ChannelsLast3d, kCopy2);
+    if (forward_channels_last(g, to_channels_last(input, kCopy), weight, bias, y)) {
       copy_layout(output, y);
       return;
     }
+  }
+  // A channels_last input with few channels (an RGB stem), which the channels-innermost
+  // kernels hand back: packed from NDHWC each position's 3 channels were a short run, and
+  // each output element a store of its own C_out apart; planar copies cost less than both.
+  // I3D's stem (3 -> 64, 7x7x7 stride 2), 2 threads: TODO.
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  if (g.in_per_group() < 8 && !input.is_contiguous() && input.is_contiguous(cl) &&
+      output.is_contiguous(cl)) {
+    at::Tensor x = layout_scratch(input, at::MemoryFormat::Contiguous, kCopy);
+    at::Tensor y = layout_scratch(output, at::MemoryFormat::Contiguous, kCopy2);
+    copy_layout(x, input);
+    TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
+                  [&] { forward_kernel<scalar_t>(g, x, weight, bias, y); });
+    copy_layout(output, y);
+    return;
   }
   TC3D_DISPATCH(input.scalar_type(), "torchconv3d_forward",
                 [&] { forward_kernel<scalar_t>(g, input, weight, bias, output); });

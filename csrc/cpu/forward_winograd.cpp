@@ -271,9 +271,10 @@ bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tens
   if (m == 0 || micro_kernels(float{}).winograd_input == nullptr) return false;
   // The transforms read and write runs of channels: planar tensors go through channels_last
   // copies (a store per element into a planar output cost more than the layer's GEMMs).
-  const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input);
-  at::Tensor y =
-      output.stride(1) == 1 ? output : at::empty_like(output, at::MemoryFormat::ChannelsLast3d);
+  const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input, kCopy);
+  at::Tensor y = output.stride(1) == 1
+                     ? output
+                     : layout_scratch(output, at::MemoryFormat::ChannelsLast3d, kCopy2);
   const bool done = input.scalar_type() == at::kFloat
                         ? winograd_forward<float>(g, m, x, weight, bias, y)
                         : winograd_forward<c10::BFloat16>(g, m, x, weight, bias, y);

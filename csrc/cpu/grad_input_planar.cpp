@@ -234,8 +234,8 @@ void tiled_grad_input(const Geometry& g, const at::Tensor& grad_output,
                       const at::Tensor& weight, at::Tensor& grad_input) {
   if (g.zero_padding() && (through_channels_last(g, grad_output) ||
                            grad_input_through_winograd(g, grad_output))) {
-    const at::Tensor gy = to_channels_last(grad_output);
-    at::Tensor gx = at::empty_like(grad_input, at::MemoryFormat::ChannelsLast3d);
+    const at::Tensor gy = to_channels_last(grad_output, kCopy);
+    at::Tensor gx = layout_scratch(grad_input, at::MemoryFormat::ChannelsLast3d, kCopy2);
     if (grad_input_by_phases(g, gy, weight, gx)) {
       copy_layout(grad_input, gx);
       return;

@@ -163,8 +163,9 @@ bool grad_weight_winograd(const Geometry& g, const at::Tensor& grad_output,
   if (m == 0 || g.kernel_volume() != 27 ||
       micro_kernels(float{}).winograd_output_adjoint == nullptr)
     return false;
-  const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input);
-  const at::Tensor gy = grad_output.stride(1) == 1 ? grad_output : to_channels_last(grad_output);
+  const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input, kCopy2);
+  const at::Tensor gy =
+      grad_output.stride(1) == 1 ? grad_output : to_channels_last(grad_output, kCopy);
   if (input.scalar_type() == at::kFloat)
     return winograd_grad_weight<float>(g, m, gy, x, grad_weight);
   return winograd_grad_weight<c10::BFloat16>(g, m, gy, x, grad_weight);

@@ -77,30 +77,6 @@ inline int64_t tile_outputs(const Geometry& g, at::ScalarType dtype) {
   return weight_bytes <= kMaxWeightBytes ? m : 0;
 }
 
-// Buffer `slot` of the calling thread, at least n floats, kept between calls: fresh memory
-// comes zeroed from the kernel, and zeroing C3D's 36 MB of transformed inputs and products
-// cost 4 ms a call (its arithmetic takes 7). What a thread keeps is its largest use so far:
-// for the calling thread up to 32 MB of tiles and 48 MB of weights (C3D in bfloat16:
-// 33 + 14 MB), a few MB for the others (WinogradPlan's caller_bytes, thread_bytes).
-enum Slot { kWeights, kAllWeights, kInputs, kProducts, kComponentWeights, kSlots };
-inline float* kept_buffer(Slot slot, int64_t n) {
-  struct Kept {
-    std::unique_ptr<float[]> raw;
-    float* p = nullptr;  // 64-byte aligned, as at::empty's: a vector load stays in one line
-    int64_t n = 0;
-  };
-  thread_local std::array<Kept, kSlots> kept;
-  Kept& k = kept[slot];
-  if (k.n < n) {
-    k.raw.reset();
-    k.raw.reset(new float[n + 16]);
-    k.p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(k.raw.get()) + 63) & ~uintptr_t(63));
-    k.n = n;
-    advise_huge_pages(k.p, n * sizeof(float));
-  }
-  return k.p;
-}
-
 // The input coordinates (or -1: a padding zero) that a tile's a inputs read along axis d.
 inline void tile_sources(const Geometry& g, int d, const Axis& ax, int64_t tile, int64_t* src) {
   const int64_t q0 = ax.origin[tile] * g.stride[d] - g.pad_before[d];
