@@ -176,6 +176,14 @@ CASES = [
     case("asym_groups_stride", (2, 4, 7, 7, 6), 4, 3, "core emulate",
          padding=((1, 2), (0, 0), (2, 1)), stride=(2, 1, 2), groups=2),
     case("big_channels", (1, 40, 4, 5, 6), 36, 3, "core emulate", padding=1),
+    # Few, odd channels and wide kernels: bfloat16 pairs kernel columns (2q, 2q + 1) of one
+    # channel (forward_planar.cpp): an odd width's last column alone, at stride 2 (the pair
+    # spans two phase planes) and stride 1; an even width at dilation 2.
+    case("rgb_stem", (2, 3, 5, 9, 13), 4, (3, 3, 7), "core nonfinite",
+         stride=(1, 2, 2), padding=(1, 1, 3)),
+    case("one_channel", (2, 1, 5, 6, 9), 5, (2, 3, 3), "core nonfinite", padding=1),
+    case("one_channel_dilated", (1, 1, 4, 5, 11), 3, (1, 2, 4), "core",
+         dilation=(1, 1, 2), padding=(0, 1, 3)),
     # enough positions that the emulated 2-SM GPU splits grad_weight's K over blocks
     case("many_positions", (2, 5, 9, 10, 11), 7, 3, "core", padding=1),
 

@@ -109,7 +109,8 @@ def test_taps_reading_only_padding(backend, case, injection):
 
 
 @each_backend("case, injection, dtype",
-              product(select(names=("pad1", "depthwise_4ch", "wino_nonfinite")),
+              product(select(names=("pad1", "depthwise_4ch", "wino_nonfinite", "rgb_stem",
+                                    "one_channel")),
                       ["x_inf", "w_inf", "gy_nan"],
                       [torch.bfloat16, torch.float16]))
 def test_half_types(backend, case, injection, dtype):

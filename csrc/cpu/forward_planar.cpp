@@ -122,11 +122,20 @@ struct TermSets {
 
 uint32_t bf16_bits(c10::BFloat16 v) { return v.x; }
 
-// bfloat16 on the dot-product kernels (Bf16Kernels): the planes of input channels
-// (2p, 2p + 1) interleaved into one plane of 32-bit pairs, the weights paired the same way,
-// so each vdpbf16ps does 16 positions x 2 channels, summing in float. A tile is packed as
-// bfloat16 planes (no conversion), then paired.
-void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+// bfloat16 on the dot-product kernels (Bf16Kernels): pairs of bfloat16 operands in 32-bit
+// lanes, so each vdpbf16ps does 16 positions x 2 products, summing in float. The weights are
+// paired the way the planes are. A tile is packed as bfloat16 planes (no conversion), then
+// paired, in one of two ways:
+//   - channels (2p, 2p + 1) at the same tap: one plane of pairs per two channels (an odd last
+//     channel pairs with a zero plane);
+//   - with few, odd channels (1 or 3: a CT volume, an RGB stem) and wide kernels, kernel
+//     columns (2q, 2q + 1) of one channel (tap_pair_step): I3D's 3-channel 7x7x7 stem sums
+//     12 operand pairs per kernel row instead of 14, a 1-channel layer runs at vdpbf16ps's
+//     rate instead of falling back to float FMAs. An odd kernel width's last column pairs
+//     with a plane of zeros (not with the next column: a zero weight times an Inf there
+//     would be NaN).
+// Returns false (nothing done) for a single channel that cannot pair taps.
+bool forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                         const at::Tensor& bias, at::Tensor& output, const Bf16Kernels& bk) {
   using T = c10::BFloat16;
   const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
@@ -137,18 +146,47 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
       plan_forward(g, sizeof(T), bk.max_rows, true, at::get_num_threads());
   const Layout& L = plan.layout;
   const ColumnMap cm(L);
+  const int64_t cstride = L.channel_stride();
+
+  const int64_t kw = g.kernel[2], half_kw = ceil_div(kw, 2);
+  const int64_t step = plan.tap_pair_step;
+  if (in_per_group == 1 && step == 0) return false;
+  // Planes of pairs: per channel pair, or (tap pairs) per channel, then, for an odd kernel
+  // width, per channel again with zeros in the upper halves.
+  const int64_t pair_planes =
+      step == 0 ? pairs : (kw % 2 == 1 ? 2 * in_per_group : in_per_group);
 
   const at::Tensor w = weight.contiguous();
   const T* wp = w.const_data_ptr<T>();
-  const TermSets<uint32_t> terms(
-      g, plan.out_blocks, pairs, all_finite(wp, w.numel()), L.tap_offsets(pairs),
-      [&](int64_t co, int64_t k) {
-        const int64_t p = k / kvol, tap = k % kvol, c = 2 * p;
-        const T* row = wp + co * in_per_group * kvol;
-        const uint32_t lo = bf16_bits(row[c * kvol + tap]);
-        const uint32_t hi = c + 1 < in_per_group ? bf16_bits(row[(c + 1) * kvol + tap]) : 0;
-        return lo | hi << 16;
-      });
+  const bool finite = all_finite(wp, w.numel());
+  const TermSets<uint32_t> terms = [&] {
+    if (step == 0)
+      return TermSets<uint32_t>(
+          g, plan.out_blocks, pairs, finite, L.tap_offsets(pairs), [&](int64_t co, int64_t k) {
+            const int64_t p = k / kvol, tap = k % kvol, c = 2 * p;
+            const T* row = wp + co * in_per_group * kvol;
+            const uint32_t lo = bf16_bits(row[c * kvol + tap]);
+            const uint32_t hi = c + 1 < in_per_group ? bf16_bits(row[(c + 1) * kvol + tap]) : 0;
+            return lo | hi << 16;
+          });
+    // The terms of a layer whose kernel is half_kw columns wide, column q standing for the
+    // layer's columns (2q, 2q + 1).
+    Geometry paired = g;
+    paired.kernel[2] = half_kw;
+    std::vector<int64_t> offs;
+    for (int64_t c = 0; c < in_per_group; ++c)
+      for (int64_t i = 0; i < g.kernel[0]; ++i)
+        for (int64_t j = 0; j < g.kernel[1]; ++j)
+          for (int64_t q = 0; q < half_kw; ++q)
+            offs.push_back(L.tap_offset(c, i, j, 2 * q) +
+                           (2 * q + 1 < kw ? 0 : in_per_group * cstride));
+    return TermSets<uint32_t>(
+        paired, plan.out_blocks, in_per_group, finite, offs, [&](int64_t co, int64_t k) {
+          const T* taps = wp + co * in_per_group * kvol + k / half_kw * kw;  // (c, i, j) row
+          const int64_t l = 2 * (k % half_kw);
+          return bf16_bits(taps[l]) | (l + 1 < kw ? bf16_bits(taps[l + 1]) : 0u) << 16;
+        });
+  }();
 
   const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
@@ -157,7 +195,6 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
   const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
-  const int64_t cstride = L.channel_stride();
   const Blocks& out_blocks = plan.out_blocks;
 
   at::parallel_for(0, plan.tasks, 1, [&](int64_t begin, int64_t end) {
@@ -165,7 +202,7 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
     const int64_t planes_size = L.buffer_size(2 * pairs);
     T* planes = scratch<T>(h_planes, planes_size);
     std::fill(planes, planes + planes_size, T(0));  // an odd last channel stays 0
-    const int64_t pairs_size = L.buffer_size(pairs);
+    const int64_t pairs_size = L.buffer_size(pair_planes);
     uint32_t* buf = reinterpret_cast<uint32_t*>(scratch<int32_t>(h_pairs, pairs_size));
     std::fill(buf, buf + pairs_size, 0u);
     float* ct = scratch<float>(h_c, bk.max_rows * L.n);
@@ -174,11 +211,20 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
       const ForwardTile t(L, task);
       pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
                   t.od0, t.depths, t.oh0, t.th + L.qh_max, planes);
-      for (int64_t p = 0; p < pairs; ++p) {
-        const uint16_t* lo = bits + 2 * p * cstride;
-        const uint16_t* hi = lo + cstride;
-        uint32_t* d = buf + p * cstride;
-        for (int64_t e = 0; e < cstride; ++e) d[e] = lo[e] | uint32_t(hi[e]) << 16;
+      if (step == 0) {
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint16_t* lo = bits + 2 * p * cstride;
+          bk.interleave(cstride, lo, lo + cstride, buf + p * cstride);
+        }
+      } else {
+        for (int64_t c = 0; c < in_per_group; ++c) {
+          const uint16_t* lo = bits + c * cstride;
+          uint32_t* d = buf + c * cstride;
+          // (The last `step` elements are past every window's real columns.)
+          bk.interleave(cstride - step, lo, lo + step, d);
+          bk.interleave(step, lo + cstride - step, nullptr, d + cstride - step);
+          if (kw % 2 == 1) bk.interleave(cstride, lo, nullptr, d + in_per_group * cstride);
+        }
       }
       for (int64_t dl = 0; dl < t.depths; ++dl) {
         const int64_t od = t.od0 + dl, set = terms.of_depth[od];
@@ -197,6 +243,7 @@ void forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
       }
     }
   });
+  return true;
 }
 
 template <typename T>
@@ -214,9 +261,11 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     return;
   }
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    // One input channel would pair with a zero: no gain over the float kernels.
-    if (const Bf16Kernels* bk = bf16_kernels(); bk && in_per_group >= 2)
-      return forward_bf16_pairs(g, input, weight, bias, output, *bk);
+    // (One input channel paired with a zero would gain nothing over the float kernels: it
+    // runs there unless its taps pair.)
+    if (const Bf16Kernels* bk = bf16_kernels();
+        bk && forward_bf16_pairs(g, input, weight, bias, output, *bk))
+      return;
   }
   const MicroKernels<A>& mk = micro_kernels(A{});
   const ForwardPlan plan = plan_forward(g, sizeof(A), mk.max_rows, false, at::get_num_threads());

@@ -22,7 +22,19 @@ ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows
   const int64_t results = max_rows * L.n * int64_t(sizeof(float));  // float or double rows
   int64_t bytes;
   if (pairs) {  // bfloat16 planes, then 32-bit pairs of them, float results
-    const int64_t pair_count = ceil_div(channels, 2);
+    const int64_t pair_count = ceil_div(channels, 2), kw = g.kernel[2];
+    if (channels % 2 == 1 && channels * ceil_div(kw, 2) < pair_count * kw &&
+        tap_pair_step(L) > 0) {
+      // Pairs of kernel columns: per channel a plane of pairs, and for an odd width one more
+      // (forward_bf16_pairs); the band shrinks by the bytes they add over channel pairs.
+      const int64_t pair_planes = (kw % 2 == 1 ? 2 : 1) * channels;
+      const int64_t budget_channels =
+          ceil_div(channels * (pair_count + pair_planes), 2 * pair_count);
+      const Layout T = forward_layout(g, budget_channels, plane_elem, threads, kMinBandPositions);
+      bytes = T.buffer_size(2 * pair_count) * plane_elem + T.buffer_size(pair_planes) * 4 +
+              max_rows * T.n * int64_t(sizeof(float));
+      return {T, out_blocks, ForwardTile::count(T), bytes, tap_pair_step(T)};
+    }
     bytes = L.buffer_size(2 * pair_count) * plane_elem + L.buffer_size(pair_count) * 4 + results;
   } else {
     bytes = L.buffer_size(channels) * plane_elem + max_rows * L.n * plane_elem;
@@ -152,12 +164,15 @@ std::string describe_plan(std::string_view pass, const Geometry& g, at::ScalarTy
   std::ostringstream s;
   if (pass == "forward") {
     const Bf16Kernels* bk = bf16_kernels();
-    const bool pairs = dtype == at::kBFloat16 && bk && g.in_per_group() >= 2;
+    // (forward_bf16_pairs hands a single channel back unless its kernel columns pair.)
+    const bool pairs = dtype == at::kBFloat16 && bk &&
+                       (g.in_per_group() >= 2 ||
+                        plan_forward(g, 2, bk->max_rows, true, threads).tap_pair_step > 0);
     const ForwardPlan p = pairs ? plan_forward(g, 2, bk->max_rows, true, threads)
                                 : plan_forward(g, elem, max_rows, false, threads);
     describe_layout(s, p.layout);
     s << " out_channel_blocks=" << p.out_blocks.count << " tasks=" << p.tasks
-      << " workspace_bytes=" << p.workspace_bytes;
+      << " workspace_bytes=" << p.workspace_bytes << " tap_pair_step=" << p.tap_pair_step;
   } else if (pass == "grad_input") {
     const bool direct = dtype == at::kFloat || is_double;
     const GradInputPlan p = plan_grad_input(g, elem, max_rows, direct, threads);

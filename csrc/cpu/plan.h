@@ -22,8 +22,11 @@ struct ForwardPlan {
   Blocks out_blocks;   // output channels per micro-kernel call
   int64_t tasks;       // tiles: (sample, group, depth block, band)
   int64_t workspace_bytes;  // per thread
+  // pairs: > 0 where the operand pairs are kernel columns (2q, 2q + 1) of one channel, the
+  // buffer distance between their windows (tap_pair_step); 0: channels (2p, 2p + 1).
+  int64_t tap_pair_step = 0;
 };
-// plane_elem: bytes of a phase-plane element; pairs: the bfloat16 kernels' channel pairs
+// plane_elem: bytes of a phase-plane element; pairs: the bfloat16 kernels' operand pairs
 // (forward_bf16_pairs keeps bfloat16 planes and a second copy of them as 32-bit pairs).
 ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows, bool pairs,
                          int64_t threads);

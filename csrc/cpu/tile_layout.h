@@ -212,6 +212,19 @@ inline Layout forward_layout(const Geometry& g, int64_t channels, int64_t elem,
   return L;
 }
 
+// The buffer distance between the windows of kernel columns l and l + 1 when it is the same
+// for every even l (stride 1 or 2 along w: the next column, or the other phase plane), else
+// 0: then taps (l, l + 1) of a channel can be the two halves of one vdpbf16ps operand, a
+// plane whose element f holds (x[f], x[f + step]).
+inline int64_t tap_pair_step(const Layout& L) {
+  const int64_t kw = L.g.kernel[2];
+  if (kw < 2) return 0;
+  const int64_t step = L.tap_offset(0, 0, 0, 1) - L.tap_offset(0, 0, 0, 0);
+  for (int64_t l = 2; l + 1 < kw; l += 2)
+    if (L.tap_offset(0, 0, 0, l + 1) - L.tap_offset(0, 0, 0, l) != step) return 0;
+  return step > 0 ? step : 0;
+}
+
 // A forward task: sample n, group grp, `depths` output depths from od0, the band of th
 // output rows from oh0 (np positions computed).
 struct ForwardTile {
