@@ -136,6 +136,32 @@ def test_winograd_plan_takes_the_layers_it_pays_on():
         assert plan("winograd", meta(c3d[0], dtype), meta(c3d[1], dtype))["m"] == 0
 
 
+@pytest.mark.skipif(torchconv3d._loader.cpu_isa() != "avx512_bf16",
+                    reason="the bfloat16 pair kernels need AVX512-BF16")
+def test_bfloat16_forward_pairs_kernel_columns_of_few_channels():
+    """With 1 or 3 input channels and a wide kernel, the bfloat16 forward pairs kernel
+    columns (2q, 2q + 1) of one channel (tap_pair_step: the buffer distance between them, 1
+    at stride 1, a phase plane at stride 2) instead of channels; elsewhere channels."""
+    bf = torch.bfloat16
+    stem = plan("forward", meta((1, 3, 16, 112, 112), bf), meta((64, 3, 7, 7, 7), bf),
+                stride=2, padding=3)
+    assert stem["tap_pair_step"] > 1
+    ct = plan("forward", meta((1, 1, 16, 32, 32), bf), meta((16, 1, 3, 3, 3), bf))
+    assert ct["tap_pair_step"] == 1
+    dilated = plan("forward", meta((1, 1, 8, 16, 16), bf), meta((8, 1, 3, 3, 3), bf),
+                   dilation=2, padding=2)
+    assert dilated["tap_pair_step"] == 2
+    # 3 channels, 3 wide: 6 operand pairs a kernel row either way (channels kept); an even
+    # channel count: channels; 5 wide at stride 3 (columns 0, 1 and 2, 3 lie in different
+    # phase planes: no common distance): the float kernels.
+    assert plan("forward", meta((1, 3, 8, 16, 16), bf), meta((8, 3, 3, 3, 3), bf))[
+        "tap_pair_step"] == 0
+    assert plan("forward", meta((1, 4, 8, 16, 16), bf), meta((8, 4, 3, 3, 7), bf))[
+        "tap_pair_step"] == 0
+    assert plan("forward", meta((1, 1, 8, 16, 16), bf), meta((8, 1, 3, 3, 5), bf), stride=3,
+                padding=2)["tap_pair_step"] == 0
+
+
 @pytest.mark.parametrize("x, w", LAYERS)
 def test_winograd_buffers_are_bounded(x, w):
     """What the Winograd forward keeps between calls does not grow with the volume: a chunk

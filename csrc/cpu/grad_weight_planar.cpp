@@ -127,8 +127,8 @@ void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
   if (grad_weight_winograd(g, grad_output, input, grad_weight)) return;
   if (through_channels_last(g, input) &&
-      grad_weight_channels_last(g, to_channels_last(grad_output, kCopy), to_channels_last(input, kCopy2),
-                                grad_weight))
+      grad_weight_channels_last(g, to_channels_last(grad_output, kCopy),
+                                to_channels_last(input, kCopy2), grad_weight))
     return;
   if (grad_weight_channels_last(g, grad_output, input, grad_weight)) return;
   if (grad_output.scalar_type() == at::kBFloat16 && bf16_kernels()) {

@@ -408,7 +408,8 @@ TC3D_FN void transpose(int64_t bytes, const void* src, int64_t lds, void* dst, i
     const auto* s = static_cast<const float*>(src);
     auto* d = static_cast<float*>(dst);
     for (int64_t c = 0; c < cols; c += 8)
-      for (int64_t r = 0; r < rows; r += 8) transpose_8x8(s + r * lds + c, lds, d + c * ldd + r, ldd);
+      for (int64_t r = 0; r < rows; r += 8)
+        transpose_8x8(s + r * lds + c, lds, d + c * ldd + r, ldd);
   }
 }
 

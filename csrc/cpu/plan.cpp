@@ -30,10 +30,11 @@ ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows
       const int64_t pair_planes = (kw % 2 == 1 ? 2 : 1) * channels;
       const int64_t budget_channels =
           ceil_div(channels * (pair_count + pair_planes), 2 * pair_count);
-      const Layout T = forward_layout(g, budget_channels, plane_elem, threads, kMinBandPositions);
-      bytes = T.buffer_size(2 * pair_count) * plane_elem + T.buffer_size(pair_planes) * 4 +
-              max_rows * T.n * int64_t(sizeof(float));
-      return {T, out_blocks, ForwardTile::count(T), bytes, tap_pair_step(T)};
+      const Layout paired =
+          forward_layout(g, budget_channels, plane_elem, threads, kMinBandPositions);
+      bytes = paired.buffer_size(2 * pair_count) * plane_elem +
+              paired.buffer_size(pair_planes) * 4 + max_rows * paired.n * int64_t(sizeof(float));
+      return {paired, out_blocks, ForwardTile::count(paired), bytes, tap_pair_step(paired)};
     }
     bytes = L.buffer_size(2 * pair_count) * plane_elem + L.buffer_size(pair_count) * 4 + results;
   } else {
