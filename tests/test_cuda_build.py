@@ -44,5 +44,7 @@ def test_v2_kernels_resources(compiled):
     for name, res in kernels.items():
         assert res["spill_stores"] == 0 and res["spill_loads"] == 0 and res["stack"] == 0, (
             name, res)
+    assert all("hmma" in kernels[k] for k in gemms), (
+        "cuobjdump printed no SASS: nvdisasm missing? pip install nvidia-cuda-nvdisasm")
     for name in gemms:
         assert kernels[name]["hmma"] > 0, (name, kernels[name])

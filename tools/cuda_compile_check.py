@@ -93,7 +93,10 @@ def resources(ptxas_log, obj):
             kernels[name]["registers"] = int(m.group(1))
     tool = cuobjdump()
     if tool:
-        sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True).stdout
+        # cuobjdump runs nvdisasm (PATH or NVDISASM_PATH); the PyPI packages put both in one
+        # bin folder.
+        env = dict(os.environ, PATH=os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", ""))
+        sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True, env=env).stdout
         name = None
         for line in sass.splitlines():
             m = re.search(r"Function : (\S+)", line)
