@@ -195,6 +195,11 @@ inline void copy_layout(at::Tensor& dst, const at::Tensor& src) {
 // I3D stem forward took ~970 page faults a call for its 6.4 MB output alone): its
 // channels_last float32 forward through planar copies, 2 threads, 9.1 ms with fresh copies,
 // 8.8 kept (8.2 from a planar input, nothing copied).
+// A slot holds one live copy at a time: the pass entry points (tiled_forward's routes,
+// forward_winograd, tiled_grad_input, tiled_grad_weight, grad_weight_winograd) take kCopy
+// for their operand and kCopy2 for the other operand or the result; the forwards that
+// grad_input runs inside its copies (one per stride phase) get channels_last views with
+// 16+ (bfloat16) or 64+ (float32 Winograd) input channels, which no route copies again.
 constexpr int64_t kKeptCopyBytes = int64_t(16) << 20;
 inline at::Tensor layout_scratch(const at::Tensor& like, at::MemoryFormat format, Slot slot) {
   const int64_t bytes = like.numel() * like.element_size();
