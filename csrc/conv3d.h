@@ -28,6 +28,17 @@ namespace torchconv3d {
 enum class PadMode : int { Zeros = 0, Reflect = 1, Replicate = 2, Circular = 3 };
 using PadModes = std::array<PadMode, 3>;  // D, H, W
 
+// Input depth frames that stand before the input tensor's own: a streaming cache read with
+// its chunk as one volume, never concatenated (run_stream_forward). Kernels read input depth
+// id < frames here and id >= frames from the input tensor at id - frames (Geometry::in[0]
+// counts both). The head has the input's dtype, batch, channels, height and width, and the
+// input's height and width strides (and channel stride 1 where the input's is).
+struct DepthHead {
+  const void* data = nullptr;  // element (0, 0, 0, 0, 0)
+  int64_t frames = 0;
+  std::array<int64_t, 5> stride{};  // in elements, (N, C, D, H, W)
+};
+
 // One convolution, resolved and validated. Spatial arrays are ordered (D, H, W).
 struct Geometry {
   int64_t batch = 0;         // N (1 for unbatched input)
@@ -42,6 +53,7 @@ struct Geometry {
   std::array<int64_t, 3> pad_before{};
   std::array<int64_t, 3> pad_after{};
   PadModes mode{};  // per dimension, all Zeros by default
+  DepthHead head;   // none (0 frames) but in the streaming passes
 
   bool zero_padding() const {
     return mode[0] == PadMode::Zeros && mode[1] == PadMode::Zeros && mode[2] == PadMode::Zeros;
@@ -189,6 +201,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_transpose_backward(
     const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef output_padding, c10::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> output_mask);
+
+// The operators over a volume of two tensors along depth, head's frames then input's
+// (conv3d_stream_forward/backward: a streaming cache and its chunk): the same as run_forward /
+// run_backward on torch.cat([head, input], 2), which is never built; the kernels read both
+// in place (DepthHead). The backward's first result is the gradient of that whole volume
+// (head's frames first), allocated as one tensor; the caller splits it into views.
+at::Tensor run_stream_forward(const DeviceKernels& k, const at::Tensor& head,
+                              const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                              int64_t groups, std::string_view padding_mode);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_stream_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& head,
+    const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    std::string_view padding_mode, std::array<bool, 3> output_mask);
 
 // The geometry the kernels receive for these arguments: checked, with the taps that read
 // only zero padding dropped (ops.cpp). For tools that describe what a kernel will do.

@@ -145,6 +145,12 @@ struct Trim {
   Geometry g;  // the convolution of the kept taps over the kept input rows
 
   at::Tensor input(const at::Tensor& x) const { return crop(x, first_in, g.in); }
+  // x's kept rows and columns, all its frames: a stream's head and body (never trimmed in
+  // depth: run_stream_forward's depth padding is 0, and then every kernel depth reads input).
+  at::Tensor rows(const at::Tensor& x) const {
+    TORCH_INTERNAL_ASSERT(first_in[0] == 0 && first_tap[0] == 0);
+    return x.narrow(3, first_in[1], g.in[1]).narrow(4, first_in[2], g.in[2]);
+  }
   at::Tensor weight(const at::Tensor& w) const { return crop(w, first_tap, g.kernel); }
   // 1 where the weight element belongs to a dropped tap, as a [1, 1, kd, kh, kw] mask.
   at::Tensor dropped(const at::Tensor& w) const {
@@ -225,11 +231,27 @@ void naming_sizes_on_failure(const Geometry& g, const char* pass, Run&& run) {
   }
 }
 
+// The input a kernel reads, in the kept rows: x, or (a stream) x behind the frames of head.
+struct KernelInput {
+  Geometry g;
+  at::Tensor x;
+};
+KernelInput kernel_input(const Trim& t, const at::Tensor& x, const at::Tensor& head) {
+  if (!head.defined()) return {t.g, t.input(x)};
+  KernelInput in{t.g, t.rows(x)};
+  const at::Tensor h = t.rows(head);
+  in.g.head.data = h.const_data_ptr();
+  in.g.head.frames = h.size(2);
+  for (int i = 0; i < 5; ++i) in.g.head.stride[i] = h.stride(i);
+  return in;
+}
+
 // Each pass runs its kernel on the kept taps and input rows (the whole convolution when
 // nothing is dropped: t.g == g and the views are the tensors' own shape), then, where taps
-// were dropped, sets what they alone decide.
+// were dropped, sets what they alone decide. `head`: the frames before x (a stream).
 void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
-                  const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out) {
+                  const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
+                  const at::Tensor& head = {}) {
   const Trim t = trim_dead_taps(g);
   if (t.none_live) {
     if (bias.defined()) {
@@ -238,8 +260,9 @@ void forward_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& x
       out.zero_();
     }
   } else {
+    const KernelInput in = kernel_input(t, x, head);
     naming_sizes_on_failure(t.g, "forward", [&] {
-      k.forward(t.g, t.input(x), t.weight(weight), bias, out);
+      k.forward(in.g, in.x, t.weight(weight), bias, out);
     });
   }
   if (t.active) {
@@ -260,7 +283,8 @@ void grad_input_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor
 }
 
 void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tensor& gy,
-                      const at::Tensor& x, at::Tensor& grad_weight) {
+                      const at::Tensor& x, at::Tensor& grad_weight,
+                      const at::Tensor& head = {}) {
   const Trim t = trim_dead_taps(g);
   if (t.active) {
     const at::Tensor nan_channels = nonfinite_grad_output_channels(gy).view({-1, 1, 1, 1, 1});
@@ -269,8 +293,9 @@ void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tenso
   }
   if (t.none_live) return;
   at::Tensor kept = t.weight(grad_weight);
+  const KernelInput in = kernel_input(t, x, head);
   naming_sizes_on_failure(t.g, "grad_weight",
-                          [&] { k.grad_weight(t.g, gy, t.input(x), kept); });
+                          [&] { k.grad_weight(in.g, gy, in.x, kept); });
 }
 
 }  // namespace
@@ -344,6 +369,128 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     if (input.dim() == 4) grad_input = grad_input.squeeze(0);
   }
   return {grad_input, grad_weight, grad_bias};
+}
+
+namespace {
+
+// A stream's two tensors, batched and laid out as the kernels read them (DepthHead), and the
+// geometry of the volume they make.
+struct Stream {
+  at::Tensor head, x;
+  Geometry g;
+};
+
+// Whether a and b step alike along the dimensions the kernels read both with one stride:
+// height, width (dimensions of size 1 are never stepped) and the channel stride 1 that picks
+// the channels-innermost kernels.
+bool same_steps(const at::Tensor& a, const at::Tensor& b) {
+  for (int d = 3; d < 5; ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return a.size(1) <= 1 || (a.stride(1) == 1) == (b.stride(1) == 1);
+}
+
+Stream stream_volume(const at::Tensor& head, const at::Tensor& input, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& grad_output, c10::IntArrayRef stride,
+                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                     std::string_view padding_mode) {
+  const auto other_than_depth = [](const at::Tensor& t) {
+    std::vector<int64_t> s = t.sizes().vec();
+    if (!s.empty()) s.erase(s.end() - std::min<size_t>(3, s.size()));
+    return s;
+  };
+  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
+              "Expected 4D (unbatched) or 5D (batched) input to conv3d stream, but got input "
+              "of size: ", input.sizes());
+  TORCH_CHECK_VALUE(head.dim() == input.dim() && other_than_depth(head) == other_than_depth(input),
+                    "conv3d stream: head of size ", head.sizes(), " does not fit input of size ",
+                    input.sizes(), ": they must differ only in depth (dimension ",
+                    input.dim() - 3, ")");
+  TORCH_CHECK_VALUE(head.scalar_type() == input.scalar_type() && head.device() == input.device(),
+                    "conv3d stream: head (", head.scalar_type(), " on ", head.device(),
+                    ") must match input (", input.scalar_type(), " on ", input.device(), ")");
+  TORCH_CHECK_VALUE(padding.size() == 6 && padding[0] == 0 && padding[1] == 0,
+                    "conv3d stream: the head stands for the depth padding, which must be "
+                    "(0, 0), but got padding=", padding);
+  Stream s{batched(head), batched(input), {}};
+  // The volume's shape for the checker, without its memory.
+  std::vector<int64_t> whole = s.x.sizes().vec();
+  whole[2] += s.head.size(2);
+  const at::Tensor volume = at::empty({1}, s.x.options()).expand(whole);
+  s.g = check_conv3d_args(input.dim() == 4 ? volume.squeeze(0) : volume, weight, bias,
+                          grad_output, stride, padding, dilation, groups, padding_mode);
+  // A head laid out unlike the input is copied (a few frames); an input whose rows are not
+  // where the head's can be is copied too, as a kernel needing dense rows would.
+  if (!same_steps(s.head, s.x)) s.head = s.head.contiguous(s.x.suggest_memory_format());
+  if (!same_steps(s.head, s.x)) {
+    s.x = s.x.contiguous(s.x.suggest_memory_format());
+    s.head = s.head.contiguous(s.x.suggest_memory_format());
+  }
+  return s;
+}
+
+}  // namespace
+
+at::Tensor run_stream_forward(const DeviceKernels& k, const at::Tensor& head,
+                              const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                              int64_t groups, std::string_view padding_mode) {
+  const Stream s = stream_volume(head, input, weight, bias, std::nullopt, stride, padding,
+                                 dilation, groups, padding_mode);
+  const Geometry& g = s.g;
+  const TorchFormats formats =
+      torch_formats(s.x, weight, stride, padding, dilation, groups, g.mode);
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
+                             s.x.options().memory_format(formats.output));
+  if (out.numel() > 0) {
+    forward_pass(k, g, s.x, weight, bias.value_or(at::Tensor()), out, s.head);
+  }
+  return input.dim() == 4 ? out.squeeze(0) : out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_stream_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& head,
+    const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    std::string_view padding_mode, std::array<bool, 3> output_mask) {
+  const Stream s = stream_volume(head, input, weight, std::nullopt, grad_output, stride,
+                                 padding, dilation, groups, padding_mode);
+  const Geometry& g = s.g;
+  const at::Tensor gy = batched(grad_output);
+  const bool empty = gy.numel() == 0;
+  const TorchFormats formats =
+      torch_formats(s.x, weight, stride, padding, dilation, groups, g.mode);
+  at::Tensor grad_volume, grad_weight, grad_bias;
+  if (output_mask[1]) {
+    grad_weight =
+        at::empty(weight.sizes(), weight.options().memory_format(formats.grad_weight));
+    if (empty) {
+      grad_weight.zero_();
+    } else {
+      grad_weight_pass(k, g, gy, s.x, grad_weight, s.head);
+    }
+  }
+  if (output_mask[2]) {
+    grad_bias = at::empty({g.out_channels}, gy.options());
+    if (empty) {
+      grad_bias.zero_();
+    } else {
+      k.grad_bias(g, gy, grad_bias);
+    }
+  }
+  if (output_mask[0]) {
+    // grad_input reads no input: the volume's gradient is that of any tensor of its shape.
+    grad_volume = at::empty({g.batch, g.in_channels, g.in[0], g.in[1], g.in[2]},
+                            s.x.options().memory_format(formats.grad_input));
+    if (!empty && grad_volume.numel() > 0) {
+      grad_input_pass(k, g, gy, weight, grad_volume);
+    } else {
+      grad_volume.zero_();
+    }
+    if (input.dim() == 4) grad_volume = grad_volume.squeeze(0);
+  }
+  return {grad_volume, grad_weight, grad_bias};
 }
 
 namespace {

@@ -36,6 +36,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
                       padding, dilation, groups, padding_mode, check_output_mask(output_mask));
 }
 
+at::Tensor conv3d_stream_forward(const at::Tensor& head, const at::Tensor& input,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, int64_t groups,
+                                 c10::string_view padding_mode) {
+  return run_stream_forward(kernels_for(input.device()), head, input, weight, bias, stride,
+                            padding, dilation, groups, padding_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_stream_backward(
+    const at::Tensor& grad_output, const at::Tensor& head, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view padding_mode,
+    const c10::List<bool>& output_mask) {
+  return run_stream_backward(kernels_for(input.device()), grad_output, head, input, weight,
+                             stride, padding, dilation, groups, padding_mode,
+                             check_output_mask(output_mask));
+}
+
 at::Tensor conv_transpose3d_forward(const at::Tensor& input, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias,
                                     c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -68,6 +87,25 @@ at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& we
                        .findSchemaOrThrow("torchconv3d::conv3d_forward", "")
                        .typed<decltype(conv3d_forward)>();
   return op.call(at::autocast::cached_cast(dtype, input, device_type),
+                 at::autocast::cached_cast(dtype, weight, device_type),
+                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
+                 dilation, groups, padding_mode);
+}
+
+at::Tensor conv3d_stream_forward_autocast(const at::Tensor& head, const at::Tensor& input,
+                                          const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias,
+                                          c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                          c10::IntArrayRef dilation, int64_t groups,
+                                          c10::string_view padding_mode) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto device_type = input.device().type();
+  const auto dtype = at::autocast::get_autocast_dtype(device_type);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchconv3d::conv3d_stream_forward", "")
+                       .typed<decltype(conv3d_stream_forward)>();
+  return op.call(at::autocast::cached_cast(dtype, head, device_type),
+                 at::autocast::cached_cast(dtype, input, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type),
                  at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
                  dilation, groups, padding_mode);
@@ -106,6 +144,16 @@ bool register_operators() {
       "conv3d_backward(Tensor grad_output, Tensor input, Tensor weight, int[3] stride, "
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // conv3d over torch.cat([head, input], 2), never built (a streaming cache and its chunk,
+  // torchconv3d/streaming.py); the depth padding must be (0, 0). The backward's first result
+  // is the gradient of that whole volume, head's frames first.
+  def.def(
+      "conv3d_stream_forward(Tensor head, Tensor input, Tensor weight, Tensor? bias, "
+      "int[3] stride, int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor");
+  def.def(
+      "conv3d_stream_backward(Tensor grad_output, Tensor head, Tensor input, Tensor weight, "
+      "int[3] stride, int[6] padding, int[3] dilation, int groups, str padding_mode, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor)");
   // nn.ConvTranspose3d: padding (symmetric, as torch's) and output_padding per dimension.
   def.def(
       "conv_transpose3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
@@ -132,6 +180,8 @@ bool register_operators() {
   static Library cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::CPU, __FILE__, __LINE__);
   cpu.impl("conv3d_forward", &conv3d_forward);
   cpu.impl("conv3d_backward", &conv3d_backward);
+  cpu.impl("conv3d_stream_forward", &conv3d_stream_forward);
+  cpu.impl("conv3d_stream_backward", &conv3d_stream_backward);
   cpu.impl("conv_transpose3d_forward", &conv_transpose3d_forward);
   cpu.impl("conv_transpose3d_backward", &conv_transpose3d_backward);
 #ifdef WITH_CUDA
@@ -139,16 +189,20 @@ bool register_operators() {
                       __LINE__);
   cuda.impl("conv3d_forward", &conv3d_forward);
   cuda.impl("conv3d_backward", &conv3d_backward);
+  cuda.impl("conv3d_stream_forward", &conv3d_stream_forward);
+  cuda.impl("conv3d_stream_backward", &conv3d_stream_backward);
   cuda.impl("conv_transpose3d_forward", &conv_transpose3d_forward);
   cuda.impl("conv_transpose3d_backward", &conv_transpose3d_backward);
 #endif
   static Library autocast_cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCPU,
                               __FILE__, __LINE__);
   autocast_cpu.impl("conv3d_forward", &conv3d_forward_autocast);
+  autocast_cpu.impl("conv3d_stream_forward", &conv3d_stream_forward_autocast);
   autocast_cpu.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
   static Library autocast_cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCUDA,
                                __FILE__, __LINE__);
   autocast_cuda.impl("conv3d_forward", &conv3d_forward_autocast);
+  autocast_cuda.impl("conv3d_stream_forward", &conv3d_stream_forward_autocast);
   autocast_cuda.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
   return true;
 }

@@ -3,10 +3,13 @@ outputs, concatenated, equal the whole video's, and the gradients of the chunked
 computation (w.r.t. every chunk, the weight, the bias) equal the whole-video gradients,
 for any chunk sizes (chunks shorter than the cache too), both causal time modes, every
 height/width padding mode, and temporal strides (the cache then carries the phase)."""
+from itertools import product
+
 import pytest
 import torch
 
 import torchconv3d
+from cases import each_backend
 from conftest import rel_err
 from test_padding_per_dim import CogVideoXCausalConv3d, _Recorder
 
@@ -130,19 +133,128 @@ def test_hunyuan_downsampler_streams():
     assert rel_err(y, original(x)) < 1e-14
 
 
-def test_a_step_reads_chunk_and_cache_in_place():
-    """Two operator calls (chunk, cache) and an add over the first P frames: no
-    concatenation, no padded copy; the next cache is a view of the chunk."""
-    w = torch.randn(4, 3, 3, 3, 3)
-    x = torch.randn(1, 3, 8, 6, 7)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_a_step_reads_chunk_and_cache_in_place(layout):
+    """One operator call over [cache; chunk]: no concatenation, padded copy or copy of any
+    kind, in Python or in the operator (the profiler lists every ATen op the C++ side
+    calls, forward and backward); the next cache is a view of the chunk. (The gradients are
+    taken with autograd.grad: accumulating into a leaf's .grad, autograd clones a view.)"""
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    w = torch.randn(32, 32, 3, 3, 3, requires_grad=True)
+    x = torch.randn(1, 32, 8, 6, 7).to(memory_format=fmt)
     _, cache = torchconv3d.conv3d_step(x[:, :, :3], w, padding=("causal", 1, 1))
-    chunk = x[:, :, 3:]
-    with _Recorder() as rec, torch.no_grad():
-        _, new_cache = torchconv3d.conv3d_step(chunk, w, padding=("causal", 1, 1),
+    chunk = x[:, :, 3:].requires_grad_()
+    cache.requires_grad_()
+    with _Recorder() as rec, torch.profiler.profile() as prof:
+        y, new_cache = torchconv3d.conv3d_step(chunk, w, padding=("causal", 1, 1),
                                                cache=cache)
-    assert rec.ops.count("conv3d_forward") == 2
-    assert not {"cat", "constant_pad_nd", "replication_pad3d", "clone", "copy_"} & set(rec.ops)
-    assert new_cache._base is chunk._base and torch.equal(new_cache, chunk[:, :, -2:])
+        torch.autograd.grad(y, (cache, chunk, w), torch.ones_like(y))
+    assert rec.ops.count("conv3d_stream_forward") == 1 and "conv3d_forward" not in rec.ops
+    copies = {"cat", "constant_pad_nd", "replication_pad3d", "clone", "copy_", "contiguous"}
+    assert not copies & set(rec.ops)
+    ran = {e.name.removeprefix("aten::") for e in prof.events()}
+    assert "torchconv3d::conv3d_stream_backward" in ran
+    assert not copies & ran, copies & ran
+    assert torch.equal(new_cache, chunk[:, :, -2:])
+    assert new_cache.data_ptr() == chunk[:, :, -2:].data_ptr()
+
+
+# Layers for the stream operator's own check, each reaching kernels of its own: (C_in,
+# C_out, groups, kernel, stride, dilation, H/W padding, H/W modes, H, W).
+STREAM_LAYERS = {
+    "grouped": (4, 6, 2, (3, 3, 2), (1, 1, 1), (1, 1, 1), (1, 1, 0, 1), "zeros", 5, 6),
+    "dense32": (32, 32, 1, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1, 1), "zeros", 6, 5),
+    "dense32_s2": (32, 32, 1, (3, 3, 3), (1, 2, 2), (1, 1, 1), (1, 1, 1, 1), "replicate", 6, 5),
+    "depthwise": (16, 16, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1, 1), "reflect", 5, 6),
+    "rgb": (3, 8, 1, (2, 5, 5), (1, 2, 2), (1, 1, 1), (2, 2, 2, 2), "zeros", 7, 7),
+    # taps that read only padding along H (dropped: the head is cropped with the input)
+    "dead_taps": (4, 4, 1, (2, 3, 3), (1, 1, 1), (2, 5, 1), (5, 5, 1, 1), "zeros", 4, 5),
+    "pointwise": (8, 8, 1, (1, 1, 1), (1, 1, 1), (1, 1, 1), (0, 0, 0, 0), "zeros", 3, 4),
+}
+STREAM_TOL = {torch.float64: 1e-13, torch.float32: 1e-5, torch.bfloat16: 2e-2,
+              torch.float16: 5e-3}
+
+
+def _emulated_row(name, layout, dtype):
+    # The emulator's fibers are slow: the layers that reach v1's GEMM and depthwise kernels
+    # (float64), the depthwise stencil and the tensor-core GEMM (half types, channels_last).
+    return (dtype == torch.float64 and name in ("grouped", "depthwise", "dead_taps")) or (
+        dtype == torch.bfloat16 and layout == "channels_last" and name in ("dense32",
+                                                                           "depthwise"))
+
+
+@each_backend("name, layout, dtype",
+              product(STREAM_LAYERS, ["contiguous", "channels_last"],
+                      [torch.float64, torch.float32, torch.bfloat16, torch.float16]),
+              emulated=_emulated_row)
+def test_stream_operator_equals_conv_of_the_concatenation(backend, name, layout, dtype):
+    """conv3d_stream_forward/backward(head, input) against conv3d_forward/backward of
+    torch.cat([head, input], 2) on the same backend: output, the volume's gradient, the
+    weight's and the bias's, for every layout and dtype (each kernel family on the CPU,
+    v1 and v2 on CUDA)."""
+    cin, cout, groups, kernel, stride, dilation, hw_pads, mode, H, W = STREAM_LAYERS[name]
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    dev = backend.device
+    head = torch.randn(2, cin, 3, H, W, dtype=dtype, device=dev).to(memory_format=fmt)
+    x = torch.randn(2, cin, 4, H, W, dtype=dtype, device=dev).to(memory_format=fmt)
+    w = torch.randn(cout, cin // groups, *kernel, dtype=dtype, device=dev)
+    b = torch.randn(cout, dtype=dtype, device=dev)
+    args = (list(stride), [0, 0, *hw_pads], list(dilation), groups,
+            f"zeros,{mode},{mode}")
+    y = backend.ops.conv3d_stream_forward(head, x, w, b, *args)
+    volume = torch.cat([head, x], 2)
+    ref = backend.ops.conv3d_forward(volume, w, b, *args)
+    assert y.shape == ref.shape and rel_err(y, ref) < STREAM_TOL[dtype]
+    gy = torch.randn_like(ref)
+    grads = backend.ops.conv3d_stream_backward(gy, head, x, w, *args, [True, True, True])
+    refs = backend.ops.conv3d_backward(gy, volume, w, *args, [True, True, True])
+    for what, g, r in zip(("volume", "weight", "bias"), grads, refs):
+        assert g.shape == r.shape and rel_err(g, r) < STREAM_TOL[dtype], what
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_stream_operator_nonfinite_head(layout):
+    """An Inf or NaN in the head reaches exactly the outputs and weight gradients it
+    reaches in the concatenated volume (the kernels' exact non-finite paths read the head)."""
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    head = torch.randn(1, 16, 2, 5, 6).to(memory_format=fmt)
+    head[0, 3, 1, 2, 4] = float("inf")
+    head[0, 7, 0, 0, 0] = float("nan")
+    x = torch.randn(1, 16, 3, 5, 6).to(memory_format=fmt)
+    w = torch.randn(16, 16, 3, 3, 3)
+    args = ([1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1], 1, "zeros")
+    ops = torch.ops.torchconv3d
+    y = ops.conv3d_stream_forward(head, x, w, None, *args)
+    volume = torch.cat([head, x], 2)
+    torch.testing.assert_close(y, ops.conv3d_forward(volume, w, None, *args), equal_nan=True)
+    gy = torch.randn_like(y)
+    got = ops.conv3d_stream_backward(gy, head, x, w, *args, [True, True, False])
+    ref = ops.conv3d_backward(gy, volume, w, *args, [True, True, False])
+    for g, r in zip(got[:2], ref[:2]):
+        torch.testing.assert_close(g, r, equal_nan=True)
+
+
+def test_second_derivative_through_a_stream_is_refused():
+    layer = torchconv3d.Conv3d(2, 3, 3, padding=("causal", 1, 1), dtype=torch.float64)
+    x = torch.randn(1, 2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    _, cache = layer.step(x[:, :, :3])
+    y, _ = layer.step(x[:, :, 3:], cache)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("head_shape, padding, pattern", [
+    ((1, 4, 2, 6, 5), [0, 0, 1, 1, 1, 1], r"head of size \[1, 4, 2, 6, 5\] does not fit input "
+     r"of size \[1, 4, 3, 6, 7\]: they must differ only in depth \(dimension 2\)"),
+    ((1, 4, 2, 6, 7), [1, 0, 1, 1, 1, 1], r"must be \(0, 0\), but got padding=\[1, 0, 1, 1, 1, 1\]"),
+])
+def test_stream_operator_rejects_bad_heads(head_shape, padding, pattern):
+    x, w = torch.randn(1, 4, 3, 6, 7), torch.randn(5, 4, 3, 3, 3)
+    args = ([1, 1, 1], padding, [1, 1, 1], 1, "zeros")
+    for device in ("cpu", "meta"):  # the operator and its fake kernel
+        with pytest.raises(ValueError, match=pattern):
+            torch.ops.torchconv3d.conv3d_stream_forward(
+                torch.randn(head_shape, device=device), x.to(device), w.to(device), None, *args)
 
 
 @pytest.mark.parametrize("kwargs, pattern", [

@@ -11,6 +11,14 @@ torch.ops.torchconv3d.conv_transpose3d_backward(grad_output, input, weight, stri
     padding[3], output_padding[3], dilation[3], groups, output_mask[3])
     -> (grad_input, grad_weight, grad_bias)
 
+torch.ops.torchconv3d.conv3d_stream_forward(head, input, weight, bias, stride[3], padding[6],
+    dilation[3], groups, padding_mode) -> output
+torch.ops.torchconv3d.conv3d_stream_backward(grad_output, head, input, weight, stride[3],
+    padding[6], dilation[3], groups, padding_mode, output_mask[3])
+    -> (grad_volume, grad_weight, grad_bias)
+conv3d over torch.cat([head, input], 2) with depth padding (0, 0), the volume read in place
+(streaming.py: a cache and its chunk); grad_volume is the gradient of that whole volume.
+
 conv3d's padding is (d_before, d_after, h_before, h_after, w_before, w_after); the
 transposed operators take nn.ConvTranspose3d's (symmetric) padding and output_padding.
 Gradients that output_mask does not ask for come back as None.
@@ -37,6 +45,8 @@ forward_op = torch.ops.torchconv3d.conv3d_forward
 backward_op = torch.ops.torchconv3d.conv3d_backward
 transpose_forward_op = torch.ops.torchconv3d.conv_transpose3d_forward
 transpose_backward_op = torch.ops.torchconv3d.conv_transpose3d_backward
+stream_forward_op = torch.ops.torchconv3d.conv3d_stream_forward
+stream_backward_op = torch.ops.torchconv3d.conv3d_stream_backward
 
 
 def output_size(in_size, kernel, stride, padding, dilation):
@@ -163,6 +173,58 @@ def _backward_fake(
     if output_mask[2]:
         grad_bias = grad_output.new_empty((weight.shape[0],))
     return grad_input, grad_weight, grad_bias
+
+
+def _stream_volume(head, input, padding):
+    """csrc/ops.cpp's stream_volume checks; returns a tensor of the volume's shape."""
+    _check._check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to "
+                 f"conv3d stream, but got input of size: {list(input.shape)}")
+    d = input.dim() - 3
+
+    def other_than_depth(t):
+        return list(t.shape[:d]) + list(t.shape[d + 1:])
+
+    _check._check_value(
+        head.dim() == input.dim() and other_than_depth(head) == other_than_depth(input),
+        f"conv3d stream: head of size {list(head.shape)} does not fit input of size "
+        f"{list(input.shape)}: they must differ only in depth (dimension {d})")
+    _check._check_value(
+        head.dtype == input.dtype and head.device == input.device,
+        f"conv3d stream: head ({_check._dtype(head)} on {head.device}) must match input "
+        f"({_check._dtype(input)} on {input.device})")
+    _check._check_value(len(padding) == 6 and padding[0] == 0 and padding[1] == 0,
+                       "conv3d stream: the head stands for the depth padding, which must be "
+                       f"(0, 0), but got padding={list(padding)}")
+    shape = list(input.shape)
+    shape[d] += head.shape[d]
+    return input.new_empty(shape)
+
+
+@torch.library.register_fake("torchconv3d::conv3d_stream_forward")
+def _stream_forward_fake(head, input, weight, bias, stride, padding, dilation, groups,
+                         padding_mode):
+    volume = _stream_volume(head, input, padding)
+    _check.conv3d_args(volume, weight, bias, None, stride, padding, dilation, groups,
+                       padding_mode)
+    x, v = _batched(input), _batched(volume)
+    shape = _output_shape(v, weight, stride, padding, dilation)
+    fmt = torch_formats(x, weight, stride, padding, dilation, groups, padding_mode)[0]
+    out = _empty_like_format(shape, x, fmt)
+    return out.squeeze(0) if input.dim() == 4 else out
+
+
+@torch.library.register_fake("torchconv3d::conv3d_stream_backward")
+def _stream_backward_fake(grad_output, head, input, weight, stride, padding, dilation, groups,
+                          padding_mode, output_mask):
+    volume = _stream_volume(head, input, padding)
+    grads = _backward_fake(grad_output, volume, weight, stride, padding, dilation, groups,
+                           padding_mode, output_mask)
+    if grads[0] is None:
+        return grads
+    x = _batched(input)
+    fmt = torch_formats(x, weight, stride, padding, dilation, groups, padding_mode)[1]
+    grad_volume = _empty_like_format(_batched(volume).shape, x, fmt)
+    return (grad_volume.squeeze(0) if input.dim() == 4 else grad_volume, *grads[1:])
 
 
 def torch_transpose_format(x, weight, stride, output_padding, dilation, groups):
@@ -374,6 +436,44 @@ _TransposeForward, _TransposeBackward = _bilinear_functions(
     transpose_forward_op, transpose_backward_op, _transpose_output_shape)
 
 
+class _StreamForward(torch.autograd.Function):
+    """conv3d_stream_forward's autograd: first order (its backward splits the volume's
+    gradient into the head's and the input's frames, views of one tensor). A backward that
+    builds a graph (create_graph=True) raises: its result would silently be a constant."""
+
+    @staticmethod
+    def forward(head, input, weight, bias, *args):
+        with _below_autograd():
+            return stream_forward_op(head, input, weight, bias, *args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        head, input, weight, bias, *args = inputs
+        ctx.save_for_backward(head, input, weight)
+        ctx.args = args
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "torchconv3d: a streamed convolution (conv3d_step, Conv3d.stream) has "
+                "first-order gradients only; backward with create_graph=True (a second "
+                "derivative) is not supported through it")
+        head, input, weight = ctx.saved_tensors
+        need_head, need_input, need_weight, need_bias = ctx.needs_input_grad[:4]
+        mask = [need_head or need_input, need_weight, ctx.has_bias and need_bias]
+        grad_volume, grad_weight, grad_bias = stream_backward_op(
+            grad_output, head, input, weight, *ctx.args, mask)
+        grad_head = grad_input = None
+        if grad_volume is not None:
+            d, frames = head.dim() - 3, head.shape[head.dim() - 3]
+            grad_head = grad_volume.narrow(d, 0, frames) if need_head else None
+            grad_input = (grad_volume.narrow(d, frames, input.shape[d]) if need_input
+                          else None)
+        return grad_head, grad_input, grad_weight, grad_bias, *([None] * len(ctx.args))
+
+
 def _gradient_can_flow(*tensors):
     """Whether a call on these tensors must go through the autograd.Function. Forward mode
     ignores grad mode and requires_grad: a tangent can only exist inside an open dual
@@ -406,6 +506,8 @@ def _autograd_kernel(function, op, n_tensors):
 _lib = torch.library.Library("torchconv3d", "IMPL")
 _lib.impl("conv3d_forward", _autograd_kernel(_Forward, forward_op, 3), "Autograd")
 _lib.impl("conv3d_backward", _autograd_kernel(_Backward, backward_op, 3), "Autograd")
+_lib.impl("conv3d_stream_forward", _autograd_kernel(_StreamForward, stream_forward_op, 4),
+          "Autograd")
 _lib.impl("conv_transpose3d_forward",
           _autograd_kernel(_TransposeForward, transpose_forward_op, 3), "Autograd")
 _lib.impl("conv_transpose3d_backward",

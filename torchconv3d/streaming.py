@@ -15,24 +15,19 @@ frames; with s > 1 its length, between P + 1 - s and P, carries the stride's pha
     stream = layer.stream()      # torchconv3d.Conv3d; holds the cache between calls
     ys = [stream(chunk) for chunk in chunks]
 
-How a chunk is computed (no copy of the chunk, nor of the seam): by linearity in the
-input, output frame t's sum over taps splits into the taps that read the chunk and those
-that read the cache (C frames). The first is the operator on the chunk alone, its time
-padding (C, 0) *zeros* (the cache is not padding), which places its outputs where the
-whole video's are; the second is the operator on the cache alone with zero time padding
-after it, whose first L output frames (those whose window starts in the cache) are exactly
-the cache's terms of the chunk's first L frames, and are added to them (bias once, in the
-first). Height and width keep the layer's padding and modes in both (a padding mode acts
-on each dimension separately). So the kernels read chunk and cache in place, through the
-operator's own zero padding; the price is one extra small call (L output frames, the taps
-that reach the cache; the operator skips taps that read only padding) and one add over L
-frames. Gradients flow to every chunk, every cache and the parameters through the ordinary
-autograd of those calls, so the chunked backward equals the whole-video one.
+How a chunk is computed: one operator call (conv3d_stream_forward) over the volume
+[cache; chunk], which is never built: its kernels read frames before the cache's length
+from the cache and the rest from the chunk, both in place (csrc/conv3d.h's DepthHead).
+The volume needs no time padding (the cache is it); height and width keep the layer's
+padding and modes. Its backward computes the gradient of that volume (one tensor) and hands
+the cache's and the chunk's frames back as views of it, with the weight and bias gradients,
+so gradients reach every chunk, every cache and the parameters and the chunked backward
+equals the whole-video one.
 
-Exactness: every output term is the same product as in the whole-video call; the sums of
-a chunk's first L frames are ordered differently (the cache's terms are summed apart, then
-added), and the kernels may order the others differently for a different volume, so
-float64 agrees to rounding (~1e-16 relative) and float32 to ~1e-7, not bitwise.
+Exactness: every output sums the same products as in the whole-video call, so float64
+agrees to rounding (~1e-16 relative) and float32 to ~1e-7; not bitwise, as the kernels may
+order a sum differently for a different volume (and the CPU takes its direct kernels where
+the whole video would go through a layout copy of the input).
 
 The new cache is a view of the chunk's tail when the chunk is long enough; otherwise the
 old cache's tail and the chunk are concatenated (at most P frames, the cache's own size). A
@@ -45,7 +40,7 @@ from . import _check
 from .functional import (FUTURE_MODES, _check_tensor, check_causal, megengine_to_torch,
                          resolve_args, resolve_padding_mode)
 from .ops import forward as _forward
-from .ops import output_size
+from .ops import output_size, stream_forward_op
 
 
 def _causal_geometry(input, weight, stride, padding, dilation, padding_mode):
@@ -141,17 +136,9 @@ def conv3d_step(input, weight, bias=None, stride=1, padding="causal", dilation=1
     else:
         C = c.shape[2]
         n = (C + T - P - 1) // s + 1 if C + T > P else 0  # output frames this chunk ends
-        if n > 0:
-            # Chunk terms, placed after the cache by zero time padding (C, 0); then the
-            # cache's terms of the L frames whose window starts in it (module docstring).
-            out = _forward(x, weight, bias, stride, [C, 0] + pads[2:], dilation, groups,
-                           inner)
-            L = min(n, -(-C // s))
-            if L > 0:
-                after = max(0, (L - 1) * s + P + 1 - C)
-                seam = _forward(c, weight, None, stride, [0, after] + pads[2:], dilation,
-                                groups, inner)
-                out.narrow(2, 0, L).add_(seam.narrow(2, 0, L))
+        if n > 0:  # the n frames of [cache; chunk] (module docstring)
+            out = stream_forward_op(c, x, weight, bias, stride, [0, 0] + pads[2:], dilation,
+                                    groups, inner)
         else:
             out = None
         start = n * s  # the next output's first frame, in cache + chunk frames

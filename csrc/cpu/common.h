@@ -34,6 +34,35 @@ inline int64_t tap_source(const Geometry& g, int d, int64_t o, int64_t t) {
                       g.pad_before[d], g.pad_after[d], g.mode[d]);
 }
 
+// One sample's input from a first channel, addressed by channel and input depth: the input
+// tensor's frames, behind the frames of g.head (a streaming cache, read in place) where
+// there is one. Height and width strides are the input's in both (DepthHead).
+template <typename T>
+struct InputFrames {
+  const T* body = nullptr;
+  const T* head = nullptr;
+  int64_t head_frames = 0, body_c = 0, body_d = 0, head_c = 0, head_d = 0;
+  const T* frame(int64_t c, int64_t id) const {
+    return id < head_frames ? head + c * head_c + id * head_d
+                            : body + c * body_c + (id - head_frames) * body_d;
+  }
+};
+template <typename T>
+InputFrames<T> input_frames(const Geometry& g, const at::Tensor& x, int64_t n, int64_t c0) {
+  InputFrames<T> f;
+  f.body = static_cast<const T*>(x.const_data_ptr()) + n * x.stride(0) + c0 * x.stride(1);
+  f.body_c = x.stride(1);
+  f.body_d = x.stride(2);
+  if (g.head.frames > 0) {
+    const auto& s = g.head.stride;
+    f.head = static_cast<const T*>(g.head.data) + n * s[0] + c0 * s[1];
+    f.head_frames = g.head.frames;
+    f.head_c = s[1];
+    f.head_d = s[2];
+  }
+  return f;
+}
+
 // The kernel depths [from, to) whose products an output depth od sums: all of them, or,
 // where every weight is finite (a padding zero times a weight is then a zero, not NaN),
 // only those that read input frames (a range: the frames read rise with the kernel

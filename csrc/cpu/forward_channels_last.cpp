@@ -141,10 +141,8 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
   const Geometry& g = L.g;
   const ColumnMap cm(L);
   const int64_t out_per_group = g.out_per_group();
-  const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
-  const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
   const int64_t chunk = result_chunk(cols, sizeof(C));
 
@@ -157,8 +155,8 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
     C* ct = scratch<C>(h_c, chunk * cols);
     for (int64_t task = begin; task < end; ++task) {
       const ForwardTile t(L, task);
-      pack_channels_innermost(L, cm, xp + t.n * xsn + t.grp * channels * xsc, channels, ldb, xs,
-                              t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
+      pack_channels_innermost(L, cm, input_frames<T>(g, input, t.n, t.grp * channels), channels,
+                              ldb, xs, t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
       // Positions up to the last real output of the band's last row.
       const int64_t n = (t.th - 1) * L.lw + g.out[2];
       for (int64_t dl = 0; dl < t.depths; ++dl) {
@@ -195,6 +193,7 @@ void run_tiles(const Layout& L, const at::Tensor& input, int64_t channels, int64
 // pack; tasks are (sample, group, chunk of positions). The output may have any strides
 // (grad_input_phases.cpp writes every s-th position).
 bool pointwise_in_place(const Geometry& g, const at::Tensor& input) {
+  if (g.head.frames > 0) return false;  // (positions of two tensors are not evenly spaced)
   for (int d = 0; d < 3; ++d)
     if (g.kernel[d] != 1 || g.stride[d] != 1 || g.pad_before[d] != 0 || g.pad_after[d] != 0)
       return false;
@@ -351,7 +350,7 @@ void depthwise_rows(const Geometry& g, const at::Tensor& x, const B* xp, const a
 
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(x), ys = spatial_strides(output);
-  const int64_t xsn = x.stride(0), ysn = output.stride(0), ysc = output.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
   // Output columns [lo, hi) read only real input columns, at a fixed step.
   const int64_t lo = std::min(ceil_div(pw, sw), g.out[2]);
   const int64_t top = g.in[2] - 1 + pw - (kw - 1) * dw;
@@ -382,14 +381,14 @@ void depthwise_rows(const Geometry& g, const at::Tensor& x, const B* xp, const a
     for (int64_t task = begin; task < end; ++task) {
       const int64_t plane = task / bands, n = plane / g.out[0], od = plane % g.out[0];
       const int64_t oh0 = (task % bands) * band, oh1 = std::min(g.out[1], oh0 + band);
+      const InputFrames<B> frames = input_frames<B>(g, x, n, 0);
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         // Where each (i, j) tap row starts; a row of padding zeros reads the zero row.
         for (int64_t i = 0; i < kd; ++i) {
           const int64_t id = tap_source(g, 0, od, i);
           for (int64_t j = 0; j < kh; ++j) {
             const int64_t ih = tap_source(g, 1, oh, j);
-            rows[i * kh + j] =
-                id < 0 || ih < 0 ? zero_row : xp + n * xsn + id * xs[0] + ih * xs[1];
+            rows[i * kh + j] = id < 0 || ih < 0 ? zero_row : frames.frame(0, id) + ih * xs[1];
           }
         }
         if (hi > lo) {
@@ -440,8 +439,11 @@ ChannelsLastForward channels_last_forward(const Geometry& g, const at::Tensor& i
     return ChannelsLastForward::None;
   const int64_t in_per_group = g.in_per_group(), out_per_group = g.out_per_group();
   if (in_per_group == 1 && out_per_group == 1) {
-    return zero_row_size(g, input.stride(4)) > kMaxZeroRow ? ChannelsLastForward::None
-                                                           : ChannelsLastForward::Depthwise;
+    // (float16 is widened into a copy of the input tensor alone: not a stream's head.)
+    const bool widened = input.scalar_type() == at::kHalf && g.head.frames > 0;
+    return zero_row_size(g, input.stride(4)) > kMaxZeroRow || widened
+               ? ChannelsLastForward::None
+               : ChannelsLastForward::Depthwise;
   }
   // Output channels fill the vector lanes: below 3/4 of the lanes in use (small groups) the
   // planar kernels, which vectorise over positions, do better, and with one register of

@@ -190,10 +190,8 @@ bool forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
 
   const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
-  const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
   const Blocks& out_blocks = plan.out_blocks;
 
@@ -209,8 +207,8 @@ bool forward_bf16_pairs(const Geometry& g, const at::Tensor& input, const at::Te
     const uint16_t* bits = reinterpret_cast<const uint16_t*>(planes);
     for (int64_t task = begin; task < end; ++task) {
       const ForwardTile t(L, task);
-      pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
-                  t.od0, t.depths, t.oh0, t.th + L.qh_max, planes);
+      pack_planes(L, cm, input_frames<T>(g, input, t.n, t.grp * in_per_group), in_per_group,
+                  xs, t.od0, t.depths, t.oh0, t.th + L.qh_max, planes);
       if (step == 0) {
         for (int64_t p = 0; p < pairs; ++p) {
           const uint16_t* lo = bits + 2 * p * cstride;
@@ -282,10 +280,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const at::Tensor b =
       bias.defined() ? bias.to(c10::CppTypeToScalarType<A>::value).contiguous() : bias;
   const A* bp = b.defined() ? b.const_data_ptr<A>() : nullptr;
-  const T* xp = input.const_data_ptr<T>();
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
-  const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t ysn = output.stride(0), ysc = output.stride(1);
 
   at::parallel_for(0, plan.tasks, 1, [&](int64_t begin, int64_t end) {
@@ -296,8 +292,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     A* ct = scratch<A>(h_c, mk.max_rows * L.n);
     for (int64_t task = begin; task < end; ++task) {
       const ForwardTile t(L, task);
-      pack_planes(L, cm, xp + t.n * xsn + t.grp * in_per_group * xsc, in_per_group, xsc, xs,
-                  t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
+      pack_planes(L, cm, input_frames<T>(g, input, t.n, t.grp * in_per_group), in_per_group,
+                  xs, t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
       for (int64_t dl = 0; dl < t.depths; ++dl) {
         const int64_t od = t.od0 + dl, set = terms.of_depth[od];
         for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
@@ -324,9 +320,12 @@ void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor&
   // (It takes only layers with input channels, so the K == 0 case stays in forward_kernel.)
   if (forward_winograd(g, input, weight, bias, output)) return;
   if (forward_channels_last(g, input, weight, bias, output)) return;
+  // The routes through layout copies copy the input tensor alone: a stream's head (g.head)
+  // is read in place by the kernels below.
+  const bool copies = g.head.frames == 0;
   // (1x1x1 is a plain GEMM on planar tensors already: 128 -> 128 channels took 0.46-0.48
   // ms planar, 0.51-0.56 through the copies.)
-  if (g.kernel_volume() > 1 && through_channels_last(g, input)) {
+  if (copies && g.kernel_volume() > 1 && through_channels_last(g, input)) {
     at::Tensor y = layout_scratch(output, at::MemoryFormat::ChannelsLast3d, kCopy2);
     if (forward_channels_last(g, to_channels_last(input, kCopy), weight, bias, y)) {
       copy_layout(output, y);
@@ -339,7 +338,7 @@ void tiled_forward(const Geometry& g, const at::Tensor& input, const at::Tensor&
   // I3D's stem (3 -> 64, 7x7x7 stride 2), 2 threads, ms: float32 9.35 -> 8.8, bfloat16 6.4
   // -> 5.7 (then 5.1 with the kernel-column pairs of forward_bf16_pairs).
   const auto cl = at::MemoryFormat::ChannelsLast3d;
-  if (g.in_per_group() < 8 && !input.is_contiguous() && input.is_contiguous(cl) &&
+  if (copies && g.in_per_group() < 8 && !input.is_contiguous() && input.is_contiguous(cl) &&
       output.is_contiguous(cl)) {
     at::Tensor x = layout_scratch(input, at::MemoryFormat::Contiguous, kCopy);
     at::Tensor y = layout_scratch(output, at::MemoryFormat::Contiguous, kCopy2);

@@ -95,10 +95,9 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
 
   const std::vector<float> bvec = bias_or_zeros<float>(g, bias);
 
-  const B* xp = reinterpret_cast<const B*>(input.const_data_ptr());
   T* yp = output.mutable_data_ptr<T>();
   const auto xs = spatial_strides(input), ys = spatial_strides(output);
-  const int64_t xsn = input.stride(0), ysn = output.stride(0), ysc = output.stride(1);
+  const int64_t ysn = output.stride(0), ysc = output.stride(1);
 
   // The three steps of a chunk of tiles from tile0, on the chunk's tiles or components
   // [begin, end); v [comp][tile][C_in] and prod [comp][tile][C_out] hold `cap` tiles.
@@ -108,7 +107,8 @@ bool winograd_forward(const Geometry& g, int64_t m, const at::Tensor& input,
     std::vector<const B*> src(comps);
     for (int64_t i = begin; i < end; ++i) {
       const auto [n, id, ih, iw] = grid.coords(tile0 + i);
-      input_sources(g, ax, id, ih, iw, xp + n * xsn, xs, zeros.data(), src.data());
+      input_sources(g, ax, id, ih, iw, input_frames<B>(g, input, n, 0), xs, zeros.data(),
+                      src.data());
       if constexpr (std::is_same_v<B, float>) {
         mk.winograd_input(ms, src.data(), cin, v + i * cp, cap * cp);
       } else {
@@ -271,6 +271,9 @@ bool forward_winograd(const Geometry& g, const at::Tensor& input, const at::Tens
   if (m == 0 || micro_kernels(float{}).winograd_input == nullptr) return false;
   // The transforms read and write runs of channels: planar tensors go through channels_last
   // copies (a store per element into a planar output cost more than the layer's GEMMs).
+  // A copy would hold the input tensor alone: a stream's head is read in place, so a
+  // planar stream takes the direct kernels.
+  if (g.head.frames > 0 && input.stride(1) != 1) return false;
   const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input, kCopy);
   at::Tensor y = output.stride(1) == 1
                      ? output

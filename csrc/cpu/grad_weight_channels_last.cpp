@@ -86,10 +86,9 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
   // grad_output is read in place when its channels are contiguous values of A.
   const bool gy_in_place = !Pairs && std::is_same_v<T, A> && grad_output.stride(1) == 1;
 
-  const T* xp = input.const_data_ptr<T>();
   const T* gyp = grad_output.const_data_ptr<T>();
   const auto xs = spatial_strides(input), gys = spatial_strides(grad_output);
-  const int64_t xsn = input.stride(0), gysn = grad_output.stride(0), gysc = grad_output.stride(1);
+  const int64_t gysn = grad_output.stride(0), gysc = grad_output.stride(1);
   T* gwp = grad_weight.mutable_data_ptr<T>();
   const int64_t gw0 = grad_weight.stride(0), gw1 = grad_weight.stride(1);
   const std::array<int64_t, 3> gwk = {grad_weight.stride(2), grad_weight.stride(3),
@@ -139,8 +138,7 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output, const 
         const int64_t n = nd / g.out[0], od = nd % g.out[0];
         for (int64_t oh0 = 0; oh0 < g.out[1]; oh0 += L.th) {
             const int64_t th = L.band_rows(oh0);
-            pack_channels_innermost(L, cm,
-                                    xp + n * xsn + (grp * in_per_group + ci0) * input.stride(1),
+            pack_channels_innermost(L, cm, input_frames<T>(g, input, n, grp * in_per_group + ci0),
                                     cis, ldb, xs, od, 1, oh0, th + L.qh_max, buf);
             const T* gy = gyp + n * gysn + co0 * gysc + od * gys[0] + oh0 * gys[1];
             if constexpr (Pairs) {

@@ -51,10 +51,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
                            at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
   A* acc = static_cast<A*>(acc_holder.data_ptr());
   const T* gyp = grad_output.const_data_ptr<T>();
-  const T* xp = input.const_data_ptr<T>();
   const auto gys = spatial_strides(grad_output), xs = spatial_strides(input);
   const int64_t gysn = grad_output.stride(0), gysc = grad_output.stride(1);
-  const int64_t xsn = input.stride(0), xsc = input.stride(1);
   const int64_t bands = L.bands(), gy_row = plan.gy_row;
 
   const int64_t per_depth = g.kernel[1] * g.kernel[2];
@@ -85,8 +83,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
               const int64_t oh0 = band * L.th, th = L.band_rows(oh0);
               const int64_t depths = std::min(L.td, g.out[0] - od0);
               pack_planes<decltype(sanitize)::value>(
-                  L, cm, xp + n * xsn + (grp * in_per_group + c0) * xsc, in_count, xsc, xs, od0,
-                  depths, oh0, th + L.qh_max, buf);
+                  L, cm, input_frames<T>(g, input, n, grp * in_per_group + c0), in_count, xs,
+                  od0, depths, oh0, th + L.qh_max, buf);
               for (int64_t dl = 0; dl < depths; ++dl) {
                 pack_grad_output(L, gyp + n * gysn + (grp * out_per_group + co0) * gysc,
                                  out_count, gysc, gys, od0 + dl, oh0, gy_tile, gy_row, 0);
@@ -126,7 +124,8 @@ void grad_weight_kernel(const Geometry& g, const at::Tensor& grad_output,
 void tiled_grad_weight(const Geometry& g, const at::Tensor& grad_output,
                        const at::Tensor& input, at::Tensor& grad_weight) {
   if (grad_weight_winograd(g, grad_output, input, grad_weight)) return;
-  if (through_channels_last(g, input) &&
+  // (The copies would copy the input tensor alone: a stream's head is read in place.)
+  if (g.head.frames == 0 && through_channels_last(g, input) &&
       grad_weight_channels_last(g, to_channels_last(grad_output, kCopy),
                                 to_channels_last(input, kCopy2), grad_weight))
     return;

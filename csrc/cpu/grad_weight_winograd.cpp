@@ -52,10 +52,9 @@ bool winograd_grad_weight(const Geometry& g, int64_t m, const at::Tensor& grad_o
     std::fill(du + begin * batch, du + end * batch, 0.f);
   });
 
-  const B* xp = reinterpret_cast<const B*>(input.const_data_ptr());
   const B* gp = reinterpret_cast<const B*>(grad_output.const_data_ptr());
   const auto xs = spatial_strides(input), gs = spatial_strides(grad_output);
-  const int64_t xsn = input.stride(0), gsn = grad_output.stride(0);
+  const int64_t gsn = grad_output.stride(0);
   for (int64_t tile0 = 0; tile0 < tiles; tile0 += chunk) {
     const int64_t count = std::min(chunk, tiles - tile0);
     // Each tile's input components (as the forward's) and output-gradient components.
@@ -64,7 +63,8 @@ bool winograd_grad_weight(const Geometry& g, int64_t m, const at::Tensor& grad_o
       std::vector<const B*> src(comps), gsrc(ms[0] * ms[1] * ms[2]);
       for (int64_t i = begin; i < end; ++i) {
         const auto [n, id, ih, iw] = grid.coords(tile0 + i);
-        input_sources(g, ax, id, ih, iw, xp + n * xsn, xs, zeros.data(), src.data());
+        input_sources(g, ax, id, ih, iw, input_frames<B>(g, input, n, 0), xs, zeros.data(),
+                      src.data());
         const B* gn = gp + n * gsn;
         for (int64_t x = 0; x < ms[0]; ++x) {
           const int64_t od = ax[0].origin[id] + x * ax[0].step;
@@ -163,6 +163,7 @@ bool grad_weight_winograd(const Geometry& g, const at::Tensor& grad_output,
   if (m == 0 || g.kernel_volume() != 27 ||
       micro_kernels(float{}).winograd_output_adjoint == nullptr)
     return false;
+  if (g.head.frames > 0 && input.stride(1) != 1) return false;  // (as forward_winograd)
   const at::Tensor x = input.stride(1) == 1 ? input : to_channels_last(input, kCopy2);
   const at::Tensor gy =
       grad_output.stride(1) == 1 ? grad_output : to_channels_last(grad_output, kCopy);

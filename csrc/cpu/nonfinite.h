@@ -88,19 +88,19 @@ void add_weight_terms(const Geometry& g, const at::Tensor& grad_output,
 // Positions (n, c, d, h, w) of the non-finite input elements, in memory-independent order.
 template <typename T>
 std::vector<std::array<int64_t, 5>> nonfinite_inputs(const Geometry& g, const at::Tensor& x) {
-  const T* xp = x.const_data_ptr<T>();
   const auto xs = spatial_strides(x);
   std::vector<std::vector<std::array<int64_t, 5>>> per_slab(g.batch * g.in_channels);
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.in_channels, c = task % g.in_channels;
-      const T* s = xp + n * x.stride(0) + c * x.stride(1);
-      for (int64_t d = 0; d < g.in[0]; ++d)
+      const InputFrames<T> frames = input_frames<T>(g, x, n, c);
+      for (int64_t d = 0; d < g.in[0]; ++d) {
+        const T* s = frames.frame(0, d);
         for (int64_t h = 0; h < g.in[1]; ++h)
           for (int64_t w = 0; w < g.in[2]; ++w)
-            if (!std::isfinite(
-                    static_cast<at::opmath_type<T>>(s[d * xs[0] + h * xs[1] + w * xs[2]])))
+            if (!std::isfinite(static_cast<at::opmath_type<T>>(s[h * xs[1] + w * xs[2]])))
               per_slab[task].push_back({n, c, d, h, w});
+      }
     }
   });
   std::vector<std::array<int64_t, 5>> out;
@@ -127,7 +127,6 @@ void add_input_terms(const Geometry& g, const at::Tensor& grad_output, const at:
       }
   }
   const T* gyp = grad_output.const_data_ptr<T>();
-  const T* xp = x.const_data_ptr<T>();
   const auto gys = spatial_strides(grad_output), xs = spatial_strides(x);
   // A thread owns output channels: the rows of acc it adds into.
   at::parallel_for(0, g.out_channels, 1, [&](int64_t begin, int64_t end) {
@@ -136,8 +135,8 @@ void add_input_terms(const Geometry& g, const at::Tensor& grad_output, const at:
       A* row = acc + co * in_per_group * kvol;
       for (const auto& [n, c, d, h, w] : where) {
         if (c / in_per_group != grp) continue;
-        const A v = static_cast<A>(
-            xp[n * x.stride(0) + c * x.stride(1) + d * xs[0] + h * xs[1] + w * xs[2]]);
+        const A v =
+            static_cast<A>(input_frames<T>(g, x, n, c).frame(0, d)[h * xs[1] + w * xs[2]]);
         const T* gy = gyp + n * grad_output.stride(0) + co * grad_output.stride(1);
         A* taps = row + (c % in_per_group) * kvol;
         for (const auto& [td, od] : readers[0][d])

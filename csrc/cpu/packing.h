@@ -46,9 +46,9 @@ inline void store_run(T* dst, int64_t stride, const C* src, const C* bias, int64
 // pack_planes for channel stride 1 (channels_last): the same planes, filled walking each
 // source row once with the channel innermost, so reads are contiguous.
 template <bool Sanitize, typename T, typename A>
-void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels,
-                               const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths,
-                               int64_t oh0, int64_t rows, A* buf) {
+void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const InputFrames<T>& x,
+                               int64_t channels, const std::array<int64_t, 3>& xs, int64_t od0,
+                               int64_t depths, int64_t oh0, int64_t rows, A* buf) {
   const Geometry& g = L.g;
   const int64_t cstride = L.channel_stride();
   for (int64_t slot = 0; slot < L.slots; ++slot) {
@@ -67,7 +67,7 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
               std::fill(d + c * cstride, d + c * cstride + L.lw, A(0));
             continue;
           }
-          const T* src = x + id * xs[0] + ih * xs[1];
+          const T* src = x.frame(0, id) + ih * xs[1];
           for (int64_t t = 0; t < L.lw; ++t) {
             if (col[t] < 0) {
               for (int64_t c = 0; c < channels; ++c) d[c * cstride + t] = A(0);
@@ -82,16 +82,16 @@ void pack_planes_channels_last(const Layout& L, const ColumnMap& cm, const T* x,
   }
 }
 
-// Copies channels [0, channels) of `x` (one sample, the block's first channel; channel
-// stride xc, spatial strides xs) for the tile of `depths` output depths from od0 and the
+// Copies channels [0, channels) of `x` (one sample from the block's first channel; height
+// and width strides xs[1], xs[2]) for the tile of `depths` output depths from od0 and the
 // band from oh0 into phase planes, their first `rows` rows (what the band reads).
 template <bool Sanitize = false, typename T, typename A>
-void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t channels, int64_t xc,
-                 const std::array<int64_t, 3>& xs, int64_t od0, int64_t depths, int64_t oh0,
-                 int64_t rows, A* buf) {
+void pack_planes(const Layout& L, const ColumnMap& cm, const InputFrames<T>& x,
+                 int64_t channels, const std::array<int64_t, 3>& xs, int64_t od0,
+                 int64_t depths, int64_t oh0, int64_t rows, A* buf) {
   const Geometry& g = L.g;
   const int64_t lo = cm.all_lo, hi = cm.all_hi, pw = g.pad_before[2];
-  if (xc == 1 && channels > 1) {
+  if (x.body_c == 1 && channels > 1) {
     // channels_last: a source row is [W][C]; read it once, channels innermost.
     pack_planes_channels_last<Sanitize>(L, cm, x, channels, xs, od0, depths, oh0, rows, buf);
     return;
@@ -111,7 +111,7 @@ void pack_planes(const Layout& L, const ColumnMap& cm, const T* x, int64_t chann
               std::fill(dst + rw * L.plane, dst + rw * L.plane + L.lw, A(0));
             continue;
           }
-          const T* src = x + c * xc + id * xs[0] + ih * xs[1];
+          const T* src = x.frame(c, id) + ih * xs[1];
           // Border columns through the table, where the padding mode decides.
           for (int64_t rw = 0; rw < L.sw; ++rw) {
             A* d = dst + rw * L.plane;
@@ -232,7 +232,7 @@ void pack_grad_output(const Layout& L, const T* gy, int64_t channels, int64_t gy
 // buf[(p * L.plane + f) * ldb + e], planes in Layout's order (slot, rh, rw). Channels
 // [channels, ldb) are left as they are (the caller zeroes the buffer once).
 template <typename T, typename B>
-void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
+void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const InputFrames<T>& x,
                              int64_t channels, int64_t ldb, const std::array<int64_t, 3>& xs,
                              int64_t od0, int64_t depths, int64_t oh0, int64_t rows, B* buf) {
   const Geometry& g = L.g;
@@ -252,7 +252,7 @@ void pack_channels_innermost(const Layout& L, const ColumnMap& cm, const T* x,
             std::fill(d, d + row, B(0));
             continue;
           }
-          const T* src = x + id * xs[0] + ih * xs[1];
+          const T* src = x.frame(0, id) + ih * xs[1];
           for (int64_t t = 0; t < L.lw; ++t) {
             B* dt = d + t * ldb;
             if (col[t] < 0) {

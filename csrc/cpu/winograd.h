@@ -109,11 +109,11 @@ struct TileGrid {
 };
 
 // Where each input component of tile (id, ih, iw) reads its run of channels: in the
-// sample at xn (spatial strides xs), or `zeros` for a padding zero.
+// sample's frames xn (height and width strides xs[1], xs[2]), or `zeros` for a padding zero.
 template <typename B>
 void input_sources(const Geometry& g, const std::array<Axis, 3>& ax, int64_t id, int64_t ih,
-                   int64_t iw, const B* xn, const std::array<int64_t, 3>& xs, const B* zeros,
-                   const B** src) {
+                   int64_t iw, const InputFrames<B>& xn, const std::array<int64_t, 3>& xs,
+                   const B* zeros, const B** src) {
   int64_t sd[6], sh[6], sw[6];
   tile_sources(g, 0, ax[0], id, sd);
   tile_sources(g, 1, ax[1], ih, sh);
@@ -124,7 +124,7 @@ void input_sources(const Geometry& g, const std::array<Axis, 3>& ax, int64_t id,
       for (int64_t z = 0; z < aw; ++z)
         src[(x * ah + y) * aw + z] = sd[x] < 0 || sh[y] < 0 || sw[z] < 0
                                          ? zeros
-                                         : xn + sd[x] * xs[0] + sh[y] * xs[1] + sw[z] * xs[2];
+                                         : xn.frame(0, sd[x]) + sh[y] * xs[1] + sw[z] * xs[2];
 }
 
 }  // namespace torchconv3d::cpu::winograd

@@ -34,6 +34,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -64,6 +65,23 @@ struct Dim {
 // The strides of a 5-D tensor in (N, C, D, H, W) order, whatever its memory format.
 struct Strides {
   int64_t v[5];
+};
+
+// The input as the v1 kernels read it: element (n, c, d, h, w) of x, or, for the first
+// head_frames depths, of a stream's head (DepthHead, conv3d.h), read in place.
+template <typename T>
+struct Volume {
+  const T* x;
+  Strides xs;
+  const T* head;
+  Strides hs;
+  int64_t head_frames;
+  __device__ T at(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) const {
+    return d < head_frames
+               ? head[n * hs.v[0] + c * hs.v[1] + d * hs.v[2] + h * hs.v[3] + w * hs.v[4]]
+               : x[n * xs.v[0] + c * xs.v[1] + (d - head_frames) * xs.v[2] + h * xs.v[3] +
+                   w * xs.v[4]];
+  }
 };
 
 struct Conv {
@@ -314,18 +332,18 @@ struct ForwardProblem : GemmShape {
   using acc_t = typename Acc<T>::type;
   static constexpr bool kBkFastest = false;
   static constexpr bool kSumsTerms = false;  // a padding zero is a term (nn.Conv3d's rule)
-  const T* x;
+  Volume<T> x;
   const T* w;
   const T* bias;  // null without bias
   int64_t bias_stride;
   T* y;
-  Strides xs, ws, ys;
+  Strides ws, ys;
 
   struct Row {
     const T* w;  // this output channel's filter
   };
   struct Col {
-    const T* x;           // this sample, first channel of the group
+    int64_t n, c0;        // sample, the group's first channel
     int64_t jd, jh, jw;   // padded coordinates read by tap 0
   };
   struct KState {
@@ -338,8 +356,7 @@ struct ForwardProblem : GemmShape {
   }
   __device__ Col col(int64_t group, int64_t n) const {
     const Pos o = decode_pos(n, c.out_vol, c.out_hw, c.dim[2].out);
-    return {x + o.n * xs.v[0] + group * c.cin_g * xs.v[1],
-            o.d * c.dim[0].stride - c.dim[0].pad_before,
+    return {o.n, group * c.cin_g, o.d * c.dim[0].stride - c.dim[0].pad_before,
             o.h * c.dim[1].stride - c.dim[1].pad_before,
             o.w * c.dim[2].stride - c.dim[2].pad_before};
   }
@@ -356,8 +373,7 @@ struct ForwardProblem : GemmShape {
     const int64_t ih = source_index(q.jh + s.t.h * c.dim[1].dil, c.dim[1], c.mode[1]);
     const int64_t iw = source_index(q.jw + s.t.w * c.dim[2].dil, c.dim[2], c.mode[2]);
     if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
-    return static_cast<acc_t>(
-        q.x[s.ci * xs.v[1] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+    return static_cast<acc_t>(x.at(q.n, q.c0 + s.ci, id, ih, iw));
   }
   __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
     const int64_t co = group * c.cout_g + m;
@@ -463,21 +479,21 @@ struct GradWeightProblem : GemmShape {
   static constexpr bool kBkFastest = true;
   static constexpr bool kSumsTerms = false;
   const T* gy;
-  const T* x;
+  Volume<T> x;
   T* gw;
-  Strides gys, xs, gws;
+  Strides gys, gws;
   acc_t* partial;  // null when K is not split
 
   struct Row {
     int64_t gy_offset;  // this output channel
   };
   struct Col {
-    int64_t x_offset;        // this input channel
+    int64_t ci;              // this input channel
     int64_t dd, dh, dw;      // tap offsets in padded coordinates
   };
   struct KState {
     const T* gy;             // grad_output at this position, channel 0
-    const T* x;              // input of this sample, channel 0
+    int64_t n;               // this sample
     int64_t jd, jh, jw;      // padded coordinates read by tap 0
   };
 
@@ -487,13 +503,12 @@ struct GradWeightProblem : GemmShape {
   __device__ Col col(int64_t group, int64_t n) const {
     const int64_t ci = n / c.kvol;
     const Tap t = decode_tap(n - ci * c.kvol, c);
-    return {(group * c.cin_g + ci) * xs.v[1], t.d * c.dim[0].dil, t.h * c.dim[1].dil,
-            t.w * c.dim[2].dil};
+    return {group * c.cin_g + ci, t.d * c.dim[0].dil, t.h * c.dim[1].dil, t.w * c.dim[2].dil};
   }
   __device__ KState kstate(int64_t k) const {
     const Pos o = decode_pos(k, c.out_vol, c.out_hw, c.dim[2].out);
     return {gy + o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4],
-            x + o.n * xs.v[0], o.d * c.dim[0].stride - c.dim[0].pad_before,
+            o.n, o.d * c.dim[0].stride - c.dim[0].pad_before,
             o.h * c.dim[1].stride - c.dim[1].pad_before,
             o.w * c.dim[2].stride - c.dim[2].pad_before};
   }
@@ -505,8 +520,7 @@ struct GradWeightProblem : GemmShape {
     const int64_t ih = source_index(s.jh + q.dh, c.dim[1], c.mode[1]);
     const int64_t iw = source_index(s.jw + q.dw, c.dim[2], c.mode[2]);
     if (id < 0 || ih < 0 || iw < 0) return acc_t(0);
-    return static_cast<acc_t>(
-        s.x[q.x_offset + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+    return static_cast<acc_t>(x.at(s.n, q.ci, id, ih, iw));
   }
   __device__ void store(int64_t group, int64_t m, int64_t n, acc_t v) const {
     if (partial != nullptr) {
@@ -545,8 +559,8 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    depthwise_forward_kernel(Conv c, const T* x, Strides xs, const T* w, Strides ws,
-                             const T* bias, int64_t bias_stride, T* y, Strides ys) {
+    depthwise_forward_kernel(Conv c, Volume<T> x, const T* w, Strides ws, const T* bias,
+                             int64_t bias_stride, T* y, Strides ys) {
   using acc_t = typename Acc<T>::type;
   const int64_t cout = c.groups * c.cout_g;
   const int64_t total = c.batch * cout * c.out_vol;
@@ -557,7 +571,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t nc = e / c.out_vol;
     const Pos o = decode_pos(e - nc * c.out_vol, c.out_vol, c.out_hw, c.dim[2].out);
     const int64_t n = nc / cout, co = nc - n * cout;
-    const T* xc = x + n * xs.v[0] + (co / c.cout_g) * xs.v[1];
+    const int64_t ci = co / c.cout_g;
     const T* wc = w + co * ws.v[0];
     acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[co * bias_stride]) : acc_t(0);
     // A padding zero is a term like any input element (nn.Conv3d's rule: a NaN or Inf
@@ -574,7 +588,7 @@ __global__ void __launch_bounds__(kThreads)
               c.mode[2]);
           const acc_t xv = (id < 0 || ih < 0 || iw < 0)
                                ? acc_t(0)
-                               : static_cast<acc_t>(xc[id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+                               : static_cast<acc_t>(x.at(n, ci, id, ih, iw));
           acc += static_cast<acc_t>(wc[td * ws.v[2] + th * ws.v[3] + tw * ws.v[4]]) * xv;
         }
       }
@@ -650,8 +664,8 @@ __device__ A block_sum(A v, A* smem) {
 // One block per weight element (co, tap), summing over batch and output positions.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    depthwise_grad_weight_kernel(Conv c, const T* gy, Strides gys, const T* x, Strides xs,
-                                 T* gw, Strides gws) {
+    depthwise_grad_weight_kernel(Conv c, const T* gy, Strides gys, Volume<T> x, T* gw,
+                                 Strides gws) {
   using acc_t = typename Acc<T>::type;
   __shared__ acc_t smem[kThreads];
   const int64_t cout = c.groups * c.cout_g;
@@ -660,7 +674,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t co = e / c.kvol;
     const Tap t = decode_tap(e - co * c.kvol, c);
     const T* gyc = gy + co * gys.v[1];
-    const T* xc = x + (co / c.cout_g) * xs.v[1];
+    const int64_t ci = co / c.cout_g;
     acc_t sum = acc_t(0);
     for (int64_t q = threadIdx.x; q < positions; q += kThreads) {
       const Pos o = decode_pos(q, c.out_vol, c.out_hw, c.dim[2].out);
@@ -674,7 +688,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t xv =
           (id < 0 || ih < 0 || iw < 0)
               ? acc_t(0)
-              : static_cast<acc_t>(xc[o.n * xs.v[0] + id * xs.v[2] + ih * xs.v[3] + iw * xs.v[4]]);
+              : static_cast<acc_t>(x.at(o.n, ci, id, ih, iw));
       sum += static_cast<acc_t>(
                  gyc[o.n * gys.v[0] + o.d * gys.v[2] + o.h * gys.v[3] + o.w * gys.v[4]]) *
              xv;
@@ -779,6 +793,32 @@ inline Strides strides_of(const at::Tensor& t) {
   return s;
 }
 
+template <typename T>
+Volume<T> volume_of(const Geometry& g, const at::Tensor& x) {
+  Volume<T> v{x.const_data_ptr<T>(), strides_of(x), static_cast<const T*>(g.head.data), {},
+              g.head.frames};
+  for (int i = 0; i < 5; ++i) v.hs.v[i] = g.head.stride[i];
+  return v;
+}
+
+// A stream's volume (g.head's frames, then x's) as one channels_last tensor, for the v2
+// kernels, which read their input from a channels_last copy of a planar tensor (and of
+// one whose channels they pad): there it takes the place of that copy. A channels_last
+// chunk in whole 16-byte chunks of channels, which they would read in place, is copied too:
+// their gathers do not read a head yet (v1's kernels do, Volume).
+inline at::Tensor stream_volume(const Geometry& g, const at::Tensor& x) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes[2] = g.head.frames;
+  const std::vector<int64_t> strides(g.head.stride.begin(), g.head.stride.end());
+  const at::Tensor head = at::from_blob(const_cast<void*>(g.head.data), sizes, strides,
+                                        x.options());
+  sizes[2] += x.size(2);
+  at::Tensor v = at::empty(sizes, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  v.narrow(2, 0, g.head.frames).copy_(head);
+  v.narrow(2, g.head.frames, x.size(2)).copy_(x);
+  return v;
+}
+
 #define TC3D_CUDA_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -803,12 +843,15 @@ void launch_gemm(const Env& env, const Problem& p, int64_t splits) {
 template <typename Env>
 void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
                   const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
-  if (dw::ok(g, x.scalar_type())) {
-    dw::forward(env, g, x, w, b, y);
-    return;
-  }
-  if (tc::forward_ok(g, x.scalar_type(), env.allow_tf32)) {
-    tc::forward(env, g, x, w, b, y);
+  const bool dw_ok = dw::ok(g, x.scalar_type());
+  if (dw_ok || tc::forward_ok(g, x.scalar_type(), env.allow_tf32)) {
+    Geometry gv = g;
+    gv.head = {};
+    const at::Tensor v = g.head.frames > 0 ? stream_volume(g, x) : x;
+    if (dw_ok)
+      dw::forward(env, gv, v, w, b, y);
+    else
+      tc::forward(env, gv, v, w, b, y);
     return;
   }
   const Conv c = make_conv(g);
@@ -818,15 +861,15 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
     if (one_input_channel_per_group(g)) {
       const int64_t total = g.batch * g.out_channels * c.out_vol;
       env.launch(depthwise_forward_kernel<scalar_t>, grid_1d(env, ceil_div(total, kThreads)),
-                 dim3(kThreads), c, x.const_data_ptr<scalar_t>(), strides_of(x),
-                 w.const_data_ptr<scalar_t>(), strides_of(w), bias, bias_stride,
-                 y.mutable_data_ptr<scalar_t>(), strides_of(y));
+                 dim3(kThreads), c, volume_of<scalar_t>(g, x), w.const_data_ptr<scalar_t>(),
+                 strides_of(w), bias, bias_stride, y.mutable_data_ptr<scalar_t>(),
+                 strides_of(y));
       return;
     }
     const ForwardProblem<scalar_t> p{
         gemm_shape(c, c.cout_g, c.batch * c.out_vol, c.cin_g * c.kvol),
-        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias, bias_stride,
-        y.mutable_data_ptr<scalar_t>(), strides_of(x), strides_of(w), strides_of(y)};
+        volume_of<scalar_t>(g, x), w.const_data_ptr<scalar_t>(), bias, bias_stride,
+        y.mutable_data_ptr<scalar_t>(), strides_of(w), strides_of(y)};
     launch_gemm(env, p, 1);
   });
 }
@@ -880,12 +923,15 @@ template <typename Env>
 void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
                       const at::Tensor& x, at::Tensor& gw) {
   if (gw.numel() == 0) return;
-  if (dw::ok(g, gy.scalar_type())) {
-    dw::grad_weight(env, g, gy, x, gw);
-    return;
-  }
-  if (tc::grad_weight_ok(g, gy.scalar_type(), env.allow_tf32)) {
-    tc::grad_weight(env, g, gy, x, gw);
+  const bool dw_ok = dw::ok(g, gy.scalar_type());
+  if (dw_ok || tc::grad_weight_ok(g, gy.scalar_type(), env.allow_tf32)) {
+    Geometry gv = g;
+    gv.head = {};
+    const at::Tensor v = g.head.frames > 0 ? stream_volume(g, x) : x;
+    if (dw_ok)
+      dw::grad_weight(env, gv, gy, v, gw);
+    else
+      tc::grad_weight(env, gv, gy, v, gw);
     return;
   }
   const Conv c = make_conv(g);
@@ -894,15 +940,14 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
     if (one_input_channel_per_group(g)) {
       env.launch(depthwise_grad_weight_kernel<scalar_t>,
                  grid_1d(env, g.out_channels * c.kvol), dim3(kThreads), c,
-                 gy.const_data_ptr<scalar_t>(), strides_of(gy), x.const_data_ptr<scalar_t>(),
-                 strides_of(x), gw.mutable_data_ptr<scalar_t>(), strides_of(gw));
+                 gy.const_data_ptr<scalar_t>(), strides_of(gy), volume_of<scalar_t>(g, x),
+                 gw.mutable_data_ptr<scalar_t>(), strides_of(gw));
       return;
     }
     GradWeightProblem<scalar_t> p{
         gemm_shape(c, c.cout_g, c.cin_g * c.kvol, c.batch * c.out_vol),
-        gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-        gw.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(x), strides_of(gw),
-        nullptr};
+        gy.const_data_ptr<scalar_t>(), volume_of<scalar_t>(g, x),
+        gw.mutable_data_ptr<scalar_t>(), strides_of(gy), strides_of(gw), nullptr};
     const int64_t tiles = ceil_div(p.M, kBM) * ceil_div(p.N, kBN) * p.groups;
     int64_t splits = tc::grad_weight_splits(tiles, ceil_div(p.K, kBK),
                                             gw.numel() * static_cast<int64_t>(sizeof(acc_t)),

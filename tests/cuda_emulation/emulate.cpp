@@ -91,6 +91,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_backward(
                       padding_mode, check_output_mask(output_mask));
 }
 
+at::Tensor conv3d_stream_forward(const at::Tensor& head, const at::Tensor& input,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, int64_t groups,
+                                 c10::string_view padding_mode) {
+  return run_stream_forward(kEmulated, head, input, weight, bias, stride, padding, dilation,
+                            groups, padding_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3d_stream_backward(
+    const at::Tensor& grad_output, const at::Tensor& head, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, c10::string_view padding_mode,
+    const c10::List<bool>& output_mask) {
+  return run_stream_backward(kEmulated, grad_output, head, input, weight, stride, padding,
+                             dilation, groups, padding_mode, check_output_mask(output_mask));
+}
+
 at::Tensor conv_transpose3d_forward(const at::Tensor& input, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias,
                                     c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -121,6 +139,15 @@ TORCH_LIBRARY(torchconv3d_emu, m) {
       "int[6] padding, int[3] dilation, int groups, str padding_mode, bool[] output_mask) "
       "-> (Tensor, Tensor, Tensor)",
       &conv3d_backward);
+  m.def(
+      "conv3d_stream_forward(Tensor head, Tensor input, Tensor weight, Tensor? bias, "
+      "int[3] stride, int[6] padding, int[3] dilation, int groups, str padding_mode) -> Tensor",
+      &conv3d_stream_forward);
+  m.def(
+      "conv3d_stream_backward(Tensor grad_output, Tensor head, Tensor input, Tensor weight, "
+      "int[3] stride, int[6] padding, int[3] dilation, int groups, str padding_mode, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor)",
+      &conv3d_stream_backward);
   m.def(
       "conv_transpose3d_forward(Tensor input, Tensor weight, Tensor? bias, int[3] stride, "
       "int[3] padding, int[3] output_padding, int[3] dilation, int groups) -> Tensor",
