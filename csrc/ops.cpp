@@ -327,18 +327,16 @@ at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
   return input.dim() == 4 ? out.squeeze(0) : out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
-    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
-    c10::IntArrayRef dilation, int64_t groups, std::string_view padding_mode,
-    std::array<bool, 3> output_mask) {
-  const Geometry g = check_conv3d_args(input, weight, std::nullopt, grad_output, stride,
-                                       padding, dilation, groups, padding_mode);
-  const at::Tensor x = batched(input);
-  const at::Tensor gy = batched(grad_output);
+namespace {
+
+// The backward's passes for a checked geometry: x is the batched input tensor, head the
+// frames a stream reads before it (undefined otherwise); grad_input has the shape of the
+// volume g describes (x's own without a head), results are in nn.Conv3d's formats.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_passes(
+    const DeviceKernels& k, const Geometry& g, const at::Tensor& gy, const at::Tensor& x,
+    const at::Tensor& head, const at::Tensor& weight, const TorchFormats& formats,
+    std::array<bool, 3> output_mask, bool unbatched) {
   const bool empty = gy.numel() == 0;
-  const TorchFormats formats =
-      torch_formats(x, weight, stride, padding, dilation, groups, g.mode);
   at::Tensor grad_input, grad_weight, grad_bias;
   // Weight and bias first: their workspace is freed before grad_input (the largest
   // result) is allocated, which lowers the peak.
@@ -348,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     if (empty) {
       grad_weight.zero_();
     } else {
-      grad_weight_pass(k, g, gy, x, grad_weight);
+      grad_weight_pass(k, g, gy, x, grad_weight, head);
     }
   }
   if (output_mask[2]) {
@@ -360,15 +358,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     }
   }
   if (output_mask[0]) {
-    grad_input = at::empty(x.sizes(), x.options().memory_format(formats.grad_input));
-    if (!empty && x.numel() > 0) {
+    // (grad_input reads no input: a stream's volume gets it like any tensor of its shape)
+    grad_input = at::empty({g.batch, g.in_channels, g.in[0], g.in[1], g.in[2]},
+                           x.options().memory_format(formats.grad_input));
+    if (!empty && grad_input.numel() > 0) {
       grad_input_pass(k, g, gy, weight, grad_input);
     } else {
       grad_input.zero_();  // (at::zeros would drop the memory format)
     }
-    if (input.dim() == 4) grad_input = grad_input.squeeze(0);
+    if (unbatched) grad_input = grad_input.squeeze(0);
   }
   return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, std::string_view padding_mode,
+    std::array<bool, 3> output_mask) {
+  const Geometry g = check_conv3d_args(input, weight, std::nullopt, grad_output, stride,
+                                       padding, dilation, groups, padding_mode);
+  const at::Tensor x = batched(input);
+  const TorchFormats formats =
+      torch_formats(x, weight, stride, padding, dilation, groups, g.mode);
+  return backward_passes(k, g, batched(grad_output), x, at::Tensor(), weight, formats,
+                         output_mask, input.dim() == 4);
 }
 
 namespace {
@@ -456,41 +472,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_stream_backward(
     std::string_view padding_mode, std::array<bool, 3> output_mask) {
   const Stream s = stream_volume(head, input, weight, std::nullopt, grad_output, stride,
                                  padding, dilation, groups, padding_mode);
-  const Geometry& g = s.g;
-  const at::Tensor gy = batched(grad_output);
-  const bool empty = gy.numel() == 0;
   const TorchFormats formats =
-      torch_formats(s.x, weight, stride, padding, dilation, groups, g.mode);
-  at::Tensor grad_volume, grad_weight, grad_bias;
-  if (output_mask[1]) {
-    grad_weight =
-        at::empty(weight.sizes(), weight.options().memory_format(formats.grad_weight));
-    if (empty) {
-      grad_weight.zero_();
-    } else {
-      grad_weight_pass(k, g, gy, s.x, grad_weight, s.head);
-    }
-  }
-  if (output_mask[2]) {
-    grad_bias = at::empty({g.out_channels}, gy.options());
-    if (empty) {
-      grad_bias.zero_();
-    } else {
-      k.grad_bias(g, gy, grad_bias);
-    }
-  }
-  if (output_mask[0]) {
-    // grad_input reads no input: the volume's gradient is that of any tensor of its shape.
-    grad_volume = at::empty({g.batch, g.in_channels, g.in[0], g.in[1], g.in[2]},
-                            s.x.options().memory_format(formats.grad_input));
-    if (!empty && grad_volume.numel() > 0) {
-      grad_input_pass(k, g, gy, weight, grad_volume);
-    } else {
-      grad_volume.zero_();
-    }
-    if (input.dim() == 4) grad_volume = grad_volume.squeeze(0);
-  }
-  return {grad_volume, grad_weight, grad_bias};
+      torch_formats(s.x, weight, stride, padding, dilation, groups, s.g.mode);
+  return backward_passes(k, s.g, batched(grad_output), s.x, s.head, weight, formats,
+                         output_mask, input.dim() == 4);
 }
 
 namespace {

@@ -819,6 +819,18 @@ inline at::Tensor stream_volume(const Geometry& g, const at::Tensor& x) {
   return v;
 }
 
+// What the v2 kernels read, with its geometry: x, or a stream's volume as one tensor.
+struct V2Input {
+  Geometry g;
+  at::Tensor x;
+};
+inline V2Input v2_input(const Geometry& g, const at::Tensor& x) {
+  if (g.head.frames == 0) return {g, x};
+  V2Input in{g, stream_volume(g, x)};
+  in.g.head = {};
+  return in;
+}
+
 #define TC3D_CUDA_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -845,13 +857,11 @@ void forward_pass(const Env& env, const Geometry& g, const at::Tensor& x,
                   const at::Tensor& w, const at::Tensor& b, at::Tensor& y) {
   const bool dw_ok = dw::ok(g, x.scalar_type());
   if (dw_ok || tc::forward_ok(g, x.scalar_type(), env.allow_tf32)) {
-    Geometry gv = g;
-    gv.head = {};
-    const at::Tensor v = g.head.frames > 0 ? stream_volume(g, x) : x;
+    const V2Input in = v2_input(g, x);
     if (dw_ok)
-      dw::forward(env, gv, v, w, b, y);
+      dw::forward(env, in.g, in.x, w, b, y);
     else
-      tc::forward(env, gv, v, w, b, y);
+      tc::forward(env, in.g, in.x, w, b, y);
     return;
   }
   const Conv c = make_conv(g);
@@ -925,13 +935,11 @@ void grad_weight_pass(const Env& env, const Geometry& g, const at::Tensor& gy,
   if (gw.numel() == 0) return;
   const bool dw_ok = dw::ok(g, gy.scalar_type());
   if (dw_ok || tc::grad_weight_ok(g, gy.scalar_type(), env.allow_tf32)) {
-    Geometry gv = g;
-    gv.head = {};
-    const at::Tensor v = g.head.frames > 0 ? stream_volume(g, x) : x;
+    const V2Input in = v2_input(g, x);
     if (dw_ok)
-      dw::grad_weight(env, gv, gy, v, gw);
+      dw::grad_weight(env, in.g, gy, in.x, gw);
     else
-      tc::grad_weight(env, gv, gy, v, gw);
+      tc::grad_weight(env, in.g, gy, in.x, gw);
     return;
   }
   const Conv c = make_conv(g);
