@@ -130,6 +130,28 @@ void normalise(Geometry& g) {
   }
 }
 
+void check_stream_head(const at::Tensor& head, const at::Tensor& input,
+                       c10::IntArrayRef padding) {
+  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
+              "Expected 4D (unbatched) or 5D (batched) input to conv3d stream, but got input "
+              "of size: ", input.sizes());
+  const auto other_than_depth = [](const at::Tensor& t) {  // (t has 4 or 5 dimensions)
+    std::vector<int64_t> s = t.sizes().vec();
+    s.erase(s.end() - 3);
+    return s;
+  };
+  TORCH_CHECK_VALUE(head.dim() == input.dim() && other_than_depth(head) == other_than_depth(input),
+                    "conv3d stream: head of size ", head.sizes(), " does not fit input of size ",
+                    input.sizes(), ": they must differ only in depth (dimension ",
+                    input.dim() - 3, ")");
+  TORCH_CHECK_VALUE(head.scalar_type() == input.scalar_type() && head.device() == input.device(),
+                    "conv3d stream: head (", head.scalar_type(), " on ", head.device(),
+                    ") must match input (", input.scalar_type(), " on ", input.device(), ")");
+  TORCH_CHECK_VALUE(padding.size() == 6 && padding[0] == 0 && padding[1] == 0,
+                    "conv3d stream: the head stands for the depth padding, which must be "
+                    "(0, 0), but got padding=", padding);
+}
+
 std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask) {
   if (output_mask.size() != 3) {
     std::ostringstream seen;  // printed as the Python list the caller passed

@@ -135,6 +135,12 @@ TransposeGeometry check_conv_transpose3d_args(
 // stride), a kernel extent of 1 only tap 0 (any dilation).
 void normalise(Geometry& g);
 
+// The head of a stream call (run_stream_forward) against its input: 4-D or 5-D input, a
+// head differing from it only in depth, of its dtype and device, and depth padding (0, 0)
+// (the head stands for it). Raises ValueError/RuntimeError naming what it saw.
+void check_stream_head(const at::Tensor& head, const at::Tensor& input,
+                       c10::IntArrayRef padding);
+
 // output_mask (grad_input, grad_weight, grad_bias) of a backward call, checked for length
 // here rather than by the dispatcher, whose message names no argument.
 std::array<bool, 3> check_output_mask(const c10::List<bool>& output_mask);

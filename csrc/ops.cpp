@@ -298,6 +298,20 @@ void grad_weight_pass(const DeviceKernels& k, const Geometry& g, const at::Tenso
                           [&] { k.grad_weight(in.g, gy, in.x, kept); });
 }
 
+// The forward's output for a checked geometry (x: the batched input tensor, head: the
+// frames a stream reads before it, or undefined), in nn.Conv3d's format.
+at::Tensor forward_result(const DeviceKernels& k, const Geometry& g, const at::Tensor& x,
+                          const at::Tensor& head, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const TorchFormats& formats,
+                          bool unbatched) {
+  at::Tensor out = at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
+                             x.options().memory_format(formats.output));
+  if (out.numel() > 0) {
+    forward_pass(k, g, x, weight, bias.value_or(at::Tensor()), out, head);
+  }
+  return unbatched ? out.squeeze(0) : out;
+}
+
 }  // namespace
 
 Geometry kernel_geometry(const at::Tensor& input, const at::Tensor& weight,
@@ -319,12 +333,7 @@ at::Tensor run_forward(const DeviceKernels& k, const at::Tensor& input,
   const at::Tensor x = batched(input);
   const TorchFormats formats =
       torch_formats(x, weight, stride, padding, dilation, groups, g.mode);
-  at::Tensor out = at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
-                             x.options().memory_format(formats.output));
-  if (out.numel() > 0) {
-    forward_pass(k, g, x, weight, bias.value_or(at::Tensor()), out);
-  }
-  return input.dim() == 4 ? out.squeeze(0) : out;
+  return forward_result(k, g, x, at::Tensor(), weight, bias, formats, input.dim() == 4);
 }
 
 namespace {
@@ -410,24 +419,7 @@ Stream stream_volume(const at::Tensor& head, const at::Tensor& input, const at::
                      const std::optional<at::Tensor>& grad_output, c10::IntArrayRef stride,
                      c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                      std::string_view padding_mode) {
-  const auto other_than_depth = [](const at::Tensor& t) {
-    std::vector<int64_t> s = t.sizes().vec();
-    if (!s.empty()) s.erase(s.end() - std::min<size_t>(3, s.size()));
-    return s;
-  };
-  TORCH_CHECK(input.dim() == 4 || input.dim() == 5,
-              "Expected 4D (unbatched) or 5D (batched) input to conv3d stream, but got input "
-              "of size: ", input.sizes());
-  TORCH_CHECK_VALUE(head.dim() == input.dim() && other_than_depth(head) == other_than_depth(input),
-                    "conv3d stream: head of size ", head.sizes(), " does not fit input of size ",
-                    input.sizes(), ": they must differ only in depth (dimension ",
-                    input.dim() - 3, ")");
-  TORCH_CHECK_VALUE(head.scalar_type() == input.scalar_type() && head.device() == input.device(),
-                    "conv3d stream: head (", head.scalar_type(), " on ", head.device(),
-                    ") must match input (", input.scalar_type(), " on ", input.device(), ")");
-  TORCH_CHECK_VALUE(padding.size() == 6 && padding[0] == 0 && padding[1] == 0,
-                    "conv3d stream: the head stands for the depth padding, which must be "
-                    "(0, 0), but got padding=", padding);
+  check_stream_head(head, input, padding);
   Stream s{batched(head), batched(input), {}};
   // The volume's shape for the checker, without its memory.
   std::vector<int64_t> whole = s.x.sizes().vec();
@@ -454,15 +446,9 @@ at::Tensor run_stream_forward(const DeviceKernels& k, const at::Tensor& head,
                               int64_t groups, std::string_view padding_mode) {
   const Stream s = stream_volume(head, input, weight, bias, std::nullopt, stride, padding,
                                  dilation, groups, padding_mode);
-  const Geometry& g = s.g;
   const TorchFormats formats =
-      torch_formats(s.x, weight, stride, padding, dilation, groups, g.mode);
-  at::Tensor out = at::empty({g.batch, g.out_channels, g.out[0], g.out[1], g.out[2]},
-                             s.x.options().memory_format(formats.output));
-  if (out.numel() > 0) {
-    forward_pass(k, g, s.x, weight, bias.value_or(at::Tensor()), out, s.head);
-  }
-  return input.dim() == 4 ? out.squeeze(0) : out;
+      torch_formats(s.x, weight, stride, padding, dilation, groups, s.g.mode);
+  return forward_result(k, s.g, s.x, s.head, weight, bias, formats, input.dim() == 4);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_stream_backward(

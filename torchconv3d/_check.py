@@ -202,6 +202,26 @@ def conv3d_args(input, weight, bias, grad_output, stride, padding, dilation, gro
     return out
 
 
+def stream_head(head, input, padding):
+    """Raises what check_stream_head raises."""
+    _check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to conv3d "
+           f"stream, but got input of size: {_sizes(input)}")
+    d = input.dim() - 3
+
+    def other_than_depth(t):
+        return list(t.shape[:d]) + list(t.shape[d + 1:])
+
+    _check_value(head.dim() == input.dim() and other_than_depth(head) == other_than_depth(input),
+                 f"conv3d stream: head of size {_sizes(head)} does not fit input of size "
+                 f"{_sizes(input)}: they must differ only in depth (dimension {d})")
+    _check_value(head.dtype == input.dtype and head.device == input.device,
+                 f"conv3d stream: head ({_dtype(head)} on {head.device}) must match input "
+                 f"({_dtype(input)} on {input.device})")
+    _check_value(len(padding) == 6 and padding[0] == 0 and padding[1] == 0,
+                 "conv3d stream: the head stands for the depth padding, which must be (0, 0), "
+                 f"but got padding={list(padding)}")
+
+
 def output_mask(mask):
     mask = list(mask)
     _check(len(mask) == 3, "expected output_mask to have 3 values (grad_input, grad_weight, "

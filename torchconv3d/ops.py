@@ -176,27 +176,10 @@ def _backward_fake(
 
 
 def _stream_volume(head, input, padding):
-    """csrc/ops.cpp's stream_volume checks; returns a tensor of the volume's shape."""
-    _check._check(input.dim() in (4, 5), "Expected 4D (unbatched) or 5D (batched) input to "
-                 f"conv3d stream, but got input of size: {list(input.shape)}")
-    d = input.dim() - 3
-
-    def other_than_depth(t):
-        return list(t.shape[:d]) + list(t.shape[d + 1:])
-
-    _check._check_value(
-        head.dim() == input.dim() and other_than_depth(head) == other_than_depth(input),
-        f"conv3d stream: head of size {list(head.shape)} does not fit input of size "
-        f"{list(input.shape)}: they must differ only in depth (dimension {d})")
-    _check._check_value(
-        head.dtype == input.dtype and head.device == input.device,
-        f"conv3d stream: head ({_check._dtype(head)} on {head.device}) must match input "
-        f"({_check._dtype(input)} on {input.device})")
-    _check._check_value(len(padding) == 6 and padding[0] == 0 and padding[1] == 0,
-                       "conv3d stream: the head stands for the depth padding, which must be "
-                       f"(0, 0), but got padding={list(padding)}")
+    """A tensor of the shape of the volume [head; input], the head checked."""
+    _check.stream_head(head, input, padding)
     shape = list(input.shape)
-    shape[d] += head.shape[d]
+    shape[-3] += head.shape[-3]
     return input.new_empty(shape)
 
 
