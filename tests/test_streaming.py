@@ -177,10 +177,12 @@ STREAM_TOL = {torch.float64: 1e-13, torch.float32: 1e-5, torch.bfloat16: 2e-2,
 
 def _emulated_row(name, layout, dtype):
     # The emulator's fibers are slow: the layers that reach v1's GEMM and depthwise kernels
-    # (float64), the depthwise stencil and the tensor-core GEMM (half types, channels_last).
+    # (float64), the depthwise stencil and the tensor-core GEMM (half types; channels_last
+    # reads the head in place, masked and general gathers; contiguous, a channels-last copy).
     return (dtype == torch.float64 and name in ("grouped", "depthwise", "dead_taps")) or (
-        dtype == torch.bfloat16 and layout == "channels_last" and name in ("dense32",
-                                                                           "depthwise"))
+        dtype == torch.bfloat16 and (
+            (layout == "channels_last" and name in ("dense32", "dense32_s2", "depthwise"))
+            or (layout == "contiguous" and name == "dense32")))
 
 
 @each_backend("name, layout, dtype",
@@ -210,6 +212,38 @@ def test_stream_operator_equals_conv_of_the_concatenation(backend, name, layout,
     refs = backend.ops.conv3d_backward(gy, volume, w, *args, [True, True, True])
     for what, g, r in zip(("volume", "weight", "bias"), grads, refs):
         assert g.shape == r.shape and rel_err(g, r) < STREAM_TOL[dtype], what
+
+
+@each_backend("name", ["dense32", "dense32_s2", "depthwise"],
+              backends=("cuda", "cuda_emulated"))
+def test_v2_kernels_read_a_channels_last_head_in_place(backend, name):
+    """CUDA's v2 kernels (tensor-core GEMM with masked and general gathers, depthwise
+    stencil; forward and grad_weight) read a channels_last stream's head and input where
+    they lie: no copy of either in the forward or the backward, and the result of the
+    concatenated volume. The head's sample stride differs from the input's (fewer frames)."""
+    cin, cout, groups, kernel, stride, dilation, hw_pads, mode, H, W = STREAM_LAYERS[name]
+    cl, dev = torch.channels_last_3d, backend.device
+    head = torch.randn(2, cin, 3, H, W, dtype=torch.bfloat16, device=dev).to(memory_format=cl)
+    x = torch.randn(2, cin, 4, H, W, dtype=torch.bfloat16, device=dev).to(memory_format=cl)
+    w = torch.randn(cout, cin // groups, *kernel, dtype=torch.bfloat16, device=dev)
+    args = (list(stride), [0, 0, *hw_pads], list(dilation), groups,
+            f"zeros,{mode},{mode}")
+    ref = backend.ops.conv3d_forward(torch.cat([head, x], 2), w, None, *args)
+    gy = torch.randn_like(ref).contiguous(memory_format=cl)
+    kernel_name = "depthwise" if name == "depthwise" else "forward"
+    launched = backend.v2_launches(kernel_name)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        y = backend.ops.conv3d_stream_forward(head, x, w, None, *args)
+        grads = backend.ops.conv3d_stream_backward(gy, head, x, w, *args, [True, True, False])
+    if launched is not None:
+        assert backend.v2_launches(kernel_name) > launched
+    copied = [e.input_shapes for e in prof.events() if e.name in ("aten::copy_", "aten::cat")]
+    assert not [s for s in copied if list(head.shape) in s or list(x.shape) in s], copied
+    refs = backend.ops.conv3d_backward(gy, torch.cat([head, x], 2), w, *args,
+                                       [True, True, False])
+    assert rel_err(y, ref) < STREAM_TOL[torch.bfloat16]
+    for what, g, r in zip(("volume", "weight"), grads[:2], refs[:2]):
+        assert rel_err(g, r) < STREAM_TOL[torch.bfloat16], what
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -801,11 +801,23 @@ Volume<T> volume_of(const Geometry& g, const at::Tensor& x) {
   return v;
 }
 
+// Whether the v2 kernels read a stream's head in place (HeadFrames, dims32.cuh): x is the
+// tensor they read without a copy (dense channels-last, 16-byte aligned, no padded
+// channels) and the head steps along C, D, H and W as x does, from an aligned start.
+inline bool head_in_place(const Geometry& g, const at::Tensor& x) {
+  if (tc::padded_in_channels(g, x.scalar_type()) != g.in_per_group() ||
+      !x.is_contiguous(at::MemoryFormat::ChannelsLast3d) ||
+      reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(g.head.data) % 16 != 0)
+    return false;
+  for (int i = 1; i < 5; ++i)
+    if (g.head.stride[i] != x.stride(i)) return false;
+  return true;
+}
+
 // A stream's volume (g.head's frames, then x's) as one channels_last tensor, for the v2
-// kernels, which read their input from a channels_last copy of a planar tensor (and of
-// one whose channels they pad): there it takes the place of that copy. A channels_last
-// chunk in whole 16-byte chunks of channels, which they would read in place, is copied too:
-// their gathers do not read a head yet (v1's kernels do, Volume).
+// kernels when they cannot read the head in place: they would copy such an x (planar, a
+// view, padded channels) to channels-last anyway, and this copy takes its place.
 inline at::Tensor stream_volume(const Geometry& g, const at::Tensor& x) {
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes[2] = g.head.frames;
@@ -819,13 +831,14 @@ inline at::Tensor stream_volume(const Geometry& g, const at::Tensor& x) {
   return v;
 }
 
-// What the v2 kernels read, with its geometry: x, or a stream's volume as one tensor.
+// What the v2 kernels read, with its geometry: x behind a head they read in place, or a
+// stream's volume as one tensor.
 struct V2Input {
   Geometry g;
   at::Tensor x;
 };
 inline V2Input v2_input(const Geometry& g, const at::Tensor& x) {
-  if (g.head.frames == 0) return {g, x};
+  if (g.head.frames == 0 || head_in_place(g, x)) return {g, x};
   V2Input in{g, stream_volume(g, x)};
   in.g.head = {};
   return in;

@@ -68,6 +68,7 @@ struct Stencil : Dims32 {
   int64_t items;  // batch * out D * out H * runs * vecs
   const T* x;     // channels-last, 16-byte aligned rows
   int64_t xs[5];
+  HeadFrames<T> head;  // a stream's first frames, read in place (none: frames == 0)
   const T* w;  // packed [kd][kh][kw][C]
   const T* bias;  // null without bias; contiguous
   T* y;           // channels-last
@@ -105,14 +106,14 @@ __global__ void __launch_bounds__(kThreads) stencil_kernel(Stencil<T> p) {
 #pragma unroll
       for (int v = 0; v < V; ++v) acc[r][v] = b[v];
 
-    const T* xn = p.x + n * p.xs[0] + cv * V;
     const T* wt = p.w + cv * V;
     const int64_t wstep = int64_t(p.vecs) * V;
     for (int td = 0; td < p.k[0]; ++td) {
       const int id = p.source(0, od * p.stride[0] + td * p.dil[0] - p.pad_before[0]);
+      const T* plane = p.head.origin(p.x, p.xs, n, cv * V, id) + id * p.xs[2];
       for (int th = 0; th < p.k[1]; ++th) {
         const int ih = p.source(1, oh * p.stride[1] + th * p.dil[1] - p.pad_before[1]);
-        const T* row = xn + id * p.xs[2] + ih * p.xs[3];
+        const T* row = plane + ih * p.xs[3];
         const bool row_ok = (id | ih) >= 0;
         for (int tw = 0; tw < p.k[2]; ++tw, wt += wstep) {
           float wv[V];
@@ -154,6 +155,7 @@ struct WeightGrad : Dims32 {
   int64_t gys[5];
   const T* x;  // channels-last
   int64_t xs[5];
+  HeadFrames<T> head;  // a stream's first frames, read in place (none: frames == 0)
   float* partial;  // [chunks][kvol][C]
 };
 
@@ -194,8 +196,8 @@ __global__ void __launch_bounds__(kThreads) weight_partial_kernel(WeightGrad<T> 
                              o[2] * p.gys[4] + cv * V),
                 g);
       if ((at[0] | at[1] | at[2]) >= 0) {
-        L::unpack(arch::load16(p.x + n * p.xs[0] + at[0] * p.xs[2] + at[1] * p.xs[3] +
-                               at[2] * p.xs[4] + cv * V),
+        L::unpack(arch::load16(p.head.origin(p.x, p.xs, n, cv * V, at[0]) + at[0] * p.xs[2] +
+                               at[1] * p.xs[3] + at[2] * p.xs[4]),
                   xv);
       } else {
 #pragma unroll

@@ -241,6 +241,7 @@ void forward_with(const Env& env, const Geometry& g, const at::Tensor& xc,
   p.walk.channels = static_cast<int>(xc.size(1) / g.groups);
   p.walk.c_tiles = static_cast<int>(ceil_div(p.walk.channels, KWalk<T>::kTileElems));
   p.gather = gather_of<T>(xc);
+  p.gather.head = head_frames<T>(g.head);
   for (int i = 0; i < 3; ++i) p.gather.mode[i] = g.mode[i];
   for (int i = 0; i < 3; ++i) {
     p.gather.extent[i] = d.in[i];
@@ -374,6 +375,7 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     static_cast<Dims32&>(p) = d;
     p.gy = gyc.const_data_ptr<T>();
     p.x = xc.const_data_ptr<T>();
+    p.head = head_frames<T>(g.head);
     p.gw = gw.mutable_data_ptr<T>();
     for (int i = 0; i < 5; ++i) {
       p.gys[i] = gyc.stride(i);
@@ -412,11 +414,11 @@ inline at::Tensor pack_weight(const at::Tensor& w) {
   return tc::aligned(w.reshape({w.size(0), -1}).t().contiguous());
 }
 
-// Runs the stencil reading `in` (channels-last) into `out`; a non-channels-last `out`
-// receives a copy.
+// Runs the stencil reading `in` (channels-last; behind a stream's `head`, in place) into
+// `out`; a non-channels-last `out` receives a copy.
 template <typename Env>
 void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor& wp,
-         const at::Tensor& bias, at::Tensor& out) {
+         const at::Tensor& bias, at::Tensor& out, const DepthHead& head = {}) {
   const at::Tensor x = tc::channels_last(in);
   at::Tensor y = out.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
                          reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0
@@ -431,6 +433,7 @@ void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor
     p.runs = static_cast<int>(ceil_div(d.out[2], kRun));
     p.items = x.size(0) * int64_t(d.out[0]) * d.out[1] * p.runs * p.vecs;
     p.x = x.const_data_ptr<T>();
+    p.head = head_frames<T>(head);
     p.w = wp.const_data_ptr<T>();
     p.bias = b.defined() ? b.const_data_ptr<T>() : nullptr;
     p.y = y.mutable_data_ptr<T>();
@@ -447,7 +450,7 @@ void run(const Env& env, const Dims32& d, const at::Tensor& in, const at::Tensor
 template <typename Env>
 void forward(const Env& env, const Geometry& g, const at::Tensor& x, const at::Tensor& w,
              const at::Tensor& b, at::Tensor& y) {
-  run(env, dims32(g), x, pack_weight(w), b, y);
+  run(env, dims32(g), x, pack_weight(w), b, y, g.head);
 }
 
 template <typename Env>
@@ -487,6 +490,7 @@ void grad_weight(const Env& env, const Geometry& g, const at::Tensor& gy, const 
     p.chunk_len = std::max<int64_t>(1, ceil_div(p.positions, p.chunks));
     p.gy = gyc.const_data_ptr<T>();
     p.x = xc.const_data_ptr<T>();
+    p.head = head_frames<T>(g.head);
     for (int i = 0; i < 5; ++i) {
       p.gys[i] = gyc.stride(i);
       p.xs[i] = xc.stride(i);

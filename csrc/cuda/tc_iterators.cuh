@@ -96,18 +96,22 @@ struct KWalk {
   }
 };
 
-// A channels-last tensor read at coordinate origin + q * coef per dimension.
+// A channels-last tensor read at coordinate origin + q * coef per dimension (forward: behind
+// a stream's head, whose frames it reads in place).
 template <typename T>
 struct Gather {
   const T* data;
   int64_t stride[5];  // N, C, D, H, W in elements; C is 1
   int extent[3], pad_before[3], pad_after[3], coef[3];
   PadMode mode[3];  // per dimension
+  HeadFrames<T> head;  // frames == 0: none
 };
 
 // Masked (zero padding, kernel extents up to 10): a row keeps one offset and a validity
 // bit per box tap and dimension, set once per tile, so a K tile costs a shift-and-test and
 // an add per row. General (reflect, replicate, circular): source_index per row and tap.
+// With a stream's head a row keeps a second origin, in the head, taken by the box taps
+// whose depth lies there (masked: a bit per depth tap).
 template <typename T, int Rows, int Threads, bool kMasked>
 struct GatherIterator {
   static constexpr bool kKMajor = true;
@@ -116,21 +120,27 @@ struct GatherIterator {
   static constexpr int kChunkElems = 16 / sizeof(T);
   const Gather<T>& g;
   int channels;
-  const T* base[P];  // sample + group's first channel (masked: + the origin's offset)
-  int j[P][3];       // origin
-  uint32_t mask[P];  // bit q + 10 d: box tap q is inside the tensor along dimension d
+  const T* base[P];   // sample + group's first channel (masked: + the origin's offset)
+  const T* hbase[P];  // the same in the stream's head (unused without one)
+  int j[P][3];        // origin
+  uint32_t mask[P];   // bit q + 10 d: box tap q is inside the tensor along dimension d
+  uint32_t hmask[P];  // bit q: depth box tap q lies in the head
 
   __device__ void set_masks(const int (&taps)[3]) {
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      base[i] += j[i][0] * g.stride[2] + j[i][1] * g.stride[3] + j[i][2] * g.stride[4];
-      uint32_t bits = 0;
+      const int64_t offset = j[i][0] * g.stride[2] + j[i][1] * g.stride[3] + j[i][2] * g.stride[4];
+      base[i] += offset;
+      hbase[i] += offset;
+      uint32_t bits = 0, head_bits = 0;
       for (int d = 0; d < 3; ++d)
         for (int q = 0; q < taps[d]; ++q) {
           const int at = j[i][d] + q * g.coef[d];
           if (at >= 0 && at < g.extent[d]) bits |= 1u << (q + 10 * d);
+          if (d == 0 && at < g.head.frames) head_bits |= 1u << q;
         }
       mask[i] = mask[i] != 0 ? bits : 0u;
+      hmask[i] = head_bits;
     }
   }
 
@@ -143,7 +153,7 @@ struct GatherIterator {
       if constexpr (kMasked) {
         ok = ce < channels &&
              ((mask[i] >> s.q[0]) & (mask[i] >> (10 + s.q[1])) & (mask[i] >> (20 + s.q[2])) & 1);
-        src = base[i] + s.gtap + ce;
+        src = ((hmask[i] >> s.q[0]) & 1 ? hbase[i] : base[i]) + s.gtap + ce;
       } else {
         int at[3];
 #pragma unroll
@@ -151,7 +161,8 @@ struct GatherIterator {
           at[d] = source_index<int>(j[i][d] + s.q[d] * g.coef[d], g.extent[d],
                                     g.pad_before[d], g.pad_after[d], g.mode[d]);
         ok = base[i] != nullptr && ce < channels && (at[0] | at[1] | at[2]) >= 0;
-        src = base[i] + at[0] * g.stride[2] + at[1] * g.stride[3] + at[2] * g.stride[4] + ce;
+        src = (at[0] < g.head.frames ? hbase[i] : base[i]) + at[0] * g.stride[2] +
+              at[1] * g.stride[3] + at[2] * g.stride[4] + ce;
       }
       arch::cp_async_16(Map::dst(stage, i), ok ? src : g.data, ok);
     }
@@ -180,15 +191,20 @@ struct PackedIterator {
 };
 
 // Iterators of a Problem with members walk, gather (A), packed (B data), M, N, kMasked
-// and row_origin(group, m, base, j).
+// and row_origin(m, n, j): GEMM row m's sample and origin.
 template <typename Problem, int Rows, int Threads, typename T>
 __device__ GatherIterator<T, Rows, Threads, Problem::kMasked> gather_iterator(
     const Problem& p, int64_t group, int64_t m0) {
   GatherIterator<T, Rows, Threads, Problem::kMasked> it{p.gather, p.walk.channels};
+  const Gather<T>& g = p.gather;
+  const int64_t c0 = group * p.walk.channels;
 #pragma unroll
   for (int i = 0; i < ChunkMap<Rows, Threads>::kPerThread; ++i) {
     const int64_t m = m0 + ChunkMap<Rows, Threads>::row(i);
-    p.row_origin(group, m < p.M ? m : 0, it.base[i], it.j[i]);
+    int64_t n;
+    p.row_origin(m < p.M ? m : 0, n, it.j[i]);
+    it.base[i] = g.head.x_sample(g.data, g.stride, n, c0);
+    it.hbase[i] = g.head.frames > 0 ? g.head.head_sample(n, c0) : it.base[i];
     it.mask[i] = m < p.M;  // set_masks keeps rows past M empty
     if constexpr (!Problem::kMasked)
       if (m >= p.M) it.base[i] = nullptr;
@@ -261,10 +277,9 @@ struct ForwardTc : TcProblem<T, ForwardTc<T, Masked>> {
   T* y;
   int64_t ys[5];
 
-  __device__ void row_origin(int64_t group, int64_t m, const T*& base, int (&j)[3]) const {
+  __device__ void row_origin(int64_t m, int64_t& n, int (&j)[3]) const {
     const BoxIndex o = box_index(m, out);
-    base = this->gather.data + o.n * this->gather.stride[0] +
-           group * this->walk.channels * this->gather.stride[1];
+    n = o.n;
 #pragma unroll
     for (int i = 0; i < 3; ++i) j[i] = o.v[i] * stride[i] - this->gather.pad_before[i];
   }
@@ -300,10 +315,9 @@ struct GradInputTc : TcProblem<T, GradInputTc<T>> {
   T* gx;
   int64_t gxs[5];
 
-  __device__ void row_origin(int64_t group, int64_t m, const T*& base, int (&j)[3]) const {
+  __device__ void row_origin(int64_t m, int64_t& n, int (&j)[3]) const {
     const BoxIndex r = box_index(m, count);
-    base = this->gather.data + r.n * this->gather.stride[0] +
-           group * this->walk.channels * this->gather.stride[1];
+    n = r.n;
 #pragma unroll
     for (int i = 0; i < 3; ++i) j[i] = o_first[i] + r.v[i];
   }
@@ -408,6 +422,7 @@ struct GradWeightTc : Dims32 {
   int64_t gys[5];
   const T* x;  // channels-last
   int64_t xs[5];
+  HeadFrames<T> head;  // a stream's first frames, read in place (none: frames == 0)
   T* gw;
   int64_t gws[5];
   float* partial;  // null without split K
@@ -434,8 +449,8 @@ struct GradWeightTc : Dims32 {
     static constexpr bool kKMajor = false;
     using Map = ChunkMapMN<T, Width, Threads>;
     const GradWeightTc& p;
-    const T* col;  // this chunk's first input channel; null past N
-    int tap[3];    // its tap's offsets, tap * dilation
+    int64_t channel;  // this chunk's first input channel; -1 past N
+    int tap[3];       // its tap's offsets, tap * dilation
     __device__ void load(unsigned char* stage, const PositionState& k) const {
 #pragma unroll
       for (int i = 0; i < Map::kPerThread; ++i) {
@@ -448,9 +463,9 @@ struct GradWeightTc : Dims32 {
 #pragma unroll
         for (int d = 0; d < 3; ++d)
           at[d] = p.source(d, o[d] * p.stride[d] - p.pad_before[d] + tap[d]);
-        const bool ok = col != nullptr && s < p.walk.vol && (at[0] | at[1] | at[2]) >= 0;
-        const T* src = ok ? col + k.n * p.xs[0] + at[0] * p.xs[2] + at[1] * p.xs[3] +
-                                at[2] * p.xs[4]
+        const bool ok = channel >= 0 && s < p.walk.vol && (at[0] | at[1] | at[2]) >= 0;
+        const T* src = ok ? p.head.origin(p.x, p.xs, k.n, channel, at[0]) + at[0] * p.xs[2] +
+                                at[1] * p.xs[3] + at[2] * p.xs[4]
                           : p.x;
         arch::cp_async_16(Map::dst(stage, i), src, ok);
       }
@@ -470,7 +485,7 @@ struct GradWeightTc : Dims32 {
     const int64_t n = n0 + ChunkMapMN<T, Rows, Threads>::column();
     const int t = static_cast<int>(n / cin_g);
     const int ci = static_cast<int>(n - int64_t(t) * cin_g);
-    it.col = n < N ? x + (group * cin_g + ci) * xs[1] : nullptr;
+    it.channel = n < N ? group * cin_g + ci : -1;
     it.tap[0] = t / khw * dil[0];
     it.tap[1] = t % khw / kw * dil[1];
     it.tap[2] = t % kw * dil[2];
