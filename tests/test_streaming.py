@@ -11,6 +11,8 @@ import torch
 import torchconv3d
 from cases import each_backend
 from conftest import rel_err
+from test_autograd import (_assert_same_results, _func_transforms, _vmap_transforms,  # noqa: F401
+                           no_vmap_fallback)
 from test_padding_per_dim import CogVideoXCausalConv3d, _Recorder
 
 T = 11  # frames of the whole video
@@ -268,13 +270,70 @@ def test_stream_operator_nonfinite_head(layout):
         torch.testing.assert_close(g, r, equal_nan=True)
 
 
-def test_second_derivative_through_a_stream_is_refused():
+def _stream_and_volume_convs(own_head):
+    """conv(x, w, b) through the stream operator and through conv3d_forward of the volume
+    it stands for: the head is x's first 3 frames (both carry tangents and vmapped
+    dimensions), or with own_head 2 frames of constants shaped after x (only x does)."""
+    ops = torch.ops.torchconv3d
+    args = ([1, 2, 1], [0, 0, 1, 1, 0, 2], [1, 1, 2], 1, "zeros,replicate,zeros")
+
+    def split(x):
+        if not own_head:
+            return x.narrow(-3, 0, 3), x.narrow(-3, 3, x.shape[-3] - 3)
+        shape = list(x.shape)
+        shape[-3] = 2
+        n = torch.Size(shape).numel()
+        head = torch.arange(n, dtype=x.dtype, device=x.device).mul(0.37).cos().reshape(shape)
+        return head, x
+
+    def stream(x, w, b):
+        return ops.conv3d_stream_forward(*split(x), w, b, *args)
+
+    def volume(x, w, b):
+        return ops.conv3d_forward(torch.cat(split(x), -3), w, b, *args)
+
+    return stream, volume
+
+
+@pytest.mark.parametrize("own_head", [False, True], ids=["head_of_x", "own_head"])
+def test_torch_func_transforms_through_a_stream(own_head):
+    """Every derivative of the stream operator is conv3d's over [head; input]: torch.func
+    (jvp, jacfwd, jacrev, grad, hessian, Hessian-vector products) and forward_ad, to 1e-10
+    in float64 (second order goes through conv3d_backward of the concatenated volume)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 5, 6, dtype=torch.float64)
+    w, b = torch.randn(4, 3, 3, 2, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    stream, volume = _stream_and_volume_convs(own_head)
+    _assert_same_results(_func_transforms(stream, x, w, b), _func_transforms(volume, x, w, b))
+
+
+@pytest.mark.parametrize("in_dims", [(0, None, None), (None, 0, None), (1, 0, 0)], ids=str)
+@pytest.mark.parametrize("own_head", [False, True], ids=["head_of_x", "own_head"])
+def test_vmap_through_a_stream(own_head, in_dims, no_vmap_fallback):
+    """vmap, vmap(grad), grad(vmap), vmap(jvp) and nested vmap of the stream operator (and
+    of its backward) through batching rules, equal to conv3d's over [head; input]."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 5, 6, dtype=torch.float64)
+    w, b = torch.randn(4, 3, 3, 2, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    x, w, b = (t if d is None else torch.stack([t, t.sin(), -t], d)
+               for t, d in zip((x, w, b), in_dims))
+    stream, volume = _stream_and_volume_convs(own_head)
+    _assert_same_results(_vmap_transforms(stream, in_dims, x, w, b),
+                         _vmap_transforms(volume, in_dims, x, w, b))
+
+
+def test_a_streamed_layer_has_second_derivatives():
+    """Conv3d.step with create_graph=True: gradgradcheck through cache and chunk."""
     layer = torchconv3d.Conv3d(2, 3, 3, padding=("causal", 1, 1), dtype=torch.float64)
-    x = torch.randn(1, 2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
-    _, cache = layer.step(x[:, :, :3])
-    y, _ = layer.step(x[:, :, 3:], cache)
-    with pytest.raises(RuntimeError, match="first-order gradients only"):
-        torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    x = torch.randn(1, 2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def two_steps(x):
+        y0, cache = layer.step(x[:, :, :2])
+        y1, _ = layer.step(x[:, :, 2:], cache)
+        return torch.cat([y0, y1], 2)
+
+    assert torch.autograd.gradgradcheck(two_steps, (x,))
+    torch.testing.assert_close(two_steps(x), layer(x), rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("head_shape, padding, pattern", [

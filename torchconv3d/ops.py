@@ -175,12 +175,16 @@ def _backward_fake(
     return grad_input, grad_weight, grad_bias
 
 
+def _stream_volume_shape(head, input):
+    shape = list(input.shape)
+    shape[-3] += head.shape[-3]
+    return shape
+
+
 def _stream_volume(head, input, padding):
     """A tensor of the shape of the volume [head; input], the head checked."""
     _check.stream_head(head, input, padding)
-    shape = list(input.shape)
-    shape[-3] += head.shape[-3]
-    return input.new_empty(shape)
+    return input.new_empty(_stream_volume_shape(head, input))
 
 
 @torch.library.register_fake("torchconv3d::conv3d_stream_forward")
@@ -420,9 +424,12 @@ _TransposeForward, _TransposeBackward = _bilinear_functions(
 
 
 class _StreamForward(torch.autograd.Function):
-    """conv3d_stream_forward's autograd: first order (its backward splits the volume's
-    gradient into the head's and the input's frames, views of one tensor). A backward that
-    builds a graph (create_graph=True) raises: its result would silently be a constant."""
+    """conv3d_stream_forward's autograd. It equals conv3d_forward over the volume
+    [head; input] with the same arguments, so every derivative is conv3d's: first order
+    splits the volume's gradient (one tensor) into the head's and the input's frames, as
+    views; a backward that builds a graph (second derivatives, torch.func.grad) goes through
+    conv3d_backward over the concatenated volume, whose autograd has them (the one case
+    that pays for the copy); tangents go through the stream operator itself."""
 
     @staticmethod
     def forward(head, input, weight, bias, *args):
@@ -433,28 +440,47 @@ class _StreamForward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         head, input, weight, bias, *args = inputs
         ctx.save_for_backward(head, input, weight)
+        ctx.save_for_forward(head, input, weight)
         ctx.args = args
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "torchconv3d: a streamed convolution (conv3d_step, Conv3d.stream) has "
-                "first-order gradients only; backward with create_graph=True (a second "
-                "derivative) is not supported through it")
         head, input, weight = ctx.saved_tensors
         need_head, need_input, need_weight, need_bias = ctx.needs_input_grad[:4]
         mask = [need_head or need_input, need_weight, ctx.has_bias and need_bias]
-        grad_volume, grad_weight, grad_bias = stream_backward_op(
-            grad_output, head, input, weight, *ctx.args, mask)
+        d = input.dim() - 3
+        if torch.is_grad_enabled():
+            grad_volume, grad_weight, grad_bias = backward_op(
+                grad_output, torch.cat([head, input], d), weight, *ctx.args, mask)
+        else:
+            grad_volume, grad_weight, grad_bias = stream_backward_op(
+                grad_output, head, input, weight, *ctx.args, mask)
         grad_head = grad_input = None
         if grad_volume is not None:
-            d, frames = head.dim() - 3, head.shape[head.dim() - 3]
+            frames = head.shape[d]
             grad_head = grad_volume.narrow(d, 0, frames) if need_head else None
             grad_input = (grad_volume.narrow(d, frames, input.shape[d]) if need_input
                           else None)
         return grad_head, grad_input, grad_weight, grad_bias, *([None] * len(ctx.args))
+
+    @staticmethod
+    def jvp(ctx, d_head, d_input, d_weight, d_bias, *_):
+        head, input, weight = ctx.saved_tensors
+        out = None
+        if d_head is not None or d_input is not None:
+            out = stream_forward_op(torch.zeros_like(head) if d_head is None else d_head,
+                                    torch.zeros_like(input) if d_input is None else d_input,
+                                    weight, None, *ctx.args)
+        if d_weight is not None:
+            return _add([out, stream_forward_op(head, input, d_weight, d_bias, *ctx.args)])
+        if d_bias is None:
+            return out
+        if out is None:
+            volume = torch.empty(_stream_volume_shape(head, input), device="meta")
+            shape = _output_shape(volume, weight, *ctx.args[:3])
+            return d_bias.reshape([-1, 1, 1, 1]).expand(shape).contiguous()
+        return out + _bias_term(d_bias, out)
 
 
 def _gradient_can_flow(*tensors):
@@ -533,7 +559,6 @@ def _to_groups(t):
     return t.movedim(0, 1).flatten(1, 2)
 
 
-@torch.library.register_vmap("torchconv3d::conv3d_forward")
 def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups,
                   padding_mode):
     B = info.batch_size
@@ -579,7 +604,9 @@ def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation,
     return (out.squeeze(1) if unbatched else out), 0
 
 
-@torch.library.register_vmap("torchconv3d::conv3d_backward")
+torch.library.register_vmap("torchconv3d::conv3d_forward", _forward_vmap)
+
+
 def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, dilation,
                    groups, padding_mode, output_mask):
     B = info.batch_size
@@ -613,6 +640,41 @@ def _backward_vmap(info, in_dims, grad_output, input, weight, stride, padding, d
         gi = gi.squeeze(1)
     outs = (gi, gw, gb)
     return outs, tuple(None if t is None else 0 for t in outs)
+
+
+torch.library.register_vmap("torchconv3d::conv3d_backward", _backward_vmap)
+
+
+def _vmapped_volume(info, head, hd, input, xd, padding):
+    """The volume [head; input] of a vmapped stream call and its in_dim (the stream's rules
+    below are conv3d's over it: the copy is what vmap of a stream costs)."""
+    if info.batch_size > 0:
+        _check.stream_head(_sample(head, hd), _sample(input, xd), padding)
+    if hd is None and xd is None:
+        return torch.cat([head, input], input.dim() - 3), None
+    h = _expand_to(_vmapped_first(head, hd), hd is not None, info.batch_size)
+    x = _expand_to(_vmapped_first(input, xd), xd is not None, info.batch_size)
+    return torch.cat([h, x], x.dim() - 3), 0
+
+
+def _stream_forward_vmap(info, in_dims, head, input, weight, bias, stride, padding, dilation,
+                         groups, padding_mode):
+    volume, vd = _vmapped_volume(info, head, in_dims[0], input, in_dims[1], padding)
+    return _forward_vmap(info, (vd, *in_dims[2:]), volume, weight, bias, stride, padding,
+                         dilation, groups, padding_mode)
+
+
+torch.library.register_vmap("torchconv3d::conv3d_stream_forward", _stream_forward_vmap)
+
+
+def _stream_backward_vmap(info, in_dims, grad_output, head, input, weight, stride, padding,
+                          dilation, groups, padding_mode, output_mask):
+    volume, vd = _vmapped_volume(info, head, in_dims[1], input, in_dims[2], padding)
+    return _backward_vmap(info, (in_dims[0], vd, *in_dims[3:]), grad_output, volume, weight,
+                          stride, padding, dilation, groups, padding_mode, output_mask)
+
+
+torch.library.register_vmap("torchconv3d::conv3d_stream_backward", _stream_backward_vmap)
 
 
 # --- ONNX ---------------------------------------------------------------------------------
