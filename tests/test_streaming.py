@@ -322,6 +322,29 @@ def test_vmap_through_a_stream(own_head, in_dims, no_vmap_fallback):
                          _vmap_transforms(volume, in_dims, x, w, b))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_stream_operators(layout):
+    """torch.library.opcheck: schema, fake kernels, autograd registration and AOT dispatch
+    of both stream operators (batched and unbatched)."""
+    from torch.library import opcheck
+
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    head = torch.randn(2, 4, 2, 5, 6, dtype=torch.float64).to(memory_format=fmt)
+    x = torch.randn(2, 4, 3, 5, 6, dtype=torch.float64).to(memory_format=fmt)
+    w, b = torch.randn(6, 2, 3, 3, 2, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    args = ([1, 1, 2], [0, 0, 1, 1, 0, 1], [1, 1, 1], 2, "zeros,reflect,zeros")
+    ops = torch.ops.torchconv3d
+    for h, v in ((head, x), (head[0], x[0])):
+        opcheck(ops.conv3d_stream_forward.default, (h, v, w, b, *args))
+        opcheck(ops.conv3d_stream_forward.default,
+                (h.requires_grad_(), v.requires_grad_(), w.requires_grad_(), None, *args))
+        gy = ops.conv3d_stream_forward(h.detach(), v.detach(), w.detach(), b, *args)
+        gy = torch.randn_like(gy)
+        for mask in ([True, True, True], [False, True, False]):
+            opcheck(ops.conv3d_stream_backward.default, (gy, h.detach(), v.detach(),
+                                                          w.detach(), *args, mask))
+
+
 def test_a_streamed_layer_has_second_derivatives():
     """Conv3d.step with create_graph=True: gradgradcheck through cache and chunk."""
     layer = torchconv3d.Conv3d(2, 3, 3, padding=("causal", 1, 1), dtype=torch.float64)
