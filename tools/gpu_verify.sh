@@ -69,11 +69,16 @@ stage_sanitize() {
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 $san -k "$race"
   step synccheck compute-sanitizer --tool synccheck --error-exitcode 1 $san -k "$race"
   step initcheck compute-sanitizer --tool initcheck --error-exitcode 1 $san -k "$race"
+  # A stream's head read in place (v1's Volume, v2's HeadFrames): two base pointers per row.
+  step memcheck-stream compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q \
+    tests/test_streaming.py --backend cuda -p no:cacheprovider \
+    -k "cuda and not emulated and (stream_operator or in_place)"
 }
 
 stage_bench() {
   step bench $PY benchmarks/run.py --device cuda --dtype float32 float16 bfloat16 \
     --tf32 on off --pass fwdbwd --markdown "$OUT/cuda.md"
+  step bench-stream $PY benchmarks/stream.py --device cuda --batch 8 --dtype float32 bfloat16
 }
 
 for stage in "${@:-build tests all sanitize bench}"; do

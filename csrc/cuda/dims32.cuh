@@ -55,7 +55,8 @@ struct HeadFrames {
   }
   __host__ __device__ const T* origin(const T* x, const int64_t* xs, int64_t n, int64_t c,
                                       int depth) const {
-    return depth < frames ? head_sample(n, c) : x_sample(x, xs, n, c);
+    // (A padding depth, -1, is never read: without a head it still names x.)
+    return frames > 0 && depth < frames ? head_sample(n, c) : x_sample(x, xs, n, c);
   }
 };
 
