@@ -73,59 +73,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose3d_backward(
                                 check_output_mask(output_mask));
 }
 
-// Under autocast the forward runs in the autocast dtype, as torch's conv3d does; the
-// backward needs no rule because it sees the tensors the forward saved.
-at::Tensor conv3d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
-                                   const std::optional<at::Tensor>& bias,
-                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                   c10::IntArrayRef dilation, int64_t groups,
-                                   c10::string_view padding_mode) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto device_type = input.device().type();
-  const auto dtype = at::autocast::get_autocast_dtype(device_type);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchconv3d::conv3d_forward", "")
-                       .typed<decltype(conv3d_forward)>();
-  return op.call(at::autocast::cached_cast(dtype, input, device_type),
-                 at::autocast::cached_cast(dtype, weight, device_type),
-                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
-                 dilation, groups, padding_mode);
-}
+// Under autocast a forward operator runs in the autocast dtype, as torch's conv3d does: called
+// again below the autocast keys with every tensor argument cast (at::autocast::cached_cast
+// passes the others through). The backward needs no rule: it sees the tensors the forward
+// saved. Name: the operator's name in the torchconv3d namespace; Signature: its kernel's.
+template <c10::DeviceType Device, const char* Name, typename Signature>
+struct InAutocastDtype;
+template <c10::DeviceType Device, const char* Name, typename... Args>
+struct InAutocastDtype<Device, Name, at::Tensor(Args...)> {
+  static at::Tensor call(Args... args) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto dtype = at::autocast::get_autocast_dtype(Device);
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow((std::string("torchconv3d::") + Name).c_str(), "")
+                         .typed<at::Tensor(Args...)>();
+    return op.call(at::autocast::cached_cast(dtype, args, Device)...);
+  }
+};
 
-at::Tensor conv3d_stream_forward_autocast(const at::Tensor& head, const at::Tensor& input,
-                                          const at::Tensor& weight,
-                                          const std::optional<at::Tensor>& bias,
-                                          c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                          c10::IntArrayRef dilation, int64_t groups,
-                                          c10::string_view padding_mode) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto device_type = input.device().type();
-  const auto dtype = at::autocast::get_autocast_dtype(device_type);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchconv3d::conv3d_stream_forward", "")
-                       .typed<decltype(conv3d_stream_forward)>();
-  return op.call(at::autocast::cached_cast(dtype, head, device_type),
-                 at::autocast::cached_cast(dtype, input, device_type),
-                 at::autocast::cached_cast(dtype, weight, device_type),
-                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
-                 dilation, groups, padding_mode);
-}
+constexpr char kConv3dForward[] = "conv3d_forward";
+constexpr char kConv3dStreamForward[] = "conv3d_stream_forward";
+constexpr char kConvTranspose3dForward[] = "conv_transpose3d_forward";
 
-at::Tensor conv_transpose3d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
-                                             const std::optional<at::Tensor>& bias,
-                                             c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                             c10::IntArrayRef output_padding,
-                                             c10::IntArrayRef dilation, int64_t groups) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto device_type = input.device().type();
-  const auto dtype = at::autocast::get_autocast_dtype(device_type);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchconv3d::conv_transpose3d_forward", "")
-                       .typed<decltype(conv_transpose3d_forward)>();
-  return op.call(at::autocast::cached_cast(dtype, input, device_type),
-                 at::autocast::cached_cast(dtype, weight, device_type),
-                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding,
-                 output_padding, dilation, groups);
+template <c10::DeviceType Device>
+void register_autocast(torch::Library& lib) {
+  lib.impl(kConv3dForward,
+           &InAutocastDtype<Device, kConv3dForward, decltype(conv3d_forward)>::call);
+  lib.impl(kConv3dStreamForward,
+           &InAutocastDtype<Device, kConv3dStreamForward, decltype(conv3d_stream_forward)>::call);
+  lib.impl(kConvTranspose3dForward,
+           &InAutocastDtype<Device, kConvTranspose3dForward,
+                            decltype(conv_transpose3d_forward)>::call);
 }
 
 // Registers the operators, once per process. Two copies of this library can meet in one
@@ -196,14 +174,10 @@ bool register_operators() {
 #endif
   static Library autocast_cpu(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCPU,
                               __FILE__, __LINE__);
-  autocast_cpu.impl("conv3d_forward", &conv3d_forward_autocast);
-  autocast_cpu.impl("conv3d_stream_forward", &conv3d_stream_forward_autocast);
-  autocast_cpu.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
+  register_autocast<c10::DeviceType::CPU>(autocast_cpu);
   static Library autocast_cuda(Library::IMPL, "torchconv3d", c10::DispatchKey::AutocastCUDA,
                                __FILE__, __LINE__);
-  autocast_cuda.impl("conv3d_forward", &conv3d_forward_autocast);
-  autocast_cuda.impl("conv3d_stream_forward", &conv3d_stream_forward_autocast);
-  autocast_cuda.impl("conv_transpose3d_forward", &conv_transpose3d_forward_autocast);
+  register_autocast<c10::DeviceType::CUDA>(autocast_cuda);
   return true;
 }
 
