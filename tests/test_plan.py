@@ -72,6 +72,28 @@ def test_sum_grouping_does_not_depend_on_threads(layer, dtype, which):
     assert len({tuple(p[k] for k in keys) for p in plans}) == 1, plans
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cache_blocked_forward_matches_torch(dtype):
+    """The direct forward's GEMM runs in chunks of terms, slices of positions and groups of
+    held output-channel blocks (ForwardPlan): a layer where none of them divides evenly
+    (K = 600 terms, 162 output channels, border depths with fewer live taps) against
+    F.conv3d in float64."""
+    xshape, wshape = (2, 200, 5, 28, 30), (162, 200, 3, 1, 1)
+    kw = dict(padding=(1, 0, 0))
+    assert plan("winograd", meta(xshape, dtype), meta(wshape, dtype), **kw)["m"] == 0
+    p = plan("forward", meta(xshape, dtype), meta(wshape, dtype), **kw)
+    K = 200 * 3
+    assert K % p["chunk_terms"] != 0 and 1 < p["held_blocks"] < p["out_channel_blocks"], p
+    assert p["out_channel_blocks"] % p["held_blocks"] != 0, p
+    assert p["slice_positions"] % 16 == 0, p
+    x = torch.randn(xshape, dtype=dtype)
+    w = torch.randn(wshape, dtype=dtype)
+    b = torch.randn(wshape[0], dtype=dtype)
+    y = torchconv3d.conv3d(x, w, b, **kw)
+    ref = F.conv3d(x.double(), w.double(), b.double(), **kw)
+    assert rel_err(y, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
 # Layers whose half-type grad_input is split across input channels and rows (the slab would
 # pass the budget): bands read by two row ranges, circular padding wrapping rows around,
 # H stride 2.

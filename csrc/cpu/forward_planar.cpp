@@ -266,7 +266,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       return;
   }
   const MicroKernels<A>& mk = micro_kernels(A{});
-  const ForwardPlan plan = plan_forward(g, sizeof(A), mk.max_rows, false, at::get_num_threads());
+  const ForwardPlan plan = plan_forward(g, sizeof(A), mk.max_rows, false, at::get_num_threads(),
+                                        mk.block_positions);
   const Layout& L = plan.layout;
   const Blocks& out_blocks = plan.out_blocks;
   const ColumnMap cm(L);
@@ -289,24 +290,42 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     const int64_t bufsize = L.buffer_size(in_per_group);
     A* buf = scratch<A>(h_buf, bufsize);
     std::fill(buf, buf + bufsize, A(0));
-    A* ct = scratch<A>(h_c, mk.max_rows * L.n);
+    const int64_t held_rows = plan.held_blocks * mk.max_rows;
+    A* ct = scratch<A>(h_c, held_rows * L.n);
     for (int64_t task = begin; task < end; ++task) {
       const ForwardTile t(L, task);
       pack_planes(L, cm, input_frames<T>(g, input, t.n, t.grp * in_per_group), in_per_group,
                   xs, t.od0, t.depths, t.oh0, t.th + L.qh_max, buf);
       for (int64_t dl = 0; dl < t.depths; ++dl) {
         const int64_t od = t.od0 + dl, set = terms.of_depth[od];
-        for (int64_t mb = 0; mb < out_blocks.count; ++mb) {
-          const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+        const A* planes = buf + dl * L.depth_step();
+        for (int64_t mb0 = 0; mb0 < out_blocks.count; mb0 += plan.held_blocks) {
+          const int64_t mb1 = std::min(out_blocks.count, mb0 + plan.held_blocks);
+          const int64_t m00 = out_blocks.start(mb0);  // ct's first row
           if (set < 0) {
-            std::fill(ct, ct + rows * L.n, A(0));
+            std::fill(ct, ct + held_rows * L.n, A(0));
           } else {
             const auto& s = terms.sets[set];
-            mk.gemm(rows, s.weights.data() + (t.grp * out_per_group + m0) * s.K, s.K,
-                    buf + dl * L.depth_step(), s.offs.data(), t.np, ct, L.n, false);
+            for (int64_t k0 = 0; k0 < s.K; k0 += plan.chunk_terms) {
+              const int64_t kc = std::min(plan.chunk_terms, s.K - k0);
+              for (int64_t f0 = 0; f0 < t.np; f0 += plan.slice_positions) {
+                const int64_t nf = std::min(plan.slice_positions, t.np - f0);
+                for (int64_t mb = mb0; mb < mb1; ++mb) {
+                  const int64_t m0 = out_blocks.start(mb), rows = out_blocks.size(mb);
+                  // (A block's weights are [k][row]: its chunk starts k0 * rows in.)
+                  const A* wb = s.weights.data() + (t.grp * out_per_group + m0) * s.K;
+                  mk.gemm(rows, wb + k0 * rows, kc, planes + f0, s.offs.data() + k0, nf,
+                          ct + (m0 - m00) * L.n + f0, L.n, k0 > 0);
+                }
+              }
+            }
           }
-          store_forward_rows(L, ct, rows, t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc,
-                             ys, od, t.oh0, t.th);
+          for (int64_t mb = mb0; mb < mb1; ++mb) {
+            const int64_t m0 = out_blocks.start(mb);
+            store_forward_rows(L, ct + (m0 - m00) * L.n, out_blocks.size(mb),
+                               t.grp * out_per_group + m0, bp, yp + t.n * ysn, ysc, ys, od,
+                               t.oh0, t.th);
+          }
         }
       }
     }

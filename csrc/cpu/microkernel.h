@@ -104,6 +104,7 @@ struct MicroKernels {
   // (transform, the winograd entries and transpose are float-table entries of the SIMD
   // builds: nullptr for double and in the generic build, where the direct kernels run.)
   int64_t max_rows;
+  int64_t block_positions;  // the positions (values of f) one register block of gemm covers
   const char* isa;
 };
 

@@ -191,6 +191,7 @@ const MicroKernels<float>& generic_kernels(float) {
                                      nullptr,
                                      nullptr,
                                      kRows,
+                                     kLanes,
                                      "generic"};
   return k;
 }
@@ -200,7 +201,7 @@ const MicroKernels<double>& generic_kernels(double) {
                                       &depthwise_cl<double, double>, nullptr, nullptr,
                                       &store_biased<double>, &outer_cl<double>, nullptr,
                                       nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                      kRows, "generic"};
+                                      kRows, kLanes, "generic"};
   return k;
 }
 

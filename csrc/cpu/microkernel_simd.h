@@ -677,13 +677,14 @@ const MicroKernels<A>& kernel_table(const char* isa) {
                                    &winograd_input<A, A>, &winograd_input<A, uint16_t>,
                                    &winograd_output<A>, &winograd_output_adjoint<A, A>,
                                    &winograd_output_adjoint<A, uint16_t>, &transpose,
-                                   kGemmRows, isa};
+                                   kGemmRows, kGemmVecs * Vec<A>::width, isa};
     return k;
   } else {
     static const MicroKernels<A> k{&gemm<A>,     &dot<A>,  &gemm_cl<A>, &depthwise_cl<A, A>,
                                    nullptr,      nullptr,  &store_biased<A>, &outer_cl<A>, nullptr,
                                    nullptr,      nullptr,  nullptr,     nullptr,
-                                   nullptr,      nullptr,  kGemmRows, isa};
+                                   nullptr,      nullptr,  kGemmRows, kGemmVecs * Vec<A>::width,
+                                   isa};
     return k;
   }
 }

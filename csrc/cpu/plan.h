@@ -25,11 +25,21 @@ struct ForwardPlan {
   // pairs: > 0 where the operand pairs are kernel columns (2q, 2q + 1) of one channel, the
   // buffer distance between their windows (tap_pair_step); 0: channels (2p, 2p + 1).
   int64_t tap_pair_step = 0;
+  // The float kernels' GEMM of a tile (results = weights x planes: output channels x
+  // positions), blocked for the caches: the results of `held_blocks` output-channel blocks
+  // stay in the scratch while, for each chunk of `chunk_terms` terms (the K of the GEMM),
+  // every slice of `slice_positions` positions goes through all those blocks, its
+  // chunk_terms rows staying in L1 while the weights stream past. (The bfloat16 pairs run
+  // each block over the whole tile: their kernel has no accumulating form.)
+  int64_t held_blocks = 1;
+  int64_t chunk_terms = 0;
+  int64_t slice_positions = 0;
 };
 // plane_elem: bytes of a phase-plane element; pairs: the bfloat16 kernels' operand pairs
-// (forward_bf16_pairs keeps bfloat16 planes and a second copy of them as 32-bit pairs).
+// (forward_bf16_pairs keeps bfloat16 planes and a second copy of them as 32-bit pairs);
+// block_positions: the positions one register block of the float gemm covers.
 ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows, bool pairs,
-                         int64_t threads);
+                         int64_t threads, int64_t block_positions = kLanes);
 
 // grad_input: a task owns the grad_input elements of one sample and group, a range of input
 // channels, of input depths and of input rows, and walks every (output depth, band) that
