@@ -29,8 +29,10 @@ struct ForwardPlan {
   // positions), blocked for the caches: the results of `held_blocks` output-channel blocks
   // stay in the scratch while, for each chunk of `chunk_terms` terms (the K of the GEMM),
   // every slice of `slice_positions` positions goes through all those blocks, its
-  // chunk_terms rows staying in L1 while the weights stream past. (The bfloat16 pairs run
-  // each block over the whole tile: their kernel has no accumulating form.)
+  // chunk_terms rows staying in L1 while the weights stream past. Chunks group the sums, so
+  // they follow the shape and the ISA's register block, never the thread count. (The
+  // bfloat16 pairs run each block over the whole tile: their kernel has no accumulating
+  // form.)
   int64_t held_blocks = 1;
   int64_t chunk_terms = 0;
   int64_t slice_positions = 0;
