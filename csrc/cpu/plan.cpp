@@ -52,8 +52,9 @@ ForwardPlan plan_forward(const Geometry& g, int64_t plane_elem, int64_t max_rows
   // Slices of whole register blocks and of whole kLanes groups (gemm's unit of n).
   const int64_t slice = std::lcm(block_positions, kLanes);
   const int64_t chunk = std::max<int64_t>(16, kSliceBytes / (slice * plane_elem));
-  const int64_t held = std::clamp<int64_t>(kHeldResultBytes / (max_rows * L.n * plane_elem), 1,
-                                           out_blocks.count);
+  // (At least one block, also for a layer without output channels: no block to hold.)
+  const int64_t held = std::max<int64_t>(
+      1, std::min(out_blocks.count, kHeldResultBytes / (max_rows * L.n * plane_elem)));
   bytes = L.buffer_size(channels) * plane_elem + held * max_rows * L.n * plane_elem;
   return {L, out_blocks, ForwardTile::count(L), bytes, 0, held, chunk, slice};
 }
