@@ -46,6 +46,15 @@ def test_volume_past_2_31_elements():
     def extra(r):  # memory beyond the inputs and the results themselves
         return r["peak_rss"] - r["base_rss"] - r["results_bytes"]
 
+    # Bounded workspace: per-thread tiles and grad_weight partials, not a copy of anything
+    # volume-sized (the input alone is 4 GiB).
+    assert extra(ours) <= 256 * 2**20
+    if ref.get("out_of_memory"):
+        # CPUs without AVX-512: torch's bfloat16 slow_conv3d asked for more memory than the
+        # machine has (its failed allocation is not in its peak); nothing to compare with.
+        print(f"\ntorch ran out of memory ({ref['error']}); ours peaked at "
+              f"{ours['peak_rss'] / GIB:.2f} GiB; errors {errors}")
+        return
     print(
         f"\ninput {ours['input_elements']} elements; peak RSS ours "
         f"{ours['peak_rss'] / GIB:.2f} GiB, torch {ref['peak_rss'] / GIB:.2f} GiB; beyond "
@@ -54,7 +63,4 @@ def test_volume_past_2_31_elements():
         f"{ours['forward_s'] + ours['backward_s']:.1f} s, torch "
         f"{ref['forward_s'] + ref['backward_s']:.1f} s; errors {errors}"
     )
-    # Bounded workspace: per-thread tiles and grad_weight partials, not a copy of anything
-    # volume-sized (the input alone is 4 GiB).
-    assert extra(ours) <= 256 * 2**20
     assert ours["peak_rss"] < ref["peak_rss"]
